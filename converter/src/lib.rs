@@ -1,0 +1,6 @@
+//! shiftnn converter: ONNX import, DenseShift quantization, calibration and
+//! the `.shift` writer, plus the float reference executor used for accuracy
+//! reports.
+pub mod ir;
+pub mod onnx;
+pub mod reference;

@@ -1,0 +1,27 @@
+//! Kernels for DenseShift networks: packed zero-free sign/power-of-two weight
+//! codes, integer requantization, and the scalar reference kernels that every
+//! faster kernel is tested against.
+//!
+//! This crate knows nothing about graphs or files. It is `no_std` and never
+//! allocates: callers pass every buffer.
+//!
+//! Numeric contract (see `DESIGN.md`):
+//! * a `b`-bit code holds a sign bit and `b-1` exponent bits, `w = s * 2^p`;
+//!   no code means zero ([`codes`]);
+//! * int8 mode accumulates `s * (x << p)` exactly in `i32` and requantizes
+//!   once per output with an integer multiplier, shift and offset
+//!   ([`requant`]); every kernel on every ISA equals [`scalar`] bit for bit;
+//! * float mode applies a weight by adding `p` to the exponent field and
+//!   XOR-ing the sign ([`fexp`]), accumulating in `f32`.
+#![cfg_attr(not(feature = "std"), no_std)]
+#![deny(missing_docs)]
+
+pub mod codes;
+pub mod fexp;
+pub mod geom;
+pub mod requant;
+pub mod scalar;
+
+pub use codes::{Bits, PackedRows};
+pub use geom::Conv2dGeom;
+pub use requant::Requant;
