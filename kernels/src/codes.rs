@@ -118,13 +118,22 @@ impl<'a> PackedRows<'a> {
     /// View `data` as `rows` packed rows of `k` codes; the length must be
     /// exactly `rows * bits.row_bytes(k)`.
     pub fn new(data: &'a [u8], bits: Bits, rows: usize, k: usize) -> Result<Self, PackedSizeError> {
-        let expected = rows
-            .checked_mul(bits.row_bytes(k))
-            .ok_or(PackedSizeError { expected: usize::MAX, actual: data.len() })?;
+        let expected = rows.checked_mul(bits.row_bytes(k)).ok_or(PackedSizeError {
+            expected: usize::MAX,
+            actual: data.len(),
+        })?;
         if data.len() != expected {
-            return Err(PackedSizeError { expected, actual: data.len() });
+            return Err(PackedSizeError {
+                expected,
+                actual: data.len(),
+            });
         }
-        Ok(PackedRows { data, bits, rows, k })
+        Ok(PackedRows {
+            data,
+            bits,
+            rows,
+            k,
+        })
     }
 
     /// Code width.
@@ -165,7 +174,12 @@ impl<'a> PackedRows<'a> {
     /// across threads by output channel).
     pub fn sub_rows(&self, start: usize, n: usize) -> PackedRows<'a> {
         let rb = self.bits.row_bytes(self.k);
-        PackedRows { data: &self.data[start * rb..(start + n) * rb], bits: self.bits, rows: n, k: self.k }
+        PackedRows {
+            data: &self.data[start * rb..(start + n) * rb],
+            bits: self.bits,
+            rows: n,
+            k: self.k,
+        }
     }
 }
 
@@ -243,14 +257,19 @@ mod tests {
         for bits in [Bits::B2, Bits::B3, Bits::B4] {
             for k in [1usize, 3, 7, 8, 9, 17, 64, 65] {
                 let rows = 3;
-                let codes: Vec<u8> =
-                    (0..rows * k).map(|i| ((i * 7 + 3) % (1 << bits.get())) as u8).collect();
+                let codes: Vec<u8> = (0..rows * k)
+                    .map(|i| ((i * 7 + 3) % (1 << bits.get())) as u8)
+                    .collect();
                 let mut out = vec![0u8; rows * bits.row_bytes(k)];
                 pack(&codes, bits, rows, k, &mut out);
                 let v = PackedRows::new(&out, bits, rows, k).unwrap();
                 for r in 0..rows {
                     for i in 0..k {
-                        assert_eq!(v.get(r, i), codes[r * k + i], "bits {bits:?} k {k} r {r} i {i}");
+                        assert_eq!(
+                            v.get(r, i),
+                            codes[r * k + i],
+                            "bits {bits:?} k {k} r {r} i {i}"
+                        );
                     }
                 }
             }
@@ -262,5 +281,4 @@ mod tests {
         assert!(PackedRows::new(&[0u8; 5], Bits::B3, 2, 9).is_err());
         assert!(PackedRows::new(&[0u8; 8], Bits::B3, 2, 9).is_ok());
     }
-
 }

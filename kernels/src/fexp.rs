@@ -70,7 +70,12 @@ mod tests {
         if want.is_nan() {
             assert!(got.is_nan());
         } else {
-            assert_eq!(got.to_bits(), want.to_bits(), "x={x:e} ({:#x}) neg={neg} p={p}", x.to_bits());
+            assert_eq!(
+                got.to_bits(),
+                want.to_bits(),
+                "x={x:e} ({:#x}) neg={neg} p={p}",
+                x.to_bits()
+            );
         }
     }
 

@@ -77,8 +77,14 @@ impl Conv2dGeom {
         if self.c_in % self.groups != 0 || self.c_out % self.groups != 0 {
             return Err(GeomError::Groups);
         }
-        let ph = self.h.checked_add(self.pads[0]).and_then(|v| v.checked_add(self.pads[2]));
-        let pw = self.w.checked_add(self.pads[1]).and_then(|v| v.checked_add(self.pads[3]));
+        let ph = self
+            .h
+            .checked_add(self.pads[0])
+            .and_then(|v| v.checked_add(self.pads[2]));
+        let pw = self
+            .w
+            .checked_add(self.pads[1])
+            .and_then(|v| v.checked_add(self.pads[3]));
         let ekh = (self.kh - 1).checked_mul(self.dilation[0]).map(|v| v + 1);
         let ekw = (self.kw - 1).checked_mul(self.dilation[1]).map(|v| v + 1);
         match (ph, pw, ekh, ekw) {
@@ -90,8 +96,12 @@ impl Conv2dGeom {
             _ => return Err(GeomError::Overflow),
         }
         let sizes = [
-            self.c_in.checked_mul(self.h).and_then(|v| v.checked_mul(self.w)),
-            self.c_out.checked_mul(self.out_h()).and_then(|v| v.checked_mul(self.out_w())),
+            self.c_in
+                .checked_mul(self.h)
+                .and_then(|v| v.checked_mul(self.w)),
+            self.c_out
+                .checked_mul(self.out_h())
+                .and_then(|v| v.checked_mul(self.out_w())),
             self.k().checked_mul(self.c_out),
         ];
         if sizes.iter().any(|s| s.is_none()) {
@@ -118,12 +128,16 @@ impl Conv2dGeom {
     /// Output height.
     #[inline]
     pub const fn out_h(&self) -> usize {
-        (self.h + self.pads[0] + self.pads[2] - (self.kh - 1) * self.dilation[0] - 1) / self.stride[0] + 1
+        (self.h + self.pads[0] + self.pads[2] - (self.kh - 1) * self.dilation[0] - 1)
+            / self.stride[0]
+            + 1
     }
     /// Output width.
     #[inline]
     pub const fn out_w(&self) -> usize {
-        (self.w + self.pads[1] + self.pads[3] - (self.kw - 1) * self.dilation[1] - 1) / self.stride[1] + 1
+        (self.w + self.pads[1] + self.pads[3] - (self.kw - 1) * self.dilation[1] - 1)
+            / self.stride[1]
+            + 1
     }
     /// Elements of one input image.
     #[inline]
@@ -157,16 +171,21 @@ impl Conv2dGeom {
         for ic in 0..cig {
             let c = g * cig + ic;
             for ky in 0..self.kh {
-                let iy = (oy * self.stride[0] + ky * self.dilation[0]) as isize - self.pads[0] as isize;
+                let iy =
+                    (oy * self.stride[0] + ky * self.dilation[0]) as isize - self.pads[0] as isize;
                 if iy < 0 || iy >= self.h as isize {
                     continue;
                 }
                 for kx in 0..self.kw {
-                    let ix = (ox * self.stride[1] + kx * self.dilation[1]) as isize - self.pads[1] as isize;
+                    let ix = (ox * self.stride[1] + kx * self.dilation[1]) as isize
+                        - self.pads[1] as isize;
                     if ix < 0 || ix >= self.w as isize {
                         continue;
                     }
-                    f((c * self.h + iy as usize) * self.w + ix as usize, (ic * self.kh + ky) * self.kw + kx);
+                    f(
+                        (c * self.h + iy as usize) * self.w + ix as usize,
+                        (ic * self.kh + ky) * self.kw + kx,
+                    );
                 }
             }
         }

@@ -73,7 +73,13 @@ impl Requant {
         let lim = pow2(61);
         let ob = (b * pow2(shift as i32)).clamp(-lim, lim);
         let offset = round_f64(ob) + (1i64 << (shift - 1));
-        Requant { mult, shift, offset, lo, hi }
+        Requant {
+            mult,
+            shift,
+            offset,
+            lo,
+            hi,
+        }
     }
 
     /// `a ≈ mult * 2^-shift` with a 31-bit `|mult|` where the range allows.
@@ -119,10 +125,23 @@ mod tests {
 
     #[test]
     fn multiplier_is_accurate() {
-        for &a in &[1.0, 0.5, 0.75, 1e-3, 3.3e-7, 123.456, -0.0421, 1e-12, 2.0f64.powi(29)] {
+        for &a in &[
+            1.0,
+            0.5,
+            0.75,
+            1e-3,
+            3.3e-7,
+            123.456,
+            -0.0421,
+            1e-12,
+            2.0f64.powi(29),
+        ] {
             let (m, s) = Requant::multiplier(a);
             let back = m as f64 * pow2(-(s as i32));
-            assert!((back - a).abs() <= a.abs() * 1e-9 + pow2(-62), "a={a} back={back}");
+            assert!(
+                (back - a).abs() <= a.abs() * 1e-9 + pow2(-62),
+                "a={a} back={back}"
+            );
             assert!((1..=62).contains(&s));
         }
     }
@@ -149,7 +168,10 @@ mod tests {
                 let want = (a * acc as f64 + b).clamp(-1e9, 1e9);
                 let want = round_f64(want - 0.5 + 0.5).clamp(-128, 127);
                 let got = r.apply(acc) as i64;
-                assert!((got - want).abs() <= 1, "a={a} b={b} acc={acc} got={got} want={want}");
+                assert!(
+                    (got - want).abs() <= 1,
+                    "a={a} b={b} acc={acc} got={got} want={want}"
+                );
             }
         }
     }

@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::graph::{Act, DType, Mode, Op, Value};
 use crate::model::{Model, NormParams};
 use alloc::{boxed::Box, collections::BTreeMap, format, string::String, vec::Vec};
-use shiftnn_kernels::scalar::{Affine, AddRequant};
+use shiftnn_kernels::scalar::{AddRequant, Affine};
 use shiftnn_kernels::Requant;
 
 /// Parameters one node needs at run time.
@@ -48,7 +48,9 @@ fn q_bound(v: f32, scale: f32) -> i8 {
 }
 
 fn int8_bounds(act: &Act, scale: f32) -> (i8, i8) {
-    let (lo, hi) = act.clamp_bounds().unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
+    let (lo, hi) = act
+        .clamp_bounds()
+        .unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
     (q_bound(lo, scale), q_bound(hi, scale))
 }
 
@@ -66,7 +68,10 @@ impl Prepared {
                 norms.insert(n.prefix.clone(), model.norm_params(&n.prefix, c)?);
             }
         }
-        let mut p = Prepared { params: Vec::with_capacity(g.nodes.len()), norms };
+        let mut p = Prepared {
+            params: Vec::with_capacity(g.nodes.len()),
+            norms,
+        };
         for i in 0..g.nodes.len() {
             let np = p.derive_node(model, i)?;
             p.params.push(np);
@@ -82,9 +87,17 @@ impl Prepared {
             .get(prefix)
             .ok_or_else(|| Error::Patch(format!("no normalization layer \"{prefix}\"")))?;
         let c = old.gamma.len();
-        for (n, v) in [("gamma", &params.gamma), ("beta", &params.beta), ("mean", &params.mean), ("var", &params.var)] {
+        for (n, v) in [
+            ("gamma", &params.gamma),
+            ("beta", &params.beta),
+            ("mean", &params.mean),
+            ("var", &params.var),
+        ] {
             if v.len() != c {
-                return Err(Error::Patch(format!("{prefix}.{n} has {} values, expected {c}", v.len())));
+                return Err(Error::Patch(format!(
+                    "{prefix}.{n} has {} values, expected {c}",
+                    v.len()
+                )));
             }
             if v.iter().any(|x| !x.is_finite()) {
                 return Err(Error::Patch(format!("{prefix}.{n} holds NaN or infinity")));
@@ -111,7 +124,19 @@ impl Prepared {
         let x = |k: usize| &g.values[node.inputs[k]];
         let int8 = g.mode == Mode::Int8;
         Ok(match &node.op {
-            Op::Conv { weight, bias, norm, act, .. } | Op::Linear { weight, bias, norm, act } => {
+            Op::Conv {
+                weight,
+                bias,
+                norm,
+                act,
+                ..
+            }
+            | Op::Linear {
+                weight,
+                bias,
+                norm,
+                act,
+            } => {
                 let c = model.conv_geom(i).map(|g| g.c_out).unwrap_or(0);
                 let ws = model.tensor_f32(&weight.scale, &[c])?;
                 let b = match bias {
@@ -167,7 +192,14 @@ impl Prepared {
             Op::Concat { .. } if int8 => NodeParams::Concat(
                 node.inputs
                     .iter()
-                    .map(|&v| Requant::from_real(g.values[v].scale as f64 / y.scale as f64, 0.0, -128, 127))
+                    .map(|&v| {
+                        Requant::from_real(
+                            g.values[v].scale as f64 / y.scale as f64,
+                            0.0,
+                            -128,
+                            127,
+                        )
+                    })
                     .collect(),
             ),
             _ => NodeParams::None,
@@ -175,9 +207,10 @@ impl Prepared {
     }
 
     fn norm(&self, prefix: &str) -> Result<&NormParams> {
-        self.norms
-            .get(prefix)
-            .ok_or_else(|| Error::Tensor { name: prefix.into(), problem: "normalization parameters missing".into() })
+        self.norms.get(prefix).ok_or_else(|| Error::Tensor {
+            name: prefix.into(),
+            problem: "normalization parameters missing".into(),
+        })
     }
 
     /// Per-channel epilogue of `y = a * acc_real + b`: in int8 mode
@@ -204,12 +237,19 @@ impl Prepared {
                     .collect(),
             )
         } else {
-            let (lo, hi) = act.clamp_bounds().unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
+            let (lo, hi) = act
+                .clamp_bounds()
+                .unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
             NodeParams::Affine(
                 (0..c)
                     .map(|ch| {
                         let (a, b) = per_channel(ch);
-                        Affine { scale: a as f32, bias: b as f32, lo, hi }
+                        Affine {
+                            scale: a as f32,
+                            bias: b as f32,
+                            lo,
+                            hi,
+                        }
                     })
                     .collect(),
             )

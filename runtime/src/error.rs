@@ -53,12 +53,18 @@ impl fmt::Display for Error {
             Error::Metadata(m) => write!(f, "invalid model metadata: {m}"),
             Error::Tensor { name, problem } => write!(f, "tensor \"{name}\": {problem}"),
             Error::Misaligned { name, align } => {
-                write!(f, "tensor \"{name}\" is not {align}-byte aligned in the model buffer")
+                write!(
+                    f,
+                    "tensor \"{name}\" is not {align}-byte aligned in the model buffer"
+                )
             }
             Error::Graph(m) => write!(f, "invalid graph: {m}"),
             Error::Limit(m) => write!(f, "limit exceeded: {m}"),
             Error::ArenaTooSmall { needed, given } => {
-                write!(f, "arena too small: the model needs {needed} bytes, {given} given")
+                write!(
+                    f,
+                    "arena too small: the model needs {needed} bytes, {given} given"
+                )
             }
             Error::Io(m) => write!(f, "bad inputs/outputs: {m}"),
             Error::Patch(m) => write!(f, "affine patch rejected: {m}"),

@@ -73,7 +73,10 @@ impl<'m, 'b> Session<'m, 'b> {
         let skip = (ALIGN - (arena.as_ptr() as usize) % ALIGN) % ALIGN;
         let needed = model.arena_bytes() + skip;
         if arena.len() < needed {
-            return Err(Error::ArenaTooSmall { needed, given: arena.len() });
+            return Err(Error::ArenaTooSmall {
+                needed,
+                given: arena.len(),
+            });
         }
         let arena = &mut arena[skip..];
         Ok(Session {
@@ -91,7 +94,12 @@ impl<'m, 'b> Session<'m, 'b> {
         self.pool = if n <= 1 {
             None
         } else {
-            Some(rayon::ThreadPoolBuilder::new().num_threads(n).build().map_err(|e| Error::Os(format!("{e}")))?)
+            Some(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(n)
+                    .build()
+                    .map_err(|e| Error::Os(format!("{e}")))?,
+            )
         };
         Ok(())
     }
@@ -147,12 +155,20 @@ impl<'m, 'b> Session<'m, 'b> {
         }
         for (k, (&v, x)) in g.inputs.iter().zip(inputs).enumerate() {
             if x.len() != g.values[v].numel() {
-                return Err(Error::Io(format!("input {k} has {} values, expected {}", x.len(), g.values[v].numel())));
+                return Err(Error::Io(format!(
+                    "input {k} has {} values, expected {}",
+                    x.len(),
+                    g.values[v].numel()
+                )));
             }
         }
         for (k, (&v, y)) in g.outputs.iter().zip(outputs.iter()).enumerate() {
             if y.len() != g.values[v].numel() {
-                return Err(Error::Io(format!("output {k} has {} values, expected {}", y.len(), g.values[v].numel())));
+                return Err(Error::Io(format!(
+                    "output {k} has {} values, expected {}",
+                    y.len(),
+                    g.values[v].numel()
+                )));
             }
         }
         #[cfg(feature = "std")]
@@ -197,16 +213,31 @@ impl<'m, 'b> Session<'m, 'b> {
     }
 
     #[cfg(feature = "std")]
-    fn exec_node(&mut self, i: usize, range: &dyn Fn(usize) -> Range<usize>, pool: Option<&rayon::ThreadPool>) -> Result<()> {
+    fn exec_node(
+        &mut self,
+        i: usize,
+        range: &dyn Fn(usize) -> Range<usize>,
+        pool: Option<&rayon::ThreadPool>,
+    ) -> Result<()> {
         self.exec_node_inner(i, range, pool)
     }
 
     #[cfg(not(feature = "std"))]
-    fn exec_node(&mut self, i: usize, range: &dyn Fn(usize) -> Range<usize>, _pool: Option<&()>) -> Result<()> {
+    fn exec_node(
+        &mut self,
+        i: usize,
+        range: &dyn Fn(usize) -> Range<usize>,
+        _pool: Option<&()>,
+    ) -> Result<()> {
         self.exec_node_inner(i, range, None)
     }
 
-    fn exec_node_inner(&mut self, i: usize, range: &dyn Fn(usize) -> Range<usize>, pool: Option<&Pool>) -> Result<()> {
+    fn exec_node_inner(
+        &mut self,
+        i: usize,
+        range: &dyn Fn(usize) -> Range<usize>,
+        pool: Option<&Pool>,
+    ) -> Result<()> {
         let model = self.model;
         let g = model.graph();
         let node = &g.nodes[i];
@@ -231,7 +262,9 @@ impl<'m, 'b> Session<'m, 'b> {
             } else if r.start >= base_hi {
                 Ok(&hi[r.start - base_hi..r.end - base_hi])
             } else {
-                Err(Error::Graph(format!("node {i}: input overlaps output in the arena")))
+                Err(Error::Graph(format!(
+                    "node {i}: input overlaps output in the arena"
+                )))
             }
         };
         let x0 = input(&in_r[0])?;
@@ -239,9 +272,13 @@ impl<'m, 'b> Session<'m, 'b> {
         let y = &g.values[node.output];
         match (&node.op, params) {
             (Op::Quantize, _) => scalar::quantize_i8(f32s(x0)?, 1.0 / y.scale, i8s_mut(out)),
-            (Op::Dequantize, _) => scalar::dequantize_i8(i8s(x0), xval.map_or(1.0, |v| v.scale), f32s_mut(out)?),
+            (Op::Dequantize, _) => {
+                scalar::dequantize_i8(i8s(x0), xval.map_or(1.0, |v| v.scale), f32s_mut(out)?)
+            }
             (Op::Conv { weight, .. } | Op::Linear { weight, .. }, p) => {
-                let geom = model.conv_geom(i).ok_or_else(|| Error::Graph(format!("node {i}: no geometry")))?;
+                let geom = model
+                    .conv_geom(i)
+                    .ok_or_else(|| Error::Graph(format!("node {i}: no geometry")))?;
                 let (m, in_len, out_len) = match node.op {
                     Op::Linear { .. } => {
                         let m = y.numel() / geom.c_out.max(1);
@@ -258,7 +295,14 @@ impl<'m, 'b> Session<'m, 'b> {
                             let x = &i8s(x0)[xo..xo + in_len];
                             let o = &mut i8s_mut(out)[yo..yo + out_len];
                             par_channels(pool, &geom, o, |oc0, n, o| {
-                                scalar::conv_shift_i8(&geom, x, &w.sub_rows(oc0, n), oc0, &rq[oc0..oc0 + n], o)
+                                scalar::conv_shift_i8(
+                                    &geom,
+                                    x,
+                                    &w.sub_rows(oc0, n),
+                                    oc0,
+                                    &rq[oc0..oc0 + n],
+                                    o,
+                                )
                             });
                         }
                         (Mode::Int8, WeightKind::I8, NodeParams::Requant(rq)) => {
@@ -267,7 +311,14 @@ impl<'m, 'b> Session<'m, 'b> {
                             let o = &mut i8s_mut(out)[yo..yo + out_len];
                             let k = geom.k();
                             par_channels(pool, &geom, o, |oc0, n, o| {
-                                scalar::conv_w8_i8(&geom, x, &w[oc0 * k..(oc0 + n) * k], oc0, &rq[oc0..oc0 + n], o)
+                                scalar::conv_w8_i8(
+                                    &geom,
+                                    x,
+                                    &w[oc0 * k..(oc0 + n) * k],
+                                    oc0,
+                                    &rq[oc0..oc0 + n],
+                                    o,
+                                )
                             });
                         }
                         (Mode::Float, WeightKind::Shift, NodeParams::Affine(ep)) => {
@@ -275,7 +326,14 @@ impl<'m, 'b> Session<'m, 'b> {
                             let x = &f32s(x0)?[xo..xo + in_len];
                             let o = &mut f32s_mut(out)?[yo..yo + out_len];
                             par_channels(pool, &geom, o, |oc0, n, o| {
-                                scalar::conv_shift_f32(&geom, x, &w.sub_rows(oc0, n), oc0, &ep[oc0..oc0 + n], o)
+                                scalar::conv_shift_f32(
+                                    &geom,
+                                    x,
+                                    &w.sub_rows(oc0, n),
+                                    oc0,
+                                    &ep[oc0..oc0 + n],
+                                    o,
+                                )
                             });
                         }
                         (Mode::Float, WeightKind::F32, NodeParams::Affine(ep)) => {
@@ -284,10 +342,21 @@ impl<'m, 'b> Session<'m, 'b> {
                             let o = &mut f32s_mut(out)?[yo..yo + out_len];
                             let k = geom.k();
                             par_channels(pool, &geom, o, |oc0, n, o| {
-                                scalar::conv_f32(&geom, x, &w[oc0 * k..(oc0 + n) * k], oc0, &ep[oc0..oc0 + n], o)
+                                scalar::conv_f32(
+                                    &geom,
+                                    x,
+                                    &w[oc0 * k..(oc0 + n) * k],
+                                    oc0,
+                                    &ep[oc0..oc0 + n],
+                                    o,
+                                )
                             });
                         }
-                        _ => return Err(Error::Graph(format!("node {i}: weights do not match the mode"))),
+                        _ => {
+                            return Err(Error::Graph(format!(
+                                "node {i}: weights do not match the mode"
+                            )))
+                        }
                     }
                 }
             }
@@ -316,17 +385,32 @@ impl<'m, 'b> Session<'m, 'b> {
             }
             (Op::Add { act }, NodeParams::None) => {
                 let x1 = f32s(input(&in_r[1])?)?;
-                let (a, b) = act.clamp_bounds().unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
-                let e = scalar::Affine { scale: 1.0, bias: 0.0, lo: a, hi: b };
+                let (a, b) = act
+                    .clamp_bounds()
+                    .unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
+                let e = scalar::Affine {
+                    scale: 1.0,
+                    bias: 0.0,
+                    lo: a,
+                    hi: b,
+                };
                 for ((o, &p), &q) in f32s_mut(out)?.iter_mut().zip(f32s(x0)?).zip(x1) {
                     *o = e.apply(p + q);
                 }
             }
             (Op::MaxPool { .. } | Op::AvgPool { .. } | Op::GlobalAvgPool, _) => {
-                let pg = pool_geom(&node.op, &xval.map(|v| v.shape.as_slice()).unwrap_or(&[]), &y.shape);
+                let pg = pool_geom(
+                    &node.op,
+                    &xval.map(|v| v.shape.as_slice()).unwrap_or(&[]),
+                    &y.shape,
+                );
                 match (&node.op, y.dtype) {
-                    (Op::MaxPool { .. }, DType::I8) => scalar::maxpool(&pg, i8s(x0), i8::MIN, i8s_mut(out)),
-                    (Op::MaxPool { .. }, DType::F32) => scalar::maxpool(&pg, f32s(x0)?, f32::NEG_INFINITY, f32s_mut(out)?),
+                    (Op::MaxPool { .. }, DType::I8) => {
+                        scalar::maxpool(&pg, i8s(x0), i8::MIN, i8s_mut(out))
+                    }
+                    (Op::MaxPool { .. }, DType::F32) => {
+                        scalar::maxpool(&pg, f32s(x0)?, f32::NEG_INFINITY, f32s_mut(out)?)
+                    }
                     (_, DType::I8) => scalar::avgpool_i8(&pg, i8s(x0), i8s_mut(out)),
                     (_, DType::F32) => scalar::avgpool_f32(&pg, f32s(x0)?, f32s_mut(out)?),
                 }
@@ -377,7 +461,13 @@ impl<'m, 'b> Session<'m, 'b> {
                     }
                 }
             }
-            (op, _) => return Err(Error::Graph(format!("node {i}: {} has no kernel in {:?} mode", op.name(), g.mode))),
+            (op, _) => {
+                return Err(Error::Graph(format!(
+                    "node {i}: {} has no kernel in {:?} mode",
+                    op.name(),
+                    g.mode
+                )))
+            }
         }
         Ok(())
     }
@@ -406,7 +496,9 @@ fn par_channels<T: Send>(
             let per = c.div_ceil(t * 2).max(1);
             use rayon::prelude::*;
             pool.install(|| {
-                out.par_chunks_mut(per * plane).enumerate().for_each(|(j, o)| f(j * per, o.len() / plane, o));
+                out.par_chunks_mut(per * plane)
+                    .enumerate()
+                    .for_each(|(j, o)| f(j * per, o.len() / plane, o));
             });
             return;
         }
@@ -417,8 +509,18 @@ fn par_channels<T: Send>(
 
 fn pool_geom(op: &Op, xs: &[usize], ys: &[usize]) -> PoolGeom {
     let (kernel, stride, pads, dilation, cip) = match *op {
-        Op::MaxPool { kernel, strides, pads, dilations } => (kernel, strides, pads, dilations, false),
-        Op::AvgPool { kernel, strides, pads, count_include_pad } => (kernel, strides, pads, [1, 1], count_include_pad),
+        Op::MaxPool {
+            kernel,
+            strides,
+            pads,
+            dilations,
+        } => (kernel, strides, pads, dilations, false),
+        Op::AvgPool {
+            kernel,
+            strides,
+            pads,
+            count_include_pad,
+        } => (kernel, strides, pads, [1, 1], count_include_pad),
         _ => ([xs[2], xs[3]], [1, 1], [0; 4], [1, 1], false),
     };
     PoolGeom {

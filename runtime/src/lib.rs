@@ -31,7 +31,7 @@ pub mod planner;
 
 pub use derive::{NodeParams, Prepared};
 pub use error::Error;
-pub use exec::{Observer, Session};
+pub use exec::{Observer, Session, ValueView};
 pub use graph::{Act, DType, Graph, Mode, Node, Op, Value, WeightKind, WeightRef};
 pub use model::{Model, NormParams, TensorRef};
 pub use shiftnn_kernels as kernels;

@@ -95,19 +95,30 @@ impl<'a> Model<'a> {
     #[cfg(feature = "std")]
     pub fn open(path: impl AsRef<std::path::Path>) -> Result<Model<'static>> {
         let path = path.as_ref();
-        let file = std::fs::File::open(path).map_err(|e| Error::Os(format!("{}: {e}", path.display())))?;
+        let file =
+            std::fs::File::open(path).map_err(|e| Error::Os(format!("{}: {e}", path.display())))?;
         // SAFETY: the map is read-only and private to this process; the
         // model treats it as an immutable byte slice. Modifying the file
         // while mapped is outside this program's control (as for any mmap
         // reader); every access is still bounds-checked against the map's
         // length, which cannot change.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::Os(format!("{}: {e}", path.display())))?;
+        let map = unsafe { memmap2::Mmap::map(&file) }
+            .map_err(|e| Error::Os(format!("{}: {e}", path.display())))?;
         Model::build(Bytes::Mapped(map))
     }
 
     fn build(bytes: Bytes<'a>) -> Result<Model<'a>> {
         let (graph, table) = format::parse(bytes.get())?;
-        let mut m = Model { bytes, graph, table, plan: Plan { offsets: vec![], arena_bytes: 0 }, fingerprint: 0 };
+        let mut m = Model {
+            bytes,
+            graph,
+            table,
+            plan: Plan {
+                offsets: vec![],
+                arena_bytes: 0,
+            },
+            fingerprint: 0,
+        };
         m.validate()?;
         m.plan = planner::plan(&m.graph);
         if m.plan.arena_bytes != m.graph.arena_bytes {
@@ -117,8 +128,12 @@ impl<'a> Model<'a> {
             )));
         }
         m.fingerprint = m.compute_fingerprint()?;
-        if !m.graph.fingerprint.is_empty() && m.graph.fingerprint != format!("{:016x}", m.fingerprint) {
-            return Err(Error::Metadata("weight fingerprint does not match the weights (corrupt file?)".into()));
+        if !m.graph.fingerprint.is_empty()
+            && m.graph.fingerprint != format!("{:016x}", m.fingerprint)
+        {
+            return Err(Error::Metadata(
+                "weight fingerprint does not match the weights (corrupt file?)".into(),
+            ));
         }
         Ok(m)
     }
@@ -162,22 +177,34 @@ impl<'a> Model<'a> {
 
     /// A tensor by name.
     pub fn tensor(&self, name: &str) -> Result<TensorRef<'_>> {
-        let (dtype, shape, range) =
-            self.table.get(name).ok_or_else(|| Error::Tensor { name: name.into(), problem: "missing".into() })?;
+        let (dtype, shape, range) = self.table.get(name).ok_or_else(|| Error::Tensor {
+            name: name.into(),
+            problem: "missing".into(),
+        })?;
         let bytes = self.bytes.get().get(range).ok_or_else(|| Error::Tensor {
             name: name.into(),
             problem: "data out of bounds".into(),
         })?;
-        Ok(TensorRef { dtype, shape, bytes })
+        Ok(TensorRef {
+            dtype,
+            shape,
+            bytes,
+        })
     }
 
     fn typed(&self, name: &str, dtype: Dtype, shape: &[usize]) -> Result<&[u8]> {
         let t = self.tensor(name)?;
         if t.dtype != dtype {
-            return Err(Error::Tensor { name: name.into(), problem: format!("dtype {:?}, expected {dtype:?}", t.dtype) });
+            return Err(Error::Tensor {
+                name: name.into(),
+                problem: format!("dtype {:?}, expected {dtype:?}", t.dtype),
+            });
         }
         if t.shape != shape {
-            return Err(Error::Tensor { name: name.into(), problem: format!("shape {:?}, expected {shape:?}", t.shape) });
+            return Err(Error::Tensor {
+                name: name.into(),
+                problem: format!("shape {:?}, expected {shape:?}", t.shape),
+            });
         }
         Ok(t.bytes)
     }
@@ -185,7 +212,10 @@ impl<'a> Model<'a> {
     /// An `F32` tensor of the given shape, viewed in place.
     pub fn tensor_f32(&self, name: &str, shape: &[usize]) -> Result<&[f32]> {
         let b = self.typed(name, Dtype::F32, shape)?;
-        bytemuck::try_cast_slice(b).map_err(|_| Error::Misaligned { name: name.into(), align: 4 })
+        bytemuck::try_cast_slice(b).map_err(|_| Error::Misaligned {
+            name: name.into(),
+            align: 4,
+        })
     }
 
     /// An `I8` tensor of the given shape.
@@ -200,8 +230,16 @@ impl<'a> Model<'a> {
 
     /// The normalization parameters stored in the file under `prefix`.
     pub fn norm_params(&self, prefix: &str, c: usize) -> Result<NormParams> {
-        let get = |s: &str| self.tensor_f32(&format!("{prefix}.{s}"), &[c]).map(|v| v.to_vec());
-        Ok(NormParams { gamma: get("gamma")?, beta: get("beta")?, mean: get("mean")?, var: get("var")? })
+        let get = |s: &str| {
+            self.tensor_f32(&format!("{prefix}.{s}"), &[c])
+                .map(|v| v.to_vec())
+        };
+        Ok(NormParams {
+            gamma: get("gamma")?,
+            beta: get("beta")?,
+            mean: get("mean")?,
+            var: get("var")?,
+        })
     }
 
     /// Convolution geometry of node `i` (a conv node of a validated model).
@@ -210,20 +248,25 @@ impl<'a> Model<'a> {
         let x = &self.graph.values[*node.inputs.first()?];
         let y = &self.graph.values[node.output];
         match &node.op {
-            Op::Conv { kernel, strides, pads, dilations, groups, .. } if x.shape.len() == 4 && y.shape.len() == 4 => {
-                Some(Conv2dGeom {
-                    c_in: x.shape[1],
-                    h: x.shape[2],
-                    w: x.shape[3],
-                    c_out: y.shape[1],
-                    kh: kernel[0],
-                    kw: kernel[1],
-                    stride: *strides,
-                    pads: *pads,
-                    dilation: *dilations,
-                    groups: *groups,
-                })
-            }
+            Op::Conv {
+                kernel,
+                strides,
+                pads,
+                dilations,
+                groups,
+                ..
+            } if x.shape.len() == 4 && y.shape.len() == 4 => Some(Conv2dGeom {
+                c_in: x.shape[1],
+                h: x.shape[2],
+                w: x.shape[3],
+                c_out: y.shape[1],
+                kh: kernel[0],
+                kw: kernel[1],
+                stride: *strides,
+                pads: *pads,
+                dilation: *dilations,
+                groups: *groups,
+            }),
             Op::Linear { .. } => {
                 let k = *x.shape.last()?;
                 let n = *y.shape.last()?;
@@ -236,13 +279,22 @@ impl<'a> Model<'a> {
     /// The packed shift codes of a shift-weight conv/linear node.
     pub fn shift_rows(&self, i: usize) -> Result<PackedRows<'_>> {
         let node = &self.graph.nodes[i];
-        let g = self.conv_geom(i).ok_or_else(|| Error::Graph(format!("node {} has no weights", node.name)))?;
-        let w = node.op.weight().ok_or_else(|| Error::Graph(format!("node {} has no weights", node.name)))?;
-        let bits = Bits::new(w.bits as u32)
-            .ok_or_else(|| Error::Tensor { name: w.tensor.clone(), problem: format!("{} bits per code (2..=4 supported)", w.bits) })?;
+        let g = self
+            .conv_geom(i)
+            .ok_or_else(|| Error::Graph(format!("node {} has no weights", node.name)))?;
+        let w = node
+            .op
+            .weight()
+            .ok_or_else(|| Error::Graph(format!("node {} has no weights", node.name)))?;
+        let bits = Bits::new(w.bits as u32).ok_or_else(|| Error::Tensor {
+            name: w.tensor.clone(),
+            problem: format!("{} bits per code (2..=4 supported)", w.bits),
+        })?;
         let data = self.tensor_u8(&w.tensor, &[g.c_out, bits.row_bytes(g.k())])?;
-        PackedRows::new(data, bits, g.c_out, g.k())
-            .map_err(|e| Error::Tensor { name: w.tensor.clone(), problem: format!("{e:?}") })
+        PackedRows::new(data, bits, g.c_out, g.k()).map_err(|e| Error::Tensor {
+            name: w.tensor.clone(),
+            problem: format!("{e:?}"),
+        })
     }
 
     fn compute_fingerprint(&self) -> Result<u64> {
@@ -271,7 +323,12 @@ impl<'a> Model<'a> {
             let numel = v.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
             match numel {
                 Some(n) if n <= MAX_VALUE_ELEMS => {}
-                _ => return Err(Error::Limit(format!("value \"{}\" has shape {:?}", v.name, v.shape))),
+                _ => {
+                    return Err(Error::Limit(format!(
+                        "value \"{}\" has shape {:?}",
+                        v.name, v.shape
+                    )))
+                }
             }
             if v.dtype == DType::I8 && !(v.scale.is_finite() && v.scale > 0.0) {
                 return gerr(format!("int8 value \"{}\" has scale {}", v.name, v.scale));
@@ -299,7 +356,14 @@ impl<'a> Model<'a> {
             return gerr("graph needs at least one input and one output".into());
         }
         for (idx, node) in g.nodes.iter().enumerate() {
-            let here = |m: &str| Error::Graph(format!("node {} \"{}\" ({}): {m}", idx, node.name, node.op.name()));
+            let here = |m: &str| {
+                Error::Graph(format!(
+                    "node {} \"{}\" ({}): {m}",
+                    idx,
+                    node.name,
+                    node.op.name()
+                ))
+            };
             if node.output >= nv || node.inputs.iter().any(|&i| i >= nv) {
                 return Err(here("value id out of range"));
             }
@@ -312,7 +376,10 @@ impl<'a> Model<'a> {
                 }
             }
             if produced[node.output] {
-                return Err(here(&format!("output \"{}\" is produced twice", g.values[node.output].name)));
+                return Err(here(&format!(
+                    "output \"{}\" is produced twice",
+                    g.values[node.output].name
+                )));
             }
             produced[node.output] = true;
             self.validate_node(idx).map_err(|e| match e {
@@ -322,7 +389,10 @@ impl<'a> Model<'a> {
         }
         for &o in &g.outputs {
             if !produced[o] {
-                return gerr(format!("graph output \"{}\" is never produced", g.values[o].name));
+                return gerr(format!(
+                    "graph output \"{}\" is never produced",
+                    g.values[o].name
+                ));
             }
         }
         Ok(())
@@ -335,7 +405,10 @@ impl<'a> Model<'a> {
             if node.inputs.len() == n {
                 Ok(())
             } else {
-                Err(Error::Graph(format!("expects {n} input(s), has {}", node.inputs.len())))
+                Err(Error::Graph(format!(
+                    "expects {n} input(s), has {}",
+                    node.inputs.len()
+                )))
             }
         };
         let x = |i: usize| &g.values[node.inputs[i]];
@@ -348,14 +421,20 @@ impl<'a> Model<'a> {
             if v.dtype == d {
                 Ok(())
             } else {
-                Err(Error::Graph(format!("value \"{}\" is {:?}, expected {d:?}", v.name, v.dtype)))
+                Err(Error::Graph(format!(
+                    "value \"{}\" is {:?}, expected {d:?}",
+                    v.name, v.dtype
+                )))
             }
         };
         let same_shape = |a: &crate::graph::Value, b: &crate::graph::Value| {
             if a.shape == b.shape {
                 Ok(())
             } else {
-                Err(Error::Graph(format!("shapes {:?} and {:?} differ", a.shape, b.shape)))
+                Err(Error::Graph(format!(
+                    "shapes {:?} and {:?} differ",
+                    a.shape, b.shape
+                )))
             }
         };
         let check_act = |act: &Act, fused: bool| -> Result<()> {
@@ -382,17 +461,32 @@ impl<'a> Model<'a> {
                 need(y, DType::F32)?;
                 same_shape(x(0), y)?;
             }
-            Op::Conv { weight, bias, norm, act, .. } | Op::Linear { weight, bias, norm, act } => {
+            Op::Conv {
+                weight,
+                bias,
+                norm,
+                act,
+                ..
+            }
+            | Op::Linear {
+                weight,
+                bias,
+                norm,
+                act,
+            } => {
                 arity(1)?;
                 need(x(0), act_dtype)?;
                 need(y, act_dtype)?;
                 check_act(act, true)?;
-                let geom = self.conv_geom(idx).ok_or_else(|| Error::Graph("conv needs 4-D [1,C,H,W] input and output".into()))?;
+                let geom = self.conv_geom(idx).ok_or_else(|| {
+                    Error::Graph("conv needs 4-D [1,C,H,W] input and output".into())
+                })?;
                 if let Op::Conv { .. } = node.op {
                     if x(0).shape[0] != 1 || y.shape[0] != 1 {
                         return Err(Error::Graph("batch must be 1".into()));
                     }
-                    geom.validate().map_err(|e| Error::Graph(format!("bad geometry {e:?}")))?;
+                    geom.validate()
+                        .map_err(|e| Error::Graph(format!("bad geometry {e:?}")))?;
                     if y.shape[2] != geom.out_h() || y.shape[3] != geom.out_w() {
                         return Err(Error::Graph(format!(
                             "output shape {:?} does not match geometry ({} x {})",
@@ -404,10 +498,15 @@ impl<'a> Model<'a> {
                 } else {
                     let xs = &x(0).shape;
                     let ys = &y.shape;
-                    if xs.is_empty() || xs.len() != ys.len() || xs[..xs.len() - 1] != ys[..ys.len() - 1] || geom.k() == 0 {
+                    if xs.is_empty()
+                        || xs.len() != ys.len()
+                        || xs[..xs.len() - 1] != ys[..ys.len() - 1]
+                        || geom.k() == 0
+                    {
                         return Err(Error::Graph(format!("linear shapes {xs:?} -> {ys:?}")));
                     }
-                    geom.validate().map_err(|e| Error::Graph(format!("bad geometry {e:?}")))?;
+                    geom.validate()
+                        .map_err(|e| Error::Graph(format!("bad geometry {e:?}")))?;
                 }
                 let c = geom.c_out;
                 let ok_kind = match (g.mode, weight.kind) {
@@ -416,7 +515,10 @@ impl<'a> Model<'a> {
                     _ => false,
                 };
                 if !ok_kind {
-                    return Err(Error::Graph(format!("{:?} weights in {:?} mode", weight.kind, g.mode)));
+                    return Err(Error::Graph(format!(
+                        "{:?} weights in {:?} mode",
+                        weight.kind, g.mode
+                    )));
                 }
                 match weight.kind {
                     WeightKind::Shift => {
@@ -465,7 +567,18 @@ impl<'a> Model<'a> {
                 need(y, act_dtype)?;
                 check_act(act, true)?;
             }
-            Op::MaxPool { kernel, strides, pads, .. } | Op::AvgPool { kernel, strides, pads, .. } => {
+            Op::MaxPool {
+                kernel,
+                strides,
+                pads,
+                ..
+            }
+            | Op::AvgPool {
+                kernel,
+                strides,
+                pads,
+                ..
+            } => {
                 arity(1)?;
                 need(x(0), act_dtype)?;
                 need(y, act_dtype)?;
@@ -477,14 +590,25 @@ impl<'a> Model<'a> {
                     Op::MaxPool { dilations, .. } => *dilations,
                     _ => [1, 1],
                 };
-                if kernel.contains(&0) || strides.contains(&0) || dil.contains(&0) || ys[2] == 0 || ys[3] == 0 {
-                    return Err(Error::Graph("zero kernel, stride, dilation or output size".into()));
+                if kernel.contains(&0)
+                    || strides.contains(&0)
+                    || dil.contains(&0)
+                    || ys[2] == 0
+                    || ys[3] == 0
+                {
+                    return Err(Error::Graph(
+                        "zero kernel, stride, dilation or output size".into(),
+                    ));
                 }
                 // Every output window must start inside the padded input.
                 for d in 0..2 {
                     let start = (ys[2 + d] - 1).checked_mul(strides[d]);
-                    if start.is_none_or(|s| s >= xs[2 + d] + pads[d] + pads[d + 2]) || pads[d] >= kernel[d] * dil[d] {
-                        return Err(Error::Graph(format!("pool output {ys:?} does not fit input {xs:?}")));
+                    if start.is_none_or(|s| s >= xs[2 + d] + pads[d] + pads[d + 2])
+                        || pads[d] >= kernel[d] * dil[d]
+                    {
+                        return Err(Error::Graph(format!(
+                            "pool output {ys:?} does not fit input {xs:?}"
+                        )));
                     }
                 }
                 if x(0).dtype == DType::I8 && x(0).scale != y.scale {
@@ -523,7 +647,9 @@ impl<'a> Model<'a> {
                     let xs = &x(i).shape;
                     need(x(i), act_dtype)?;
                     if xs.len() != ys.len() || (0..ys.len()).any(|d| d != *axis && xs[d] != ys[d]) {
-                        return Err(Error::Graph(format!("concat input shape {xs:?} vs output {ys:?}")));
+                        return Err(Error::Graph(format!(
+                            "concat input shape {xs:?} vs output {ys:?}"
+                        )));
                     }
                     total += xs[*axis];
                 }
@@ -544,4 +670,3 @@ impl<'a> Model<'a> {
         Ok(())
     }
 }
-

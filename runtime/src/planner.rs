@@ -61,7 +61,9 @@ pub fn plan(graph: &Graph) -> Plan {
         let r = root[v];
         bytes[r] = bytes[r].max(val.numel() * val.dtype.size());
     }
-    let mut order: Vec<usize> = (0..nv).filter(|&v| root[v] == v && first[v] != usize::MAX).collect();
+    let mut order: Vec<usize> = (0..nv)
+        .filter(|&v| root[v] == v && first[v] != usize::MAX)
+        .collect();
     // Largest first; ties by id for determinism.
     order.sort_by(|&a, &b| bytes[b].cmp(&bytes[a]).then(a.cmp(&b)));
     let mut offsets = vec![0usize; nv];
@@ -89,5 +91,8 @@ pub fn plan(graph: &Graph) -> Plan {
     for v in 0..nv {
         offsets[v] = offsets[root[v]];
     }
-    Plan { offsets, arena_bytes: arena }
+    Plan {
+        offsets,
+        arena_bytes: arena,
+    }
 }

@@ -27,7 +27,12 @@ pub struct Affine {
 
 impl Affine {
     /// Identity epilogue.
-    pub const IDENTITY: Affine = Affine { scale: 1.0, bias: 0.0, lo: f32::NEG_INFINITY, hi: f32::INFINITY };
+    pub const IDENTITY: Affine = Affine {
+        scale: 1.0,
+        bias: 0.0,
+        lo: f32::NEG_INFINITY,
+        hi: f32::INFINITY,
+    };
 
     /// Apply to one accumulator. NaN propagates (no `clamp` panic).
     #[inline]
@@ -61,7 +66,14 @@ fn check_rows(g: &Conv2dGeom, oc0: usize, n: usize, out_len: usize) {
 }
 
 /// Int8 conv with shift weights: exact `i32` accumulation, then `rq`.
-pub fn conv_shift_i8(g: &Conv2dGeom, x: &[i8], w: &PackedRows, oc0: usize, rq: &[Requant], out: &mut [i8]) {
+pub fn conv_shift_i8(
+    g: &Conv2dGeom,
+    x: &[i8],
+    w: &PackedRows,
+    oc0: usize,
+    rq: &[Requant],
+    out: &mut [i8],
+) {
     let n = w.rows();
     check_rows(g, oc0, n, out.len());
     assert_eq!(w.k(), g.k());
@@ -97,7 +109,9 @@ pub fn conv_w8_i8(g: &Conv2dGeom, x: &[i8], w: &[i8], oc0: usize, rq: &[Requant]
         for oy in 0..oh {
             for ox in 0..ow {
                 let mut acc = 0i32;
-                g.for_each_tap(oc0 + r, oy, ox, |xi, ki| acc += x[xi] as i32 * row[ki] as i32);
+                g.for_each_tap(oc0 + r, oy, ox, |xi, ki| {
+                    acc += x[xi] as i32 * row[ki] as i32
+                });
                 out[(r * oh + oy) * ow + ox] = rq[r].apply(acc);
             }
         }
@@ -106,7 +120,14 @@ pub fn conv_w8_i8(g: &Conv2dGeom, x: &[i8], w: &[i8], oc0: usize, rq: &[Requant]
 
 /// Float conv with shift weights: exponent add per MAC, `f32` accumulation
 /// in tap order, then the epilogue.
-pub fn conv_shift_f32(g: &Conv2dGeom, x: &[f32], w: &PackedRows, oc0: usize, ep: &[Affine], out: &mut [f32]) {
+pub fn conv_shift_f32(
+    g: &Conv2dGeom,
+    x: &[f32],
+    w: &PackedRows,
+    oc0: usize,
+    ep: &[Affine],
+    out: &mut [f32],
+) {
     let n = w.rows();
     check_rows(g, oc0, n, out.len());
     assert_eq!(w.k(), g.k());
@@ -119,7 +140,8 @@ pub fn conv_shift_f32(g: &Conv2dGeom, x: &[f32], w: &PackedRows, oc0: usize, ep:
             for ox in 0..ow {
                 let mut acc = 0f32;
                 g.for_each_tap(oc0 + r, oy, ox, |xi, ki| {
-                    acc += fexp::apply_code(x[xi], w.bits(), crate::codes::code_at(row, w.bits(), ki))
+                    acc +=
+                        fexp::apply_code(x[xi], w.bits(), crate::codes::code_at(row, w.bits(), ki))
                 });
                 out[(r * oh + oy) * ow + ox] = ep[r].apply(acc);
             }
@@ -193,12 +215,16 @@ mod tests {
         };
         g.validate().unwrap();
         let bits = Bits::B3;
-        let codes: Vec<u8> = (0..g.c_out * g.k()).map(|i| ((i * 5 + 1) % 8) as u8).collect();
+        let codes: Vec<u8> = (0..g.c_out * g.k())
+            .map(|i| ((i * 5 + 1) % 8) as u8)
+            .collect();
         let wv: Vec<i32> = codes.iter().map(|&c| bits.value(c)).collect();
         let mut packed = vec![0u8; g.c_out * bits.row_bytes(g.k())];
         pack(&codes, bits, g.c_out, g.k(), &mut packed);
         let w = PackedRows::new(&packed, bits, g.c_out, g.k()).unwrap();
-        let x: Vec<i8> = (0..g.in_len()).map(|i| (i as i32 * 37 % 255 - 127) as i8).collect();
+        let x: Vec<i8> = (0..g.in_len())
+            .map(|i| (i as i32 * 37 % 255 - 127) as i8)
+            .collect();
         // Identity requant over a wide range: check raw accumulators via a
         // gain of 1/64 so values stay in int8.
         let rq = vec![Requant::from_real(1.0 / 64.0, 0.0, -128, 127); g.c_out];
@@ -208,7 +234,10 @@ mod tests {
             for oy in 0..g.out_h() {
                 for ox in 0..g.out_w() {
                     let acc = naive(&g, &x, &wv, oc, oy, ox);
-                    assert_eq!(out[(oc * g.out_h() + oy) * g.out_w() + ox], rq[oc].apply(acc));
+                    assert_eq!(
+                        out[(oc * g.out_h() + oy) * g.out_w() + ox],
+                        rq[oc].apply(acc)
+                    );
                 }
             }
         }

@@ -53,7 +53,8 @@ impl PoolGeom {
             let iy = (oy * self.stride[0] + ky * self.dilation[0]) as isize - self.pads[0] as isize;
             let y_in_pad = iy < (self.h + self.pads[2]) as isize;
             for kx in 0..self.kw {
-                let ix = (ox * self.stride[1] + kx * self.dilation[1]) as isize - self.pads[1] as isize;
+                let ix =
+                    (ox * self.stride[1] + kx * self.dilation[1]) as isize - self.pads[1] as isize;
                 if y_in_pad && ix < (self.w + self.pads[3]) as isize {
                     padded += 1;
                 }
@@ -182,7 +183,13 @@ impl AddRequant {
     pub fn from_real(ga: f64, gb: f64, lo: i8, hi: i8) -> AddRequant {
         let s = crate::requant::pow2(Self::SHIFT as i32);
         let lim = i32::MAX as f64;
-        let m = |g: f64| if g.is_finite() { (g * s).clamp(-lim, lim) } else { 0.0 };
+        let m = |g: f64| {
+            if g.is_finite() {
+                (g * s).clamp(-lim, lim)
+            } else {
+                0.0
+            }
+        };
         AddRequant {
             ma: round_f64(m(ga)) as i32,
             mb: round_f64(m(gb)) as i32,
@@ -216,7 +223,11 @@ pub fn quantize_i8(x: &[f32], inv_scale: f32, out: &mut [i8]) {
     assert_eq!(x.len(), out.len());
     for (o, &v) in out.iter_mut().zip(x) {
         let q = v * inv_scale;
-        *o = if q.is_nan() { 0 } else { round_f64(q as f64).clamp(-128, 127) as i8 };
+        *o = if q.is_nan() {
+            0
+        } else {
+            round_f64(q as f64).clamp(-128, 127) as i8
+        };
     }
 }
 

@@ -16,11 +16,15 @@ pub struct TensorTable {
 impl TensorTable {
     /// Look up a tensor.
     pub fn get(&self, name: &str) -> Option<(Dtype, &[usize], core::ops::Range<usize>)> {
-        self.entries.get(name).map(|(d, s, r)| (*d, s.as_slice(), r.clone()))
+        self.entries
+            .get(name)
+            .map(|(d, s, r)| (*d, s.as_slice(), r.clone()))
     }
     /// Iterate tensors in name order (padding excluded).
     pub fn iter(&self) -> impl Iterator<Item = (&str, Dtype, &[usize], core::ops::Range<usize>)> {
-        self.entries.iter().map(|(n, (d, s, r))| (n.as_str(), *d, s.as_slice(), r.clone()))
+        self.entries
+            .iter()
+            .map(|(n, (d, s, r))| (n.as_str(), *d, s.as_slice(), r.clone()))
     }
     /// Number of tensors (padding excluded).
     pub fn len(&self) -> usize {
@@ -37,17 +41,26 @@ impl TensorTable {
 /// bounds.
 pub fn parse(bytes: &[u8]) -> Result<(Graph, TensorTable)> {
     if bytes.len() < 8 {
-        return Err(Error::Container(format!("file is {} bytes, shorter than the 8-byte header length", bytes.len())));
+        return Err(Error::Container(format!(
+            "file is {} bytes, shorter than the 8-byte header length",
+            bytes.len()
+        )));
     }
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap_or([0; 8]));
     if n > MAX_HEADER as u64 {
-        return Err(Error::Limit(format!("header of {n} bytes exceeds the {MAX_HEADER}-byte limit")));
+        return Err(Error::Limit(format!(
+            "header of {n} bytes exceeds the {MAX_HEADER}-byte limit"
+        )));
     }
-    let (n, meta) = SafeTensors::read_metadata(bytes).map_err(|e| Error::Container(format!("{e:?}")))?;
+    let (n, meta) =
+        SafeTensors::read_metadata(bytes).map_err(|e| Error::Container(format!("{e:?}")))?;
     let data_start = 8 + n;
     let infos = meta.tensors();
     if infos.len() > MAX_TENSORS {
-        return Err(Error::Limit(format!("{} tensors exceed the limit of {MAX_TENSORS}", infos.len())));
+        return Err(Error::Limit(format!(
+            "{} tensors exceed the limit of {MAX_TENSORS}",
+            infos.len()
+        )));
     }
     let mut table = TensorTable::default();
     for (name, info) in infos {
@@ -59,16 +72,26 @@ pub fn parse(bytes: &[u8]) -> Result<(Graph, TensorTable)> {
         if start % ALIGN != 0 {
             return Err(Error::Misaligned { name, align: ALIGN });
         }
-        table.entries.insert(name, (info.dtype, info.shape.clone(), start..data_start + e));
+        table.entries.insert(
+            name,
+            (info.dtype, info.shape.clone(), start..data_start + e),
+        );
     }
     let json = meta
         .metadata()
         .as_ref()
         .and_then(|m| m.get(META_KEY))
-        .ok_or_else(|| Error::Metadata(format!("no \"{META_KEY}\" entry in __metadata__: not a .shift file")))?;
+        .ok_or_else(|| {
+            Error::Metadata(format!(
+                "no \"{META_KEY}\" entry in __metadata__: not a .shift file"
+            ))
+        })?;
     let graph: Graph = serde_json::from_str(json).map_err(|e| Error::Metadata(e.to_string()))?;
     if graph.format != FORMAT_NAME {
-        return Err(Error::Metadata(format!("format \"{}\" is not \"{FORMAT_NAME}\"", graph.format)));
+        return Err(Error::Metadata(format!(
+            "format \"{}\" is not \"{FORMAT_NAME}\"",
+            graph.format
+        )));
     }
     if graph.version != FORMAT_VERSION {
         return Err(Error::Metadata(format!(
@@ -83,4 +106,3 @@ pub fn parse(bytes: &[u8]) -> Result<(Graph, TensorTable)> {
 pub(crate) fn is_reserved(name: &str) -> bool {
     name.starts_with(PAD_PREFIX)
 }
-

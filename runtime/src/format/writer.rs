@@ -26,7 +26,11 @@ fn dtype_name(d: Dtype) -> Result<&'static str> {
         Dtype::F32 => "F32",
         Dtype::I32 => "I32",
         Dtype::F16 => "F16",
-        other => return Err(Error::Container(format!("dtype {other:?} is not written by shiftnn"))),
+        other => {
+            return Err(Error::Container(format!(
+                "dtype {other:?} is not written by shiftnn"
+            )))
+        }
     })
 }
 
@@ -39,11 +43,17 @@ pub fn write(graph: &Graph, tensors: &[TensorData]) -> Result<Vec<u8>> {
     let graph_json = serde_json::to_string(graph).map_err(|e| Error::Metadata(format!("{e}")))?;
     for t in tensors {
         if is_reserved(&t.name) {
-            return Err(Error::Tensor { name: t.name.clone(), problem: "reserved name".into() });
+            return Err(Error::Tensor {
+                name: t.name.clone(),
+                problem: "reserved name".into(),
+            });
         }
         let numel: usize = t.shape.iter().product();
         if numel * t.dtype.bitsize() / 8 != t.data.len() {
-            return Err(Error::Tensor { name: t.name.clone(), problem: "byte length does not match shape".into() });
+            return Err(Error::Tensor {
+                name: t.name.clone(),
+                problem: "byte length does not match shape".into(),
+            });
         }
     }
     // The header length decides where data starts, and padding entries
