@@ -7,7 +7,10 @@ use shiftnn_converter::lower::{convert, CalibData, CalibMethod, ConvertOptions};
 use shiftnn_kernels::Bits;
 use shiftnn_runtime::{Mode, Model, Session};
 
-const ONNX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/fmnist/fmnist_fp32.onnx");
+const ONNX: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../examples/fmnist/fmnist_fp32.onnx"
+);
 
 fn bench(c: &mut Criterion) {
     let graph = shiftnn_converter::onnx::load_file(ONNX).expect("bundled example model");
@@ -25,7 +28,10 @@ fn bench(c: &mut Criterion) {
     group.sample_size(30);
     let input_name = graph.inputs[0].0.clone();
     group.bench_function("reference-f32", |b| {
-        b.iter(|| shiftnn_converter::reference::run(&graph, &[(input_name.as_str(), x.as_slice())]).unwrap())
+        b.iter(|| {
+            shiftnn_converter::reference::run(&graph, &[(input_name.as_str(), x.as_slice())])
+                .unwrap()
+        })
     });
     for (mode, mname) in [(Mode::Int8, "int8"), (Mode::Float, "float")] {
         for bits in [Bits::B4, Bits::B3] {
@@ -33,7 +39,10 @@ fn bench(c: &mut Criterion) {
                 bits,
                 mode,
                 keep: None,
-                calib: Some(CalibData { x: calib.clone(), n: 16 }),
+                calib: Some(CalibData {
+                    x: calib.clone(),
+                    n: 16,
+                }),
                 calib_method: CalibMethod::MinMax,
                 progress: None,
             };

@@ -50,13 +50,27 @@ pub struct Window {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
     /// 2-D convolution. `weight` is `[c_out, c_in/groups, kh, kw]`.
-    Conv { weight: Tensor, bias: Option<Vec<f32>>, window: Window, groups: usize },
+    Conv {
+        weight: Tensor,
+        bias: Option<Vec<f32>>,
+        window: Window,
+        groups: usize,
+    },
     /// Fully connected: `y = x W^T + b`, `weight` is `[n_out, k_in]` (Gemm's
     /// alpha/beta/transA/transB and MatMul+Add already folded in). Input is
     /// `[1, k]` (or `[m, k]`).
-    Linear { weight: Tensor, bias: Option<Vec<f32>> },
+    Linear {
+        weight: Tensor,
+        bias: Option<Vec<f32>>,
+    },
     /// Per-channel (axis 1) BatchNormalization in inference form.
-    BatchNorm { gamma: Vec<f32>, beta: Vec<f32>, mean: Vec<f32>, var: Vec<f32>, eps: f32 },
+    BatchNorm {
+        gamma: Vec<f32>,
+        beta: Vec<f32>,
+        mean: Vec<f32>,
+        var: Vec<f32>,
+        eps: f32,
+    },
     /// `y = x * scale[c] + bias[c]` per channel (axis 1), or with one value
     /// broadcast to all: Mul/Add/Sub/Div by a constant.
     ChannelAffine { scale: Vec<f32>, bias: Vec<f32> },
@@ -77,7 +91,11 @@ pub enum Op {
     /// Max pooling.
     MaxPool { window: Window, ceil_mode: bool },
     /// Average pooling.
-    AveragePool { window: Window, ceil_mode: bool, count_include_pad: bool },
+    AveragePool {
+        window: Window,
+        ceil_mode: bool,
+        count_include_pad: bool,
+    },
     /// Mean over H and W, keeping `[1, C, 1, 1]`.
     GlobalAveragePool,
     /// Reshape/Flatten/Squeeze/Unsqueeze: same data, new static shape.

@@ -10,7 +10,9 @@ use anyhow::{anyhow, bail, Context, Result};
 use safetensors::Dtype;
 use shiftnn_kernels::{codes::pack, Bits};
 use shiftnn_runtime::format::{self, TensorData, FORMAT_NAME, FORMAT_VERSION};
-use shiftnn_runtime::graph::{Act, DType, Graph, Mode, Node, NormRef, Op, Value, WeightKind, WeightRef};
+use shiftnn_runtime::graph::{
+    Act, DType, Graph, Mode, Node, NormRef, Op, Value, WeightKind, WeightRef,
+};
 use shiftnn_runtime::{planner, Model, Session};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -87,8 +89,15 @@ pub struct ConvertReport {
 }
 
 enum WeightSrc {
-    Shift { packed: Vec<u8>, scales: Vec<f32> },
-    Kept { w: Vec<f32>, q: Vec<i8>, qscales: Vec<f32> },
+    Shift {
+        packed: Vec<u8>,
+        scales: Vec<f32>,
+    },
+    Kept {
+        w: Vec<f32>,
+        q: Vec<i8>,
+        qscales: Vec<f32>,
+    },
 }
 
 struct SkNode {
@@ -112,7 +121,15 @@ struct Skeleton {
 fn clamp_act(op: &IrOp) -> Option<Act> {
     match op {
         IrOp::Relu => Some(Act::Relu),
-        IrOp::Clip { min, max } => Some(Act::Clip { lo: *min, hi: *max }),
+        IrOp::Clip { min, max } => Some(match (*min, *max) {
+            (lo, hi) if lo == f32::NEG_INFINITY && hi == f32::INFINITY => Act::None,
+            (lo, hi) if lo == 0.0 && hi == f32::INFINITY => Act::Relu,
+            // JSON has no infinity: an open side becomes the largest float.
+            (lo, hi) => Act::Clip {
+                lo: lo.max(f32::MIN),
+                hi: hi.min(f32::MAX),
+            },
+        }),
         _ => None,
     }
 }
@@ -130,8 +147,11 @@ fn other_act(op: &IrOp) -> Option<Act> {
 /// Names of the layers DenseShift keeps at full precision: the first conv
 /// and the last weighted layer.
 pub fn default_keep(g: &ir::Graph) -> Vec<String> {
-    let weighted: Vec<&ir::Node> =
-        g.nodes.iter().filter(|n| matches!(n.op, IrOp::Conv { .. } | IrOp::Linear { .. })).collect();
+    let weighted: Vec<&ir::Node> = g
+        .nodes
+        .iter()
+        .filter(|n| matches!(n.op, IrOp::Conv { .. } | IrOp::Linear { .. }))
+        .collect();
     let mut keep = Vec::new();
     if let Some(f) = weighted.iter().find(|n| matches!(n.op, IrOp::Conv { .. })) {
         keep.push(f.name.clone());
@@ -170,14 +190,23 @@ fn skeleton(
             None
         }
     };
-    let mut sk =
-        Skeleton { values: vec![], inputs: vec![], outputs: vec![], nodes: vec![], tensors: vec![] };
+    let mut sk = Skeleton {
+        values: vec![],
+        inputs: vec![],
+        outputs: vec![],
+        nodes: vec![],
+        tensors: vec![],
+    };
     let mut ids: HashMap<String, usize> = HashMap::new();
     let mut value = |sk: &mut Skeleton, name: &str| -> Result<usize> {
         if let Some(&i) = ids.get(name) {
             return Ok(i);
         }
-        let shape = g.shapes.get(name).ok_or_else(|| anyhow!("no shape for tensor \"{name}\""))?.clone();
+        let shape = g
+            .shapes
+            .get(name)
+            .ok_or_else(|| anyhow!("no shape for tensor \"{name}\""))?
+            .clone();
         sk.values.push((name.to_string(), shape));
         ids.insert(name.to_string(), sk.values.len() - 1);
         Ok(sk.values.len() - 1)
@@ -199,7 +228,14 @@ fn skeleton(
         let takes_norm = matches!(node.op, IrOp::Conv { .. } | IrOp::Linear { .. });
         if takes_norm {
             if let Some(k) = only_consumer(&out) {
-                if let IrOp::BatchNorm { gamma, beta, mean, var, eps } = &g.nodes[k].op {
+                if let IrOp::BatchNorm {
+                    gamma,
+                    beta,
+                    mean,
+                    var,
+                    eps,
+                } = &g.nodes[k].op
+                {
                     let prefix = g.nodes[k].name.clone();
                     push_norm(&mut sk, &prefix, gamma, beta, mean, var);
                     norm = Some(NormRef { prefix, eps: *eps });
@@ -211,7 +247,11 @@ fn skeleton(
         }
         let takes_act = matches!(
             node.op,
-            IrOp::Conv { .. } | IrOp::Linear { .. } | IrOp::BatchNorm { .. } | IrOp::ChannelAffine { .. } | IrOp::Add
+            IrOp::Conv { .. }
+                | IrOp::Linear { .. }
+                | IrOp::BatchNorm { .. }
+                | IrOp::ChannelAffine { .. }
+                | IrOp::Add
         );
         let mut act = Act::None;
         if takes_act {
@@ -224,7 +264,11 @@ fn skeleton(
                 }
             }
         }
-        let inputs = node.inputs.iter().map(|i| value(&mut sk, i)).collect::<Result<Vec<_>>>()?;
+        let inputs = node
+            .inputs
+            .iter()
+            .map(|i| value(&mut sk, i))
+            .collect::<Result<Vec<_>>>()?;
         let output = value(&mut sk, &out)?;
         let name = node.name.clone();
         let wref = |kind: WeightKind, b: u8| WeightRef {
@@ -235,7 +279,10 @@ fn skeleton(
         };
         let mut weight = None;
         let op = match &node.op {
-            IrOp::Conv { weight: w, bias, .. } | IrOp::Linear { weight: w, bias } => {
+            IrOp::Conv {
+                weight: w, bias, ..
+            }
+            | IrOp::Linear { weight: w, bias } => {
                 let rows = w.shape[0];
                 let k = w.len() / rows.max(1);
                 let kept = keep.contains(&name);
@@ -244,7 +291,11 @@ fn skeleton(
                     let bytes = rows * k * 4 + rows * 4;
                     kept_i8_sqnr.insert(name.clone(), q.sqnr_db);
                     (
-                        WeightSrc::Kept { w: w.data.clone(), q: q.q, qscales: q.scales },
+                        WeightSrc::Kept {
+                            w: w.data.clone(),
+                            q: q.q,
+                            qscales: q.scales,
+                        },
                         WeightKind::F32,
                         32,
                         bytes,
@@ -257,7 +308,10 @@ fn skeleton(
                     pack(&q.codes, bits, rows, k, &mut packed);
                     let bytes = packed.len() + rows * 4;
                     (
-                        WeightSrc::Shift { packed, scales: q.scales },
+                        WeightSrc::Shift {
+                            packed,
+                            scales: q.scales,
+                        },
                         WeightKind::Shift,
                         bits.get(),
                         bytes,
@@ -272,7 +326,12 @@ fn skeleton(
                 });
                 report.push(LayerReport {
                     name: name.clone(),
-                    op: if matches!(node.op, IrOp::Conv { .. }) { "conv" } else { "linear" }.into(),
+                    op: if matches!(node.op, IrOp::Conv { .. }) {
+                        "conv"
+                    } else {
+                        "linear"
+                    }
+                    .into(),
                     weights: if kept { "f32" } else { "shift" }.into(),
                     bits: rep_bits,
                     params: rows * k,
@@ -300,22 +359,54 @@ fn skeleton(
                             act,
                         }
                     }
-                    _ => Op::Linear { weight: wref(wk, b), bias: bias_name, norm, act },
+                    _ => Op::Linear {
+                        weight: wref(wk, b),
+                        bias: bias_name,
+                        norm,
+                        act,
+                    },
                 }
             }
-            IrOp::BatchNorm { gamma, beta, mean, var, eps } => {
+            IrOp::BatchNorm {
+                gamma,
+                beta,
+                mean,
+                var,
+                eps,
+            } => {
                 push_norm(&mut sk, &name, gamma, beta, mean, var);
-                Op::Norm { norm: NormRef { prefix: name.clone(), eps: *eps }, act }
+                Op::Norm {
+                    norm: NormRef {
+                        prefix: name.clone(),
+                        eps: *eps,
+                    },
+                    act,
+                }
             }
             IrOp::ChannelAffine { scale, bias } => {
                 let c = sk.values[inputs[0]].1.get(1).copied().unwrap_or(1);
-                let bc = |v: &Vec<f32>| if v.len() == 1 { vec![v[0]; c] } else { v.clone() };
+                let bc = |v: &Vec<f32>| {
+                    if v.len() == 1 {
+                        vec![v[0]; c]
+                    } else {
+                        v.clone()
+                    }
+                };
                 let (s, b) = (bc(scale), bc(bias));
                 if s.len() != c || b.len() != c {
-                    bail!("node \"{name}\": channel affine of {} values on {c} channels", s.len());
+                    bail!(
+                        "node \"{name}\": channel affine of {} values on {c} channels",
+                        s.len()
+                    );
                 }
                 push_norm(&mut sk, &name, &s, &b, &vec![0.0; c], &vec![1.0; c]);
-                Op::Norm { norm: NormRef { prefix: name.clone(), eps: 0.0 }, act }
+                Op::Norm {
+                    norm: NormRef {
+                        prefix: name.clone(),
+                        eps: 0.0,
+                    },
+                    act,
+                }
             }
             IrOp::Add => Op::Add { act },
             IrOp::MaxPool { window, .. } => Op::MaxPool {
@@ -324,7 +415,11 @@ fn skeleton(
                 pads: window.pads,
                 dilations: window.dilations,
             },
-            IrOp::AveragePool { window, count_include_pad, .. } => {
+            IrOp::AveragePool {
+                window,
+                count_include_pad,
+                ..
+            } => {
                 if window.dilations != [1, 1] {
                     bail!("node \"{name}\": dilated average pooling is not supported");
                 }
@@ -344,7 +439,13 @@ fn skeleton(
                 None => bail!("node \"{name}\": {} cannot be lowered", other.name()),
             },
         };
-        sk.nodes.push(SkNode { name, op, inputs, output, weight });
+        sk.nodes.push(SkNode {
+            name,
+            op,
+            inputs,
+            output,
+            weight,
+        });
     }
     for o in &g.outputs {
         let v = value(&mut sk, o)?;
@@ -353,9 +454,22 @@ fn skeleton(
     Ok((sk, fused))
 }
 
-fn push_norm(sk: &mut Skeleton, prefix: &str, gamma: &[f32], beta: &[f32], mean: &[f32], var: &[f32]) {
-    for (s, v) in [("gamma", gamma), ("beta", beta), ("mean", mean), ("var", var)] {
-        sk.tensors.push((format!("{prefix}.{s}"), vec![v.len()], v.to_vec()));
+fn push_norm(
+    sk: &mut Skeleton,
+    prefix: &str,
+    gamma: &[f32],
+    beta: &[f32],
+    mean: &[f32],
+    var: &[f32],
+) {
+    for (s, v) in [
+        ("gamma", gamma),
+        ("beta", beta),
+        ("mean", mean),
+        ("var", var),
+    ] {
+        sk.tensors
+            .push((format!("{prefix}.{s}"), vec![v.len()], v.to_vec()));
     }
 }
 
@@ -365,7 +479,10 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
 
 /// Ops whose int8 output keeps the input's scale.
 fn keeps_scale(op: &Op) -> bool {
-    matches!(op, Op::MaxPool { .. } | Op::AvgPool { .. } | Op::GlobalAvgPool | Op::Reshape)
+    matches!(
+        op,
+        Op::MaxPool { .. } | Op::AvgPool { .. } | Op::GlobalAvgPool | Op::Reshape
+    )
 }
 
 /// Emit a runtime graph and its tensors for `mode`. `scales` (int8) gives
@@ -379,10 +496,16 @@ fn emit(sk: &Skeleton, mode: Mode, scales: Option<&[f32]>) -> Result<Vec<u8>> {
     let mut as_f32: HashMap<usize, usize> = HashMap::new();
     let mut as_i8: HashMap<usize, usize> = HashMap::new();
     let mut sc: Vec<f32> = scales.map(|s| s.to_vec()).unwrap_or_default();
-    let new_value = |values: &mut Vec<Value>, name: String, shape: Vec<usize>, dtype: DType, scale: f32| {
-        values.push(Value { name, shape, dtype, scale: if dtype == DType::I8 { scale } else { 0.0 } });
-        values.len() - 1
-    };
+    let new_value =
+        |values: &mut Vec<Value>, name: String, shape: Vec<usize>, dtype: DType, scale: f32| {
+            values.push(Value {
+                name,
+                shape,
+                dtype,
+                scale: if dtype == DType::I8 { scale } else { 0.0 },
+            });
+            values.len() - 1
+        };
     let mut inputs = Vec::new();
     for &v in &sk.inputs {
         let (n, s) = &sk.values[v];
@@ -392,12 +515,12 @@ fn emit(sk: &Skeleton, mode: Mode, scales: Option<&[f32]>) -> Result<Vec<u8>> {
     }
     // Fetch skeleton value `v` as `dtype`, inserting a conversion node.
     let get = |values: &mut Vec<Value>,
-                   nodes: &mut Vec<Node>,
-                   as_f32: &mut HashMap<usize, usize>,
-                   as_i8: &mut HashMap<usize, usize>,
-                   sc: &[f32],
-                   v: usize,
-                   dtype: DType|
+               nodes: &mut Vec<Node>,
+               as_f32: &mut HashMap<usize, usize>,
+               as_i8: &mut HashMap<usize, usize>,
+               sc: &[f32],
+               v: usize,
+               dtype: DType|
      -> Result<usize> {
         let (have, other) = match dtype {
             DType::F32 => (as_f32.get(&v).copied(), as_i8.get(&v).copied()),
@@ -406,7 +529,8 @@ fn emit(sk: &Skeleton, mode: Mode, scales: Option<&[f32]>) -> Result<Vec<u8>> {
         if let Some(id) = have {
             return Ok(id);
         }
-        let src = other.ok_or_else(|| anyhow!("value \"{}\" used before it is produced", sk.values[v].0))?;
+        let src = other
+            .ok_or_else(|| anyhow!("value \"{}\" used before it is produced", sk.values[v].0))?;
         let (n, s) = &sk.values[v];
         let (suffix, op) = match dtype {
             DType::F32 => (":f32", Op::Dequantize),
@@ -414,7 +538,12 @@ fn emit(sk: &Skeleton, mode: Mode, scales: Option<&[f32]>) -> Result<Vec<u8>> {
         };
         let scale = sc.get(v).copied().unwrap_or(1.0 / 127.0);
         let id = new_value(values, format!("{n}{suffix}"), s.clone(), dtype, scale);
-        nodes.push(Node { name: format!("{n}{suffix}"), op, inputs: vec![src], output: id });
+        nodes.push(Node {
+            name: format!("{n}{suffix}"),
+            op,
+            inputs: vec![src],
+            output: id,
+        });
         match dtype {
             DType::F32 => as_f32.insert(v, id),
             DType::I8 => as_i8.insert(v, id),
@@ -433,7 +562,17 @@ fn emit(sk: &Skeleton, mode: Mode, scales: Option<&[f32]>) -> Result<Vec<u8>> {
         let ins = n
             .inputs
             .iter()
-            .map(|&v| get(&mut values, &mut nodes, &mut as_f32, &mut as_i8, &sc, v, in_dt))
+            .map(|&v| {
+                get(
+                    &mut values,
+                    &mut nodes,
+                    &mut as_f32,
+                    &mut as_i8,
+                    &sc,
+                    v,
+                    in_dt,
+                )
+            })
             .collect::<Result<Vec<_>>>()?;
         let (name, shape) = &sk.values[n.output];
         let scale = sc.get(n.output).copied().unwrap_or(0.0);
@@ -461,11 +600,21 @@ fn emit(sk: &Skeleton, mode: Mode, scales: Option<&[f32]>) -> Result<Vec<u8>> {
                 }
                 WeightSrc::Kept { w: wf, q, qscales } => {
                     let (kind, data, dtype, s) = if int8 {
-                        (WeightKind::I8, bytemuck::cast_slice(q).to_vec(), Dtype::I8, qscales.clone())
+                        (
+                            WeightKind::I8,
+                            bytemuck::cast_slice(q).to_vec(),
+                            Dtype::I8,
+                            qscales.clone(),
+                        )
                     } else {
                         (WeightKind::F32, f32_bytes(wf), Dtype::F32, vec![1.0; *rows])
                     };
-                    tensors.push(TensorData { name: w.tensor.clone(), dtype, shape: vec![*rows, *k], data: Cow::Owned(data) });
+                    tensors.push(TensorData {
+                        name: w.tensor.clone(),
+                        dtype,
+                        shape: vec![*rows, *k],
+                        data: Cow::Owned(data),
+                    });
                     tensors.push(TensorData {
                         name: w.scale.clone(),
                         dtype: Dtype::F32,
@@ -478,14 +627,32 @@ fn emit(sk: &Skeleton, mode: Mode, scales: Option<&[f32]>) -> Result<Vec<u8>> {
                 }
             }
         }
-        nodes.push(Node { name: n.name.clone(), op, inputs: ins, output: out });
+        nodes.push(Node {
+            name: n.name.clone(),
+            op,
+            inputs: ins,
+            output: out,
+        });
     }
     let mut outputs = Vec::new();
     for &v in &sk.outputs {
-        outputs.push(get(&mut values, &mut nodes, &mut as_f32, &mut as_i8, &sc, v, DType::F32)?);
+        outputs.push(get(
+            &mut values,
+            &mut nodes,
+            &mut as_f32,
+            &mut as_i8,
+            &sc,
+            v,
+            DType::F32,
+        )?);
     }
     for (name, shape, data) in &sk.tensors {
-        tensors.push(TensorData { name: name.clone(), dtype: Dtype::F32, shape: shape.clone(), data: Cow::Owned(f32_bytes(data)) });
+        tensors.push(TensorData {
+            name: name.clone(),
+            dtype: Dtype::F32,
+            shape: shape.clone(),
+            data: Cow::Owned(f32_bytes(data)),
+        });
     }
     let mut graph = Graph {
         format: FORMAT_NAME.into(),
@@ -500,13 +667,21 @@ fn emit(sk: &Skeleton, mode: Mode, scales: Option<&[f32]>) -> Result<Vec<u8>> {
     };
     graph.arena_bytes = planner::plan(&graph).arena_bytes;
     let first = format::write(&graph, &tensors).map_err(|e| anyhow!("{e}"))?;
-    let fp = Model::from_vec(&first).map_err(|e| anyhow!("lowered model does not load: {e}"))?.fingerprint();
+    let fp = Model::from_vec(&first)
+        .map_err(|e| anyhow!("lowered model does not load: {e}"))?
+        .fingerprint();
     graph.fingerprint = format!("{fp:016x}");
     format::write(&graph, &tensors).map_err(|e| anyhow!("{e}"))
 }
 
 /// Per-value absolute ranges from the float-mode shift model on `calib`.
-fn calibrate(sk: &Skeleton, float_model: &[u8], calib: &CalibData, method: CalibMethod, opts: &ConvertOptions) -> Result<Vec<f32>> {
+fn calibrate(
+    sk: &Skeleton,
+    float_model: &[u8],
+    calib: &CalibData,
+    method: CalibMethod,
+    opts: &ConvertOptions,
+) -> Result<Vec<f32>> {
     let model = Model::from_vec(float_model).map_err(|e| anyhow!("{e}"))?;
     let in_len = model.input_len(0);
     if calib.x.len() != calib.n * in_len || calib.n == 0 {
@@ -518,11 +693,17 @@ fn calibrate(sk: &Skeleton, float_model: &[u8], calib: &CalibData, method: Calib
     let nodes: Vec<usize> = sk.nodes.iter().map(|n| n.output).collect();
     let nv = sk.values.len();
     // Pass 1: absolute maxima. Pass 2 (percentile): histograms.
-    let passes = if matches!(method, CalibMethod::Percentile(_)) { 2 } else { 1 };
+    let passes = if matches!(method, CalibMethod::Percentile(_)) {
+        2
+    } else {
+        1
+    };
     let mut amax = vec![0f32; nv];
     const BINS: usize = 4096;
     let mut hist = vec![vec![0u64; BINS]; if passes == 2 { nv } else { 0 }];
-    let out_lens: Vec<usize> = (0..model.graph().outputs.len()).map(|i| model.output_len(i)).collect();
+    let out_lens: Vec<usize> = (0..model.graph().outputs.len())
+        .map(|i| model.output_len(i))
+        .collect();
     for pass in 0..passes {
         let mut session = Session::new(&model).map_err(|e| anyhow!("{e}"))?;
         let mut outs: Vec<Vec<f32>> = out_lens.iter().map(|&n| vec![0.0; n]).collect();
@@ -530,7 +711,11 @@ fn calibrate(sk: &Skeleton, float_model: &[u8], calib: &CalibData, method: Calib
             let x = &calib.x[s * in_len..(s + 1) * in_len];
             let record = |v: usize, data: &[f32], amax: &mut Vec<f32>, hist: &mut Vec<Vec<u64>>| {
                 if pass == 0 {
-                    amax[v] = data.iter().fold(amax[v], |m, &x| if x.is_finite() { m.max(x.abs()) } else { m });
+                    amax[v] =
+                        data.iter().fold(
+                            amax[v],
+                            |m, &x| if x.is_finite() { m.max(x.abs()) } else { m },
+                        );
                 } else if amax[v] > 0.0 {
                     let h = &mut hist[v];
                     for &x in data {
@@ -546,7 +731,9 @@ fn calibrate(sk: &Skeleton, float_model: &[u8], calib: &CalibData, method: Calib
                 }
             };
             let mut out_refs: Vec<&mut [f32]> = outs.iter_mut().map(|v| v.as_mut_slice()).collect();
-            session.run_observed(&[x], &mut out_refs, Some(&mut obs)).map_err(|e| anyhow!("{e}"))?;
+            session
+                .run_observed(&[x], &mut out_refs, Some(&mut obs))
+                .map_err(|e| anyhow!("{e}"))?;
             if let Some(p) = opts.progress {
                 p(pass * calib.n + s + 1, passes * calib.n);
             }
@@ -571,12 +758,26 @@ fn calibrate(sk: &Skeleton, float_model: &[u8], calib: &CalibData, method: Calib
             }
         }
     }
-    Ok(range.iter().map(|&r| if r > 0.0 && r.is_finite() { r / 127.0 } else { 1.0 / 127.0 }).collect())
+    Ok(range
+        .iter()
+        .map(|&r| {
+            if r > 0.0 && r.is_finite() {
+                r / 127.0
+            } else {
+                1.0 / 127.0
+            }
+        })
+        .collect())
 }
 
 /// Convert a float IR graph into a `.shift` file image.
 pub fn convert(g: &ir::Graph, opts: &ConvertOptions) -> Result<(Vec<u8>, ConvertReport)> {
-    let keep: BTreeSet<String> = opts.keep.clone().unwrap_or_else(|| default_keep(g)).into_iter().collect();
+    let keep: BTreeSet<String> = opts
+        .keep
+        .clone()
+        .unwrap_or_else(|| default_keep(g))
+        .into_iter()
+        .collect();
     let names: BTreeSet<&str> = g.nodes.iter().map(|n| n.name.as_str()).collect();
     for k in &keep {
         if !names.contains(k.as_str()) {
@@ -606,7 +807,8 @@ pub fn convert(g: &ir::Graph, opts: &ConvertOptions) -> Result<(Vec<u8>, Convert
             emit(&sk, Mode::Int8, Some(&scales)).context("lowering to int8 mode")?
         }
     };
-    let model = Model::from_vec(&bytes).map_err(|e| anyhow!("converted model does not load: {e}"))?;
+    let model =
+        Model::from_vec(&bytes).map_err(|e| anyhow!("converted model does not load: {e}"))?;
     let report = ConvertReport {
         layers,
         nodes: model.graph().nodes.len(),

@@ -42,7 +42,11 @@ fn code_for(bits: Bits, w: f32, a: f64) -> u8 {
 
 fn row_error(bits: Bits, row: &[f32], a: f64) -> (f64, Vec<u8>) {
     let codes: Vec<u8> = row.iter().map(|&w| code_for(bits, w, a)).collect();
-    let err = row.iter().zip(&codes).map(|(&w, &c)| (w as f64 - a * bits.value(c) as f64).powi(2)).sum();
+    let err = row
+        .iter()
+        .zip(&codes)
+        .map(|(&w, &c)| (w as f64 - a * bits.value(c) as f64).powi(2))
+        .sum();
     (err, codes)
 }
 
@@ -56,7 +60,10 @@ pub fn quantize_shift(w: &[f32], rows: usize, k: usize, bits: Bits) -> ShiftWeig
     for r in 0..rows {
         let row = &w[r * k..(r + 1) * k];
         let amax = row.iter().fold(0f64, |m, &v| m.max((v as f64).abs()));
-        let amin = row.iter().filter(|v| **v != 0.0).fold(f64::INFINITY, |m, &v| m.min((v as f64).abs()));
+        let amin = row
+            .iter()
+            .filter(|v| **v != 0.0)
+            .fold(f64::INFINITY, |m, &v| m.min((v as f64).abs()));
         sig += row.iter().map(|&v| (v as f64).powi(2)).sum::<f64>();
         if amax == 0.0 || !amax.is_finite() {
             // An all-zero row has no exact code; the smallest possible
@@ -84,7 +91,9 @@ pub fn quantize_shift(w: &[f32], rows: usize, k: usize, bits: Bits) -> ShiftWeig
                     (n + w as f64 * v, d + v * v)
                 });
                 let na = num / den;
-                if !(na > 0.0) {
+                // Also stops on NaN (an all-zero code row cannot happen, but
+                // a degenerate row must not loop on garbage).
+                if na.is_nan() || na <= 0.0 {
                     break;
                 }
                 let (ne, nc) = row_error(bits, row, na);
@@ -100,17 +109,25 @@ pub fn quantize_shift(w: &[f32], rows: usize, k: usize, bits: Bits) -> ShiftWeig
         let (err, a, c) = best;
         // Exactness is judged per weight against the f32 scale we store.
         let a32 = a as f32;
-        let exact = row
-            .iter()
-            .zip(&c)
-            .all(|(&w, &cc)| ((w as f64) - a32 as f64 * bits.value(cc) as f64).abs() <= EXACT_REL * amax);
+        let exact = row.iter().zip(&c).all(|(&w, &cc)| {
+            ((w as f64) - a32 as f64 * bits.value(cc) as f64).abs() <= EXACT_REL * amax
+        });
         lossless &= exact;
         noise += err;
         scales.push(a32);
         codes.extend(c);
     }
-    let sqnr_db = if noise <= sig * 1e-14 { f64::INFINITY } else { 10.0 * (sig / noise).log10() };
-    ShiftWeights { codes, scales, sqnr_db, lossless }
+    let sqnr_db = if noise <= sig * 1e-14 {
+        f64::INFINITY
+    } else {
+        10.0 * (sig / noise).log10()
+    };
+    ShiftWeights {
+        codes,
+        scales,
+        sqnr_db,
+        lossless,
+    }
 }
 
 /// Int8 per-channel weights for kept layers.
@@ -132,7 +149,11 @@ pub fn quantize_i8(w: &[f32], rows: usize, k: usize) -> Int8Weights {
     for r in 0..rows {
         let row = &w[r * k..(r + 1) * k];
         let amax = row.iter().fold(0f32, |m, &v| m.max(v.abs()));
-        let s = if amax > 0.0 && amax.is_finite() { amax / 127.0 } else { 1.0 };
+        let s = if amax > 0.0 && amax.is_finite() {
+            amax / 127.0
+        } else {
+            1.0
+        };
         for &v in row {
             let qi = (v / s).round().clamp(-127.0, 127.0) as i8;
             sig += (v as f64).powi(2);
@@ -141,7 +162,11 @@ pub fn quantize_i8(w: &[f32], rows: usize, k: usize) -> Int8Weights {
         }
         scales.push(s);
     }
-    let sqnr_db = if noise <= sig * 1e-14 { f64::INFINITY } else { 10.0 * (sig / noise).log10() };
+    let sqnr_db = if noise <= sig * 1e-14 {
+        f64::INFINITY
+    } else {
+        10.0 * (sig / noise).log10()
+    };
     Int8Weights { q, scales, sqnr_db }
 }
 
@@ -181,12 +206,18 @@ mod tests {
 
     #[test]
     fn ptq_error_is_small_and_reported() {
-        let w: Vec<f32> = (0..256).map(|i| ((i as f32 * 0.37).sin() * 0.1)).collect();
+        let w: Vec<f32> = (0..256).map(|i| (i as f32 * 0.37).sin() * 0.1).collect();
         let q3 = quantize_shift(&w, 4, 64, Bits::B3);
         let q4 = quantize_shift(&w, 4, 64, Bits::B4);
         let q2 = quantize_shift(&w, 4, 64, Bits::B2);
         assert!(!q3.lossless);
-        assert!(q2.sqnr_db < q3.sqnr_db && q3.sqnr_db <= q4.sqnr_db + 1e-9, "{} {} {}", q2.sqnr_db, q3.sqnr_db, q4.sqnr_db);
+        assert!(
+            q2.sqnr_db < q3.sqnr_db && q3.sqnr_db <= q4.sqnr_db + 1e-9,
+            "{} {} {}",
+            q2.sqnr_db,
+            q3.sqnr_db,
+            q4.sqnr_db
+        );
         assert!(q3.sqnr_db > 8.0, "{}", q3.sqnr_db);
     }
 

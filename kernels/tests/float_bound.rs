@@ -9,7 +9,18 @@ use shiftnn_kernels::scalar::{conv_shift_f32, Affine};
 use shiftnn_kernels::{Bits, Conv2dGeom, PackedRows};
 
 fn geom() -> impl Strategy<Value = Conv2dGeom> {
-    (1usize..4, 1usize..5, 1usize..9, 1usize..9, 1usize..4, 1usize..4, 1usize..3, 0usize..2, 1usize..3, prop::bool::ANY)
+    (
+        1usize..4,
+        1usize..5,
+        1usize..9,
+        1usize..9,
+        1usize..4,
+        1usize..4,
+        1usize..3,
+        0usize..2,
+        1usize..3,
+        prop::bool::ANY,
+    )
         .prop_map(|(g, cig, h, w, kh, kw, s, p, d, dw)| {
             let groups = if dw { cig * g } else { g };
             let c_in = cig * g;

@@ -401,7 +401,7 @@ impl<'m, 'b> Session<'m, 'b> {
             (Op::MaxPool { .. } | Op::AvgPool { .. } | Op::GlobalAvgPool, _) => {
                 let pg = pool_geom(
                     &node.op,
-                    &xval.map(|v| v.shape.as_slice()).unwrap_or(&[]),
+                    xval.map(|v| v.shape.as_slice()).unwrap_or(&[]),
                     &y.shape,
                 );
                 match (&node.op, y.dtype) {

@@ -509,11 +509,12 @@ impl<'a> Model<'a> {
                         .map_err(|e| Error::Graph(format!("bad geometry {e:?}")))?;
                 }
                 let c = geom.c_out;
-                let ok_kind = match (g.mode, weight.kind) {
-                    (_, WeightKind::Shift) => true,
-                    (Mode::Int8, WeightKind::I8) | (Mode::Float, WeightKind::F32) => true,
-                    _ => false,
-                };
+                let ok_kind = matches!(
+                    (g.mode, weight.kind),
+                    (_, WeightKind::Shift)
+                        | (Mode::Int8, WeightKind::I8)
+                        | (Mode::Float, WeightKind::F32)
+                );
                 if !ok_kind {
                     return Err(Error::Graph(format!(
                         "{:?} weights in {:?} mode",

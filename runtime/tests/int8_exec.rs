@@ -293,7 +293,7 @@ fn run_case(seed: u64) {
     }
     let ar = AddRequant::from_real(s2 as f64 / s4 as f64, s3 as f64 / s4 as f64, 0, 127);
     let a4: Vec<i8> = a2.iter().zip(&a3).map(|(&p, &q)| ar.apply(p, q)).collect();
-    let mut a5 = vec![0i8; 8 * 12];
+    let mut a5 = [0i8; 8 * 12];
     for c in 0..8 {
         for oy in 0..4 {
             for ox in 0..3 {

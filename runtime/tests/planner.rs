@@ -29,7 +29,12 @@ fn live_values_never_overlap() {
                 b.node(&format!("n{i}"), Op::Reshape, &[a], y);
                 avail.push(y);
             } else {
-                let y = b.value(&format!("v{i}"), &[1 + rng.below(500) as usize], DType::F32, 0.0);
+                let y = b.value(
+                    &format!("v{i}"),
+                    &[1 + rng.below(500) as usize],
+                    DType::F32,
+                    0.0,
+                );
                 // Shape changes are irrelevant to the planner; use Act.
                 b.node(&format!("n{i}"), Op::Act { act: Act::Relu }, &[a], y);
                 avail.push(y);
@@ -63,9 +68,15 @@ fn live_values_never_overlap() {
         }
         mark(out, g.nodes.len() + 1);
         let size = |v: usize| {
-            (0..nv).filter(|&u| root[u] == v).map(|u| g.values[u].numel() * 4).max().unwrap_or(0)
+            (0..nv)
+                .filter(|&u| root[u] == v)
+                .map(|u| g.values[u].numel() * 4)
+                .max()
+                .unwrap_or(0)
         };
-        let roots: Vec<usize> = (0..nv).filter(|&v| root[v] == v && first[v] != usize::MAX).collect();
+        let roots: Vec<usize> = (0..nv)
+            .filter(|&v| root[v] == v && first[v] != usize::MAX)
+            .collect();
         let mut total = 0;
         for &a in &roots {
             assert_eq!(p.offsets[a] % ALIGN, 0);
@@ -74,14 +85,17 @@ fn live_values_never_overlap() {
             for &c in &roots {
                 if a < c && first[a] <= last[c] && first[c] <= last[a] {
                     let (sa, sc) = (p.offsets[a], p.offsets[c]);
-                    assert!(sa + size(a) <= sc || sc + size(c) <= sa, "case {case}: values {a} and {c} overlap");
+                    assert!(
+                        sa + size(a) <= sc || sc + size(c) <= sa,
+                        "case {case}: values {a} and {c} overlap"
+                    );
                 }
             }
         }
         assert!(p.arena_bytes <= total, "case {case}");
         // Aliases share their root's offset.
-        for v in 0..nv {
-            assert_eq!(p.offsets[v], p.offsets[root[v]]);
+        for (v, &r) in root.iter().enumerate() {
+            assert_eq!(p.offsets[v], p.offsets[r]);
         }
     }
 }

@@ -1,0 +1,1 @@
+"""Offline DenseShift training helpers for shiftnn (PyTorch; never needed by CI or setup)."""

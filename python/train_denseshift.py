@@ -1,0 +1,232 @@
+#!/usr/bin/env python3
+"""Train a DenseShift (zero-free power-of-two) Fashion-MNIST model and export it to ONNX.
+
+    nice -n 19 /work/venv/bin/python python/train_denseshift.py --bits 3 --epochs 15
+    nice -n 19 /work/venv/bin/python python/train_denseshift.py --bits 3 --epochs 15 --naive-ste
+
+Same network as the FP32 example (shiftnn_train.models.FmnistResNet). All inner convolutions
+(3x3 and 1x1 shortcuts) are shift layers (shiftnn_train.denseshift); the first conv and the
+last linear layer stay full precision unless --quantize-first-last. The ONNX file keeps
+BatchNormalization separate and every shift weight is exactly s*2^p (times a per-output-channel
+float scale where one is used: --channel-scale, the naive baseline, or a quantized classifier).
+The graph's metadata_props["shiftnn.shift_layers"] is JSON: {initializer name: {"bits": b,
+"scale": [per-output-channel float32 values] or null}}.
+
+Each run appends a JSON line to python/results/runs.jsonl and re-renders python/RESULTS.md.
+"""
+import argparse
+import os
+
+# Busy-waiting OpenMP threads collapse under CPU contention (measured 6.3 s/step vs 0.06 s/step
+# with 2 threads on 2 cores shared with compilers); must be set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import json
+import sys
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from shiftnn_train.common import REPO, Timer, load_fmnist, train_epoch, evaluate_torch, evaluate_onnx  # noqa: E402
+from shiftnn_train.models import FmnistResNet, export_onnx, default_conv, default_linear  # noqa: E402
+from shiftnn_train import denseshift as ds  # noqa: E402
+
+RESULTS_DIR = os.path.join(REPO, "python", "results")
+
+
+def build(args):
+    conv, linear = ds.factories(args.bits, naive=args.naive_ste, encoding=args.encoding,
+                                channel_scale=args.channel_scale, init_std=args.init_std)
+    first = conv if args.quantize_first_last else default_conv
+    last = linear if args.quantize_first_last else default_linear
+    return FmnistResNet(conv=conv, stem_conv=first, head_linear=last)
+
+
+@torch.no_grad()
+def to_plain(model):
+    """FP32 FmnistResNet carrying the exact exported shift weights (for ONNX export)."""
+    plain = FmnistResNet()
+    shift = dict(ds.shift_modules(model))
+    sd = {}
+    for k, v in model.state_dict().items():
+        mod = k.rsplit(".", 1)[0]
+        if mod in shift or any(k.startswith(m + ".t_") or k.startswith(m + ".log_scale") for m in shift):
+            continue
+        sd[k] = v
+    meta = {}
+    for name, m in shift.items():
+        sd[name + ".weight"] = m.export_weight()
+        if getattr(m, "bias", None) is not None:
+            sd[name + ".bias"] = m.bias.detach().clone()
+        sc = m.export_scale()
+        meta[name + ".weight"] = {"bits": m.bits,
+                                  "scale": None if sc is None else [float(x) for x in sc.numpy()]}
+    plain.load_state_dict(sd, strict=True)
+    return plain, meta
+
+
+def verify_onnx_shift_weights(path, meta):
+    """Check every shift weight in the ONNX file is exactly scale[o] * (+-2^p), p in range."""
+    import onnx
+    from onnx import numpy_helper
+    m = onnx.load(path)
+    inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    hist = {}
+    for name, info in meta.items():
+        w = inits[name].astype(np.float32)
+        pmax = 2 ** (info["bits"] - 1) - 1
+        sc = np.ones(w.shape[0], np.float32) if info["scale"] is None else np.array(info["scale"], np.float32)
+        r = w / sc.reshape(-1, *([1] * (w.ndim - 1)))
+        a = np.abs(r)
+        p = np.log2(a)
+        ok = (a > 0) & (p == np.round(p)) & (p >= 0) & (p <= pmax)
+        assert ok.all(), f"{name}: {np.size(ok) - ok.sum()} weights are not s*2^p"
+        assert np.array_equal(r.astype(np.float32) * sc.reshape(-1, *([1] * (w.ndim - 1))), w), name
+        for v, c in zip(*np.unique(np.sign(r) * (2 ** np.round(p)), return_counts=True)):
+            hist[int(v)] = hist.get(int(v), 0) + int(c)
+    m.metadata_props.add(key="shiftnn.shift_layers", value=json.dumps(meta))
+    onnx.save(m, path)
+    return dict(sorted(hist.items()))
+
+
+class CodeTracker:
+    """Tracks which shift-weight codes change at any step of the current epoch."""
+
+    def __init__(self, model):
+        self.mods = [m for _, m in ds.shift_modules(model)]
+        self.total = sum(m.codes().numel() for m in self.mods)
+        self.start_epoch()
+
+    def start_epoch(self):
+        self.prev = [m.codes() for m in self.mods]
+        self.start = [c.clone() for c in self.prev]
+        self.changed = [torch.zeros_like(c, dtype=torch.bool) for c in self.prev]
+
+    def step(self):
+        for i, m in enumerate(self.mods):
+            c = m.codes()
+            self.changed[i] |= c != self.prev[i]
+            self.prev[i] = c
+
+    def shares(self):
+        any_change = sum(int(c.sum()) for c in self.changed) / self.total
+        net = sum(int((p != s).sum()) for p, s in zip(self.prev, self.start)) / self.total
+        return any_change, net
+
+
+def render_results(path_md):
+    runs = []
+    p = os.path.join(RESULTS_DIR, "runs.jsonl")
+    if os.path.exists(p):
+        with open(p) as f:
+            runs = [json.loads(line) for line in f if line.strip()]
+    head = open(os.path.join(RESULTS_DIR, "header.md")).read() if os.path.exists(
+        os.path.join(RESULTS_DIR, "header.md")) else "# DenseShift results\n\n"
+    lines = [head.rstrip() + "\n", "",
+             "| run | bits | method | epochs | ORT top-1 | torch top-1 | train time | codes changed in last epoch (any step / net) | ONNX |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in runs:
+        lines.append(
+            f"| {r['tag']} | {r['bits']} | {r['method']} | {r['epochs']} | {100 * r['ort_top1']:.2f}% | "
+            f"{100 * r['torch_top1']:.2f}% | {r['train_time_s'] / 60:.1f} min | "
+            f"{100 * r['last_epoch_changed_any']:.2f}% / {100 * r['last_epoch_changed_net']:.2f}% | "
+            f"`{os.path.relpath(r['onnx'], REPO)}` |")
+    lines.append("")
+    lines.append("Per-run details (code histograms, per-epoch share of changing codes, full flags) are in "
+                 "`python/results/runs.jsonl`.")
+    with open(path_md, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--bits", type=int, default=3, choices=[2, 3, 4])
+    ap.add_argument("--epochs", type=int, default=15)
+    ap.add_argument("--naive-ste", action="store_true", help="naive round-to-power-of-two STE baseline")
+    ap.add_argument("--encoding", default="recursive", choices=["recursive", "binary"])
+    ap.add_argument("--channel-scale", action="store_true", help="learnable per-channel scale in shift convs")
+    ap.add_argument("--quantize-first-last", action="store_true")
+    ap.add_argument("--init-std", type=float, default=1e-3)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=2e-3, help="Adam(W) peak LR, one-cycle schedule")
+    ap.add_argument("--wd", type=float, default=1e-4, help="weight decay on full-precision weights only")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--src", default="/usr/share/datasets/fashion-mnist")
+    ap.add_argument("--out", default=None, help="ONNX path (default examples/fmnist/fmnist_denseshift_b{bits}.onnx, "
+                                                "or /tmp/... for non-default variants)")
+    ap.add_argument("--tag", default=None)
+    ap.add_argument("--no-record", action="store_true")
+    args = ap.parse_args()
+
+    method = "naive-STE" if args.naive_ste else f"DenseShift ({args.encoding})"
+    if args.channel_scale and not args.naive_ste:
+        method += " + channel scale"
+    tag = args.tag or (f"b{args.bits}-" + ("naive" if args.naive_ste else "denseshift")
+                       + ("-scale" if args.channel_scale else "") + ("-binenc" if args.encoding == "binary" else ""))
+    if args.out is None:
+        default_variant = not args.naive_ste and not args.channel_scale and args.encoding == "recursive" \
+            and not args.quantize_first_last
+        args.out = (os.path.join(REPO, f"examples/fmnist/fmnist_denseshift_b{args.bits}.onnx") if default_variant
+                    else os.path.join(RESULTS_DIR, f"fmnist_{tag}.onnx"))
+
+    torch.set_num_threads(2)
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    trx, try_, tex, tey = load_fmnist(args.src)
+    model = build(args).to(memory_format=torch.channels_last)
+    print(model)
+
+    latent = {id(p) for _, m in ds.shift_modules(model) for p in m.latent_parameters()}
+    decay = [p for n, p in model.named_parameters() if id(p) not in latent and p.dim() > 1]
+    no_decay = [p for n, p in model.named_parameters() if id(p) not in latent and p.dim() <= 1]
+    lat = [p for n, p in model.named_parameters() if id(p) in latent]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.wd},
+                             {"params": no_decay, "weight_decay": 0.0},
+                             {"params": lat, "weight_decay": 0.0}], lr=args.lr)
+    steps = args.epochs * ((trx.shape[0] + args.batch - 1) // args.batch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=steps, pct_start=0.2)
+
+    tracker = CodeTracker(model)
+    print(f"{tag}: {tracker.total} shift weights in {len(tracker.mods)} layers")
+    timer = Timer()
+    per_epoch = []
+    for ep in range(args.epochs):
+        tracker.start_epoch()
+        loss, acc = train_epoch(model, opt, sched, trx, try_, args.batch, after_step=tracker.step)
+        any_c, net_c = tracker.shares()
+        tacc = evaluate_torch(model, tex, tey)
+        per_epoch.append({"epoch": ep + 1, "loss": loss, "train": acc, "test": tacc,
+                          "changed_any": any_c, "changed_net": net_c, "t": timer()})
+        print(f"epoch {ep + 1}/{args.epochs} loss {loss:.4f} train {acc:.4f} test {tacc:.4f} "
+              f"codes changed: {100 * any_c:.2f}% any-step, {100 * net_c:.2f}% net [{timer():.0f}s]", flush=True)
+    train_time = timer()
+    torch_acc = evaluate_torch(model, tex, tey)
+
+    model = model.to(memory_format=torch.contiguous_format).eval()
+    plain, meta = to_plain(model)
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    ops = export_onnx(plain, args.out)
+    assert "BatchNormalization" in ops
+    hist = verify_onnx_shift_weights(args.out, meta)
+    ort_acc = evaluate_onnx(args.out, tex, tey)
+    print(f"{tag}: ORT top-1 {ort_acc:.4f} (torch {torch_acc:.4f}); train {train_time:.0f}s; "
+          f"last epoch codes changed {100 * per_epoch[-1]['changed_any']:.2f}% (net "
+          f"{100 * per_epoch[-1]['changed_net']:.2f}%); code histogram {hist}; {args.out} "
+          f"{os.path.getsize(args.out)} bytes")
+
+    if not args.no_record:
+        os.makedirs(RESULTS_DIR, exist_ok=True)
+        rec = {"tag": tag, "bits": args.bits, "method": method, "epochs": args.epochs,
+               "ort_top1": ort_acc, "torch_top1": torch_acc, "train_time_s": train_time,
+               "last_epoch_changed_any": per_epoch[-1]["changed_any"],
+               "last_epoch_changed_net": per_epoch[-1]["changed_net"],
+               "n_shift_weights": tracker.total, "code_histogram": hist, "onnx": args.out,
+               "per_epoch": per_epoch, "args": vars(args), "date": time.strftime("%Y-%m-%d %H:%M")}
+        with open(os.path.join(RESULTS_DIR, "runs.jsonl"), "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        render_results(os.path.join(REPO, "python", "RESULTS.md"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Every test of the project, from a fresh clone: formatting, lints, unit and
+# integration tests, the no_std build, and a short fuzz run of each parser.
+# Installs what it needs (Debian packages, rustup components, cargo-fuzz).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+FUZZ_SECONDS="${FUZZ_SECONDS:-30}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+step() { printf '\n=== %s\n' "$*"; }
+
+step "toolchain"
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+cargo --version
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (all targets, warnings are errors)"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "no_std builds of kernels and runtime"
+cargo build -p shiftnn-kernels --no-default-features
+cargo build -p shiftnn-runtime --no-default-features
+
+step "tests"
+cargo test --workspace
+
+if [ "${SKIP_FUZZ:-0}" != "1" ]; then
+  step "fuzz (${FUZZ_SECONDS}s per target)"
+  if ! cargo +nightly --version >/dev/null 2>&1; then
+    rustup toolchain install nightly --profile minimal
+  fi
+  if ! command -v cargo-fuzz >/dev/null 2>&1; then
+    cargo install cargo-fuzz --locked
+  fi
+  mkdir -p fuzz/corpus/shift_reader fuzz/corpus/onnx_import
+  # Seed the corpora with real files so the fuzzer starts from valid input.
+  cp tests/fixtures/onnx/*.onnx fuzz/corpus/onnx_import/ 2>/dev/null || true
+  cp examples/fmnist/*.onnx fuzz/corpus/onnx_import/ 2>/dev/null || true
+  cp tests/fixtures/shift/*.shift fuzz/corpus/shift_reader/ 2>/dev/null || true
+  for t in shift_reader onnx_import; do
+    (cd fuzz && cargo +nightly fuzz run "$t" "corpus/$t" -- -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=4096 2>&1 | tail -n 3)
+  done
+fi
+
+step "all tests passed"
