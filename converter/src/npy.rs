@@ -6,7 +6,7 @@
 //! The header is parsed here (not by a general Python-literal parser) and
 //! every size is checked against the bytes actually present, so a malformed
 //! or truncated file is an error naming the file, never a panic or a huge
-//! allocation. `.npz` archives are opened with `npyz`'s zip reader; each
+//! allocation. `.npz` archives are opened with the `zip` crate (stored or deflated members); each
 //! member is read into memory and parsed the same way.
 //!
 //! Writing produces little-endian f32 arrays in C order (format 1.0).
@@ -320,7 +320,7 @@ pub fn parse_i64(bytes: &[u8]) -> Result<ArrayI64> {
 /// An open `.npz` archive.
 pub struct Npz {
     path: std::path::PathBuf,
-    archive: npyz::npz::NpzArchive<std::io::BufReader<std::fs::File>>,
+    archive: zip::ZipArchive<std::io::BufReader<std::fs::File>>,
 }
 
 impl Npz {
@@ -329,7 +329,7 @@ impl Npz {
         let path = path.as_ref();
         let file =
             std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-        let archive = npyz::npz::NpzArchive::new(std::io::BufReader::new(file))
+        let archive = zip::ZipArchive::new(std::io::BufReader::new(file))
             .map_err(|e| anyhow!("{e}"))
             .with_context(|| format!("{}: not a valid .npz (zip) archive", path.display()))?;
         Ok(Npz {
@@ -340,13 +340,16 @@ impl Npz {
 
     /// Names of the arrays in the archive.
     pub fn names(&self) -> Vec<String> {
-        self.archive.array_names().map(str::to_string).collect()
+        self.archive
+            .file_names()
+            .filter_map(|n| n.strip_suffix(".npy"))
+            .map(str::to_string)
+            .collect()
     }
 
     fn member(&mut self, name: &str) -> Result<Vec<u8>> {
         let names = self.names();
-        let zip = self.archive.zip_archive();
-        let mut f = zip.by_name(&format!("{name}.npy")).map_err(|e| {
+        let mut f = self.archive.by_name(&format!("{name}.npy")).map_err(|e| {
             anyhow!(
                 "{}: no array '{name}' ({e}); the archive holds {:?}",
                 self.path.display(),
@@ -421,16 +424,17 @@ pub fn write_f32(path: impl AsRef<Path>, shape: &[usize], data: &[f32]) -> Resul
 pub fn write_npz(path: impl AsRef<Path>, members: &[(&str, Vec<u8>)]) -> Result<()> {
     let path = path.as_ref();
     let ctx = || format!("cannot write {}", path.display());
-    let mut w = npyz::npz::NpzWriter::create(path).with_context(ctx)?;
+    let file = std::fs::File::create(path).with_context(ctx)?;
+    let mut z = zip::ZipWriter::new(file);
     for (name, bytes) in members {
-        let z = w.zip_writer();
-        z.start_file(format!("{name}.npy"), Default::default())
+        let opts = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored);
+        z.start_file(format!("{name}.npy"), opts)
             .map_err(|e| anyhow!("{e}"))
             .with_context(ctx)?;
         z.write_all(bytes).with_context(ctx)?;
     }
-    w.zip_writer()
-        .finish()
+    z.finish()
         .map_err(|e| anyhow!("{e}"))
         .with_context(ctx)?;
     Ok(())

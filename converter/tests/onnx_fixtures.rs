@@ -12,13 +12,8 @@ fn root() -> PathBuf {
 }
 
 fn read_npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let npy = npyz::NpyFile::new(&bytes[..]).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
-    let data: Vec<f32> = npy
-        .into_vec()
-        .unwrap_or_else(|e| panic!("{}: not float32: {e}", path.display()));
-    (shape, data)
+    let a = shiftnn_converter::npy::read_f32(path).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+    (a.shape, a.data)
 }
 
 /// Runs one model on every batch item of `input` and compares with
