@@ -27,6 +27,9 @@ cargo build -p shiftnn-runtime --no-default-features
 step "tests"
 cargo test --workspace
 
+step "firmware: Cortex-M under qemu-system-arm, C API on x86-64 and aarch64"
+./scripts/test-firmware.sh
+
 if [ "${SKIP_FUZZ:-0}" != "1" ]; then
   step "fuzz (${FUZZ_SECONDS}s per target)"
   if ! cargo +nightly --version >/dev/null 2>&1; then

@@ -22,6 +22,7 @@
 extern crate alloc;
 
 mod derive;
+mod embed;
 mod error;
 mod exec;
 pub mod format;
@@ -30,6 +31,7 @@ mod model;
 pub mod planner;
 
 pub use derive::{NodeParams, Prepared};
+pub use embed::AlignedBytes;
 pub use error::Error;
 pub use exec::{Observer, Session, ValueView};
 pub use graph::{Act, DType, Graph, Mode, Node, Op, Value, WeightKind, WeightRef};
