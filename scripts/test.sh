@@ -27,6 +27,9 @@ cargo build -p shiftnn-runtime --no-default-features
 step "tests"
 cargo test --workspace
 
+step "aarch64 kernels under qemu-user (cortex-a72: NEON; max: dotprod)"
+./scripts/test-aarch64.sh
+
 step "firmware: Cortex-M under qemu-system-arm, C API on x86-64 and aarch64"
 ./scripts/test-firmware.sh
 

@@ -1,11 +1,16 @@
-//! Kernel families on representative layer shapes, compared in one run:
-//! the multiplication-free int8 shift kernel, the int8-weight kernel (the
-//! multiply-based peer), the float exponent-add kernel and an f32 kernel.
-//! Throughput is reported in MACs so ratios read directly.
+//! Every registered kernel this CPU runs (`shiftnn_kernels::dispatch`),
+//! compared on the same layer shapes in one run, with the multiply-based
+//! scalar references (int8 weights, f32 weights) beside them. Throughput
+//! is in MACs (criterion's "elements"): MAC/cycle = Melem/s / clock MHz.
+//!
+//! `cargo bench -p shiftnn-benches --bench kernels -- gemv` (a filter);
+//! `SHIFTNN_BENCH_BITS=2,3,4` chooses code widths (default 4);
+//! `SHIFTNN_BENCH_SCALAR=0` skips the (slow) scalar kernels.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use shiftnn_kernels::codes::pack;
-use shiftnn_kernels::scalar::{conv_f32, conv_shift_f32, conv_shift_i8, conv_w8_i8, Affine};
+use shiftnn_kernels::dispatch::{self, KernelFn};
+use shiftnn_kernels::scalar::{conv_f32, conv_w8_i8, Affine};
 use shiftnn_kernels::{Bits, Conv2dGeom, PackedRows, Requant};
 
 fn shapes() -> Vec<(&'static str, Conv2dGeom)> {
@@ -22,41 +27,77 @@ fn shapes() -> Vec<(&'static str, Conv2dGeom)> {
         groups,
     };
     vec![
-        ("conv3x3_32x14x14", conv(32, 14, 32, 3, 1, 1)),
-        ("conv1x1_64x7x7", conv(64, 7, 64, 1, 1, 1)),
-        ("dw3x3_64x14x14", conv(64, 14, 64, 3, 1, 64)),
-        ("gemv_1024x1024", Conv2dGeom::linear(1024, 1024)),
+        ("gemv_4096x4096", Conv2dGeom::linear(4096, 4096)),
+        // ResNet-18 layer1 and layer3 3x3 convs, a 1x1 and a depthwise.
+        ("conv3x3_64x56x56", conv(64, 56, 64, 3, 1, 1)),
+        ("conv3x3_256x14x14", conv(256, 14, 256, 3, 1, 1)),
+        ("conv1x1_128x28x28", conv(128, 28, 128, 1, 1, 1)),
+        ("dw3x3_64x56x56", conv(64, 56, 64, 3, 1, 64)),
     ]
 }
 
+fn bits_list() -> Vec<Bits> {
+    std::env::var("SHIFTNN_BENCH_BITS")
+        .ok()
+        .map(|s| {
+            s.split(',')
+                .filter_map(|v| v.trim().parse().ok().and_then(Bits::new))
+                .collect()
+        })
+        .unwrap_or_else(|| vec![Bits::B4])
+}
+
 fn bench(c: &mut Criterion) {
-    let mut group = c.benchmark_group("conv");
-    group.sample_size(20);
+    let with_scalar = std::env::var("SHIFTNN_BENCH_SCALAR").map_or(true, |v| v != "0");
+    let mut group = c.benchmark_group("kernels");
+    group.sample_size(10);
     for (name, g) in shapes() {
         group.throughput(Throughput::Elements(g.macs() as u64));
-        let bits = Bits::B4;
-        let codes: Vec<u8> = (0..g.c_out * g.k()).map(|i| (i * 7 % 16) as u8).collect();
-        let mut packed = vec![0u8; g.c_out * bits.row_bytes(g.k())];
-        pack(&codes, bits, g.c_out, g.k(), &mut packed);
-        let w = PackedRows::new(&packed, bits, g.c_out, g.k()).unwrap();
-        let w8: Vec<i8> = codes.iter().map(|&c| bits.value(c).clamp(-127, 127) as i8).collect();
-        let wf: Vec<f32> = codes.iter().map(|&c| bits.value(c) as f32).collect();
-        let xi: Vec<i8> = (0..g.in_len()).map(|i| (i * 31 % 255) as i8).collect();
+        let xi: Vec<i8> = (0..g.in_len())
+            .map(|i| (i * 31 % 255) as u8 as i8)
+            .collect();
         let xf: Vec<f32> = xi.iter().map(|&v| v as f32 / 64.0).collect();
         let rq = vec![Requant::from_real(1.0 / 256.0, 0.0, -128, 127); g.c_out];
         let ep = vec![Affine::IDENTITY; g.c_out];
         let mut oi = vec![0i8; g.out_len()];
         let mut of = vec![0f32; g.out_len()];
-        group.bench_function(BenchmarkId::new("scalar/shift-i8", name), |b| {
-            b.iter(|| conv_shift_i8(&g, &xi, &w, 0, &rq, &mut oi))
-        });
-        group.bench_function(BenchmarkId::new("scalar/w8-i8", name), |b| {
-            b.iter(|| conv_w8_i8(&g, &xi, &w8, 0, &rq, &mut oi))
-        });
-        group.bench_function(BenchmarkId::new("scalar/shift-f32", name), |b| {
-            b.iter(|| conv_shift_f32(&g, &xf, &w, 0, &ep, &mut of))
-        });
-        group.bench_function(BenchmarkId::new("scalar/f32", name), |b| b.iter(|| conv_f32(&g, &xf, &wf, 0, &ep, &mut of)));
+        for bits in bits_list() {
+            let b = bits.get();
+            let codes: Vec<u8> = (0..g.c_out * g.k())
+                .map(|i| ((i * 7 + i / 13) % (1 << b)) as u8)
+                .collect();
+            let mut packed = vec![0u8; g.c_out * bits.row_bytes(g.k())];
+            pack(&codes, bits, g.c_out, g.k(), &mut packed);
+            let w = PackedRows::new(&packed, bits, g.c_out, g.k()).unwrap();
+            for k in dispatch::kernels() {
+                if !k.isa.available() || (k.isa == dispatch::Isa::Scalar && !with_scalar) {
+                    continue;
+                }
+                let id = BenchmarkId::new(k.name, format!("{name}/b{b}"));
+                match k.f {
+                    KernelFn::ShiftI8(f) => {
+                        group.bench_function(id, |bn| bn.iter(|| f(&g, &xi, &w, 0, &rq, &mut oi)))
+                    }
+                    KernelFn::ShiftF32(f) => {
+                        group.bench_function(id, |bn| bn.iter(|| f(&g, &xf, &w, 0, &ep, &mut of)))
+                    }
+                    _ => continue,
+                };
+            }
+        }
+        if with_scalar {
+            // Multiply-based references on int8 / f32 weights.
+            let w8: Vec<i8> = (0..g.c_out * g.k())
+                .map(|i| (i * 7 % 255) as u8 as i8)
+                .collect();
+            let wf: Vec<f32> = w8.iter().map(|&v| v as f32).collect();
+            group.bench_function(BenchmarkId::new("scalar/w8-i8", name), |bn| {
+                bn.iter(|| conv_w8_i8(&g, &xi, &w8, 0, &rq, &mut oi))
+            });
+            group.bench_function(BenchmarkId::new("scalar/f32", name), |bn| {
+                bn.iter(|| conv_f32(&g, &xf, &wf, 0, &ep, &mut of))
+            });
+        }
     }
     group.finish();
 }

@@ -300,7 +300,9 @@ fn convert_float_is_lossless_and_inspects() {
             .map(|l| l["kernel"].as_str().unwrap().to_string())
     };
     assert_eq!(kernel("conv1").as_deref(), Some("scalar/f32"));
-    assert_eq!(kernel("conv2").as_deref(), Some("scalar/shift-f32"));
+    // The shift layer runs the best float kernel this CPU has.
+    let k2 = kernel("conv2").unwrap();
+    assert!(k2 == "scalar/shift-f32" || k2.ends_with("/fexp"), "{k2}");
     assert_eq!(kernel("fc").as_deref(), Some("scalar/f32"));
     let conv2 = layers.iter().find(|l| l["name"] == "conv2").unwrap();
     assert_eq!(conv2["weights"], "shift");
@@ -379,7 +381,10 @@ fn int8_convert_run_eval_bench_diff() {
         .map(|l| l["kernel"].as_str().unwrap())
         .collect();
     assert!(
-        kernels.contains(&"scalar/shift-i8") && kernels.contains(&"scalar/w8-i8"),
+        kernels.contains(&"scalar/w8-i8")
+            && kernels
+                .iter()
+                .any(|k| *k == "scalar/shift-i8" || k.ends_with("/dot") || k.ends_with("/shift")),
         "{kernels:?}"
     );
 

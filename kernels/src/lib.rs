@@ -16,11 +16,16 @@
 #![cfg_attr(not(feature = "std"), no_std)]
 #![deny(missing_docs)]
 
+#[cfg(target_arch = "aarch64")]
+pub mod aarch64;
 pub mod codes;
+pub mod dispatch;
 pub mod fexp;
 pub mod geom;
 pub mod requant;
 pub mod scalar;
+#[cfg(target_arch = "x86_64")]
+pub mod x86_64;
 
 pub use codes::{Bits, PackedRows};
 pub use geom::Conv2dGeom;

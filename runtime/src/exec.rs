@@ -8,6 +8,7 @@ use crate::model::Model;
 use crate::planner::ALIGN;
 use alloc::{format, vec, vec::Vec};
 use core::ops::Range;
+use shiftnn_kernels::dispatch;
 use shiftnn_kernels::scalar::{self, PoolGeom};
 use shiftnn_kernels::Conv2dGeom;
 
@@ -295,7 +296,7 @@ impl<'m, 'b> Session<'m, 'b> {
                             let x = &i8s(x0)[xo..xo + in_len];
                             let o = &mut i8s_mut(out)[yo..yo + out_len];
                             par_channels(pool, &geom, o, |oc0, n, o| {
-                                scalar::conv_shift_i8(
+                                dispatch::conv_shift_i8(
                                     &geom,
                                     x,
                                     &w.sub_rows(oc0, n),
@@ -311,7 +312,7 @@ impl<'m, 'b> Session<'m, 'b> {
                             let o = &mut i8s_mut(out)[yo..yo + out_len];
                             let k = geom.k();
                             par_channels(pool, &geom, o, |oc0, n, o| {
-                                scalar::conv_w8_i8(
+                                dispatch::conv_w8_i8(
                                     &geom,
                                     x,
                                     &w[oc0 * k..(oc0 + n) * k],
@@ -326,7 +327,7 @@ impl<'m, 'b> Session<'m, 'b> {
                             let x = &f32s(x0)?[xo..xo + in_len];
                             let o = &mut f32s_mut(out)?[yo..yo + out_len];
                             par_channels(pool, &geom, o, |oc0, n, o| {
-                                scalar::conv_shift_f32(
+                                dispatch::conv_shift_f32(
                                     &geom,
                                     x,
                                     &w.sub_rows(oc0, n),
@@ -342,7 +343,7 @@ impl<'m, 'b> Session<'m, 'b> {
                             let o = &mut f32s_mut(out)?[yo..yo + out_len];
                             let k = geom.k();
                             par_channels(pool, &geom, o, |oc0, n, o| {
-                                scalar::conv_f32(
+                                dispatch::conv_f32(
                                     &geom,
                                     x,
                                     &w[oc0 * k..(oc0 + n) * k],

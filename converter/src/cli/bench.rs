@@ -33,6 +33,15 @@ pub struct Args {
     /// Print results as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Force a kernel family for conv and linear layers: scalar, shift,
+    /// dot, lut or fexp (default: the fastest this CPU has). Same as the
+    /// SHIFTNN_KERNEL environment variable.
+    #[arg(long, value_name = "FAMILY")]
+    pub kernel: Option<String>,
+    /// Cap the instruction-set level: scalar, avx2, avx512, neon or
+    /// neondot (to test a lower path). Same as SHIFTNN_ISA.
+    #[arg(long, value_name = "LEVEL")]
+    pub isa: Option<String>,
 }
 
 /// Uniform values in [-1, 1) from a seeded xorshift generator.
@@ -78,6 +87,7 @@ fn ms(d: Duration) -> f64 {
 
 /// Run `shiftnn bench`.
 pub fn main(a: Args) -> Result<()> {
+    super::kernels::force(a.kernel.as_deref(), a.isa.as_deref())?;
     let m = common::open_model(&a.model)?;
     let g = m.graph();
     if g.inputs.len() != 1 {
@@ -162,7 +172,7 @@ pub fn main(a: Args) -> Result<()> {
         } else {
             0.0
         };
-        let kernel = kernel_name(g.mode, &n.op);
+        let kernel = kernel_name(&m, i);
         t.row(vec![
             n.name.clone(),
             n.op.name().into(),

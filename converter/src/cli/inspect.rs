@@ -15,6 +15,15 @@ pub struct Args {
     /// Print the description as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Force a kernel family for conv and linear layers: scalar, shift,
+    /// dot, lut or fexp (default: the fastest this CPU has). Same as the
+    /// SHIFTNN_KERNEL environment variable.
+    #[arg(long, value_name = "FAMILY")]
+    pub kernel: Option<String>,
+    /// Cap the instruction-set level: scalar, avx2, avx512, neon or
+    /// neondot (to test a lower path). Same as SHIFTNN_ISA.
+    #[arg(long, value_name = "LEVEL")]
+    pub isa: Option<String>,
 }
 
 pub(crate) fn mode_name(m: Mode) -> &'static str {
@@ -58,6 +67,7 @@ pub(crate) fn layer_weights(m: &Model, i: usize) -> Option<(WeightKind, u32, usi
 
 /// Run `shiftnn inspect`.
 pub fn main(a: Args) -> Result<()> {
+    super::kernels::force(a.kernel.as_deref(), a.isa.as_deref())?;
     let m = common::open_model(&a.model)?;
     let g = m.graph();
     let file_bytes = m.bytes().len();
@@ -86,7 +96,7 @@ pub fn main(a: Args) -> Result<()> {
     ]);
     for (i, n) in g.nodes.iter().enumerate() {
         let out = &g.values[n.output];
-        let kernel = kernel_name(g.mode, &n.op);
+        let kernel = kernel_name(&m, i);
         let w = layer_weights(&m, i);
         if let Some((_, _, b, p, mac)) = w {
             tot_wbytes += b;

