@@ -135,6 +135,9 @@ def render_results(path_md):
     lines.append("")
     lines.append("Per-run details (code histograms, per-epoch share of changing codes, full flags) are in "
                  "`python/results/runs.jsonl`.")
+    notes = os.path.join(RESULTS_DIR, "notes.md")
+    if os.path.exists(notes):
+        lines += ["", open(notes).read().rstrip()]
     with open(path_md, "w") as f:
         f.write("\n".join(lines) + "\n")
 
@@ -153,8 +156,8 @@ def main():
     ap.add_argument("--wd", type=float, default=1e-4, help="weight decay on full-precision weights only")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--src", default="/usr/share/datasets/fashion-mnist")
-    ap.add_argument("--out", default=None, help="ONNX path (default examples/fmnist/fmnist_denseshift_b{bits}.onnx, "
-                                                "or /tmp/... for non-default variants)")
+    ap.add_argument("--out", default=None, help="ONNX path (default: examples/fmnist/fmnist_denseshift_b3.onnx "
+                                                "for the default 3-bit run, python/results/fmnist_TAG.onnx otherwise)")
     ap.add_argument("--tag", default=None)
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
@@ -165,8 +168,8 @@ def main():
     tag = args.tag or (f"b{args.bits}-" + ("naive" if args.naive_ste else "denseshift")
                        + ("-scale" if args.channel_scale else "") + ("-binenc" if args.encoding == "binary" else ""))
     if args.out is None:
-        default_variant = not args.naive_ste and not args.channel_scale and args.encoding == "recursive" \
-            and not args.quantize_first_last
+        default_variant = args.bits == 3 and not args.naive_ste and not args.channel_scale \
+            and args.encoding == "recursive" and not args.quantize_first_last
         args.out = (os.path.join(REPO, f"examples/fmnist/fmnist_denseshift_b{args.bits}.onnx") if default_variant
                     else os.path.join(RESULTS_DIR, f"fmnist_{tag}.onnx"))
 

@@ -434,9 +434,7 @@ pub fn write_npz(path: impl AsRef<Path>, members: &[(&str, Vec<u8>)]) -> Result<
             .with_context(ctx)?;
         z.write_all(bytes).with_context(ctx)?;
     }
-    z.finish()
-        .map_err(|e| anyhow!("{e}"))
-        .with_context(ctx)?;
+    z.finish().map_err(|e| anyhow!("{e}")).with_context(ctx)?;
     Ok(())
 }
 

@@ -12,7 +12,8 @@ fn root() -> PathBuf {
 }
 
 fn read_npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
-    let a = shiftnn_converter::npy::read_f32(path).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+    let a = shiftnn_converter::npy::read_f32(path)
+        .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
     (a.shape, a.data)
 }
 

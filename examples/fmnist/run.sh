@@ -13,7 +13,10 @@ DATA=examples/fmnist/data
 MODEL="${MODEL:-examples/fmnist/fmnist_fp32.onnx}"
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
 
-if [ ! -d /usr/share/datasets/fashion-mnist ] || ! python3 -c "import numpy" 2>/dev/null; then
+# Debian's python3 gets numpy from apt; a python3 earlier on PATH (pyenv)
+# may lack it, so use whichever interpreter has numpy.
+find_python() { for p in /usr/bin/python3 python3; do if "$p" -c "import numpy" 2>/dev/null; then echo "$p"; return; fi; done; }
+if [ ! -d /usr/share/datasets/fashion-mnist ] || [ -z "$(find_python)" ]; then
   echo "== installing dataset-fashion-mnist and python3-numpy"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq dataset-fashion-mnist python3-numpy >/dev/null
@@ -25,7 +28,7 @@ BIN=target/release/shiftnn
 
 if [ ! -f "$DATA/test.npz" ] || [ ! -f "$DATA/calib.npy" ]; then
   echo "== writing the test split and a calibration batch"
-  python3 python/fmnist_data.py --out "$DATA"
+  "$(find_python)" python/fmnist_data.py --out "$DATA"
 fi
 
 mkdir -p "$OUT"
@@ -35,7 +38,8 @@ for mode in int8 float; do
   for b in $BITS; do
     f="$OUT/fmnist_b${b}_${mode}.shift"
     echo "== convert: ${b} bits, ${mode} mode"
-    "$BIN" convert "$MODEL" -o "$f" --bits "$b" --mode "$mode" --calib "$DATA/calib.npy" >"$OUT/convert_b${b}_${mode}.txt"
+    calib=(); [ "$mode" = int8 ] && calib=(--calib "$DATA/calib.npy")
+    "$BIN" convert "$MODEL" -o "$f" --bits "$b" --mode "$mode" "${calib[@]}" >"$OUT/convert_b${b}_${mode}.txt"
     tail -n 4 "$OUT/convert_b${b}_${mode}.txt"
     if [ -z "$ref_json" ]; then
       ev=$("$BIN" eval "$f" --data "$DATA/test.npz" --reference "$MODEL" --json)
@@ -48,7 +52,7 @@ for mode in int8 float; do
   done
 done
 
-python3 - "$MODEL" "$ref_json" "${rows[@]}" <<'PY'
+"$(find_python)" - "$MODEL" "$ref_json" "${rows[@]}" <<'PY'
 import json, os, sys
 model, ref = sys.argv[1], json.loads(sys.argv[2])
 print()

@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::graph::{DType, Mode, Op, WeightKind};
 use crate::model::Model;
 use crate::planner::ALIGN;
-use alloc::{format, vec, vec::Vec};
+use alloc::{format, sync::Arc, vec, vec::Vec};
 use core::ops::Range;
 use shiftnn_kernels::dispatch;
 use shiftnn_kernels::scalar::{self, PoolGeom};
@@ -44,10 +44,13 @@ impl Arena<'_> {
 /// An inference session: a model, its derived parameters and an arena.
 pub struct Session<'m, 'b> {
     model: &'m Model<'m>,
-    prepared: Prepared,
+    prepared: Arc<Prepared>,
     arena: Arena<'b>,
     #[cfg(feature = "std")]
     pool: Option<rayon::ThreadPool>,
+    /// Shared parameters and the generation last loaded from them.
+    #[cfg(feature = "std")]
+    shared: Option<(Arc<crate::adapt::SharedParams>, u64)>,
 }
 
 impl<'m> Session<'m, 'static> {
@@ -58,10 +61,12 @@ impl<'m> Session<'m, 'static> {
         let skip = (ALIGN - (v.as_ptr() as usize) % ALIGN) % ALIGN;
         Ok(Session {
             model,
-            prepared: Prepared::new(model)?,
+            prepared: Arc::new(Prepared::new(model)?),
             arena: Arena::Owned(v, skip),
             #[cfg(feature = "std")]
             pool: None,
+            #[cfg(feature = "std")]
+            shared: None,
         })
     }
 }
@@ -82,10 +87,12 @@ impl<'m, 'b> Session<'m, 'b> {
         let arena = &mut arena[skip..];
         Ok(Session {
             model,
-            prepared: Prepared::new(model)?,
+            prepared: Arc::new(Prepared::new(model)?),
             arena: Arena::Borrowed(arena),
             #[cfg(feature = "std")]
             pool: None,
+            #[cfg(feature = "std")]
+            shared: None,
         })
     }
 
@@ -116,14 +123,62 @@ impl<'m, 'b> Session<'m, 'b> {
     }
 
     /// Replace the derived parameters (for example after new normalization
-    /// parameters), between runs.
+    /// parameters), between runs. Detaches the session from shared
+    /// parameters.
     pub fn set_prepared(&mut self, p: Prepared) {
+        self.set_prepared_arc(Arc::new(p));
+    }
+
+    /// Use parameters shared with other sessions (no copy), between runs.
+    /// Detaches the session from [`SharedParams`](crate::adapt::SharedParams).
+    pub fn set_prepared_arc(&mut self, p: Arc<Prepared>) {
+        #[cfg(feature = "std")]
+        {
+            self.shared = None;
+        }
         self.prepared = p;
     }
 
-    /// Mutable access to derived parameters.
+    /// Mutable access to derived parameters (copied first if shared).
+    /// Detaches the session from shared parameters.
     pub fn prepared_mut(&mut self) -> &mut Prepared {
-        &mut self.prepared
+        #[cfg(feature = "std")]
+        {
+            self.shared = None;
+        }
+        Arc::make_mut(&mut self.prepared)
+    }
+
+    /// Follow `shared`: every run first picks up its current parameters
+    /// (one atomic load; a mutex only to clone the `Arc` when they changed).
+    /// Fails if they belong to another model.
+    #[cfg(feature = "std")]
+    pub fn set_shared(&mut self, shared: Arc<crate::adapt::SharedParams>) -> Result<()> {
+        if shared.fingerprint() != self.model.fingerprint() {
+            return Err(Error::Patch(
+                "shared parameters belong to another model".into(),
+            ));
+        }
+        let (p, gen) = shared.load();
+        self.prepared = p;
+        self.shared = Some((shared, gen));
+        Ok(())
+    }
+
+    /// Pick up the shared parameters now if they changed (done by every
+    /// run); true if they did.
+    #[cfg(feature = "std")]
+    pub fn refresh(&mut self) -> bool {
+        if let Some((sh, gen)) = &mut self.shared {
+            if sh.generation() != *gen {
+                let (p, g) = sh.load();
+                *gen = g;
+                // The old Arc is dropped here, between runs.
+                self.prepared = p;
+                return true;
+            }
+        }
+        false
     }
 
     fn arena_mut(&mut self) -> &mut [u8] {
@@ -172,6 +227,8 @@ impl<'m, 'b> Session<'m, 'b> {
                 )));
             }
         }
+        #[cfg(feature = "std")]
+        self.refresh();
         #[cfg(feature = "std")]
         let pool = self.pool.take();
         let r = (|| {

@@ -21,6 +21,7 @@
 
 extern crate alloc;
 
+pub mod adapt;
 mod derive;
 mod embed;
 mod error;

@@ -29,7 +29,8 @@ pub fn kernel_name(model: &Model, i: usize) -> String {
 /// override the environment variables).
 pub fn force(kernel: Option<&str>, isa: Option<&str>) -> Result<()> {
     if let Some(k) = kernel {
-        let f = Family::parse(k).ok_or_else(|| anyhow!("--kernel {k}: expected scalar, shift, dot, lut or fexp"))?;
+        let f = Family::parse(k)
+            .ok_or_else(|| anyhow!("--kernel {k}: expected scalar, shift, dot, lut or fexp"))?;
         dispatch::set_family(Some(f));
     }
     if let Some(l) = isa {
