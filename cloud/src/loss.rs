@@ -1,0 +1,1 @@
+//! The CEMA loss (work in progress).
