@@ -113,7 +113,7 @@ pub enum Family {
     Shift = 2,
     /// Int8, decode to int8 weights + the ISA's int8 dot product.
     Dot = 3,
-    /// Int8, table lookup (no kernel yet: forcing it runs `shift`).
+    /// Int8, table lookup (T-MAC style); no multiply.
     Lut = 4,
     /// Float, exponent-field add + sign XOR; no multiply.
     Fexp = 5,
@@ -256,14 +256,19 @@ macro_rules! registry {
 #[cfg(target_arch = "x86_64")]
 registry! { SIMD:
     "avx2/dot" => Avx2, Dot, 1, ShiftI8(crate::x86_64::avx2::conv_dot_i8);
+    "avx2/lut" => Avx2, Lut, 1, ShiftI8(crate::x86_64::avx2::conv_lut_i8);
     "avx2/shift" => Avx2, Shift, 1, ShiftI8(crate::x86_64::avx2::conv_shift_i8);
     "avx2/fexp" => Avx2, Fexp, 1, ShiftF32(crate::x86_64::avx2::conv_fexp_f32);
+    "avx2/w8" => Avx2, Dot, 1, W8I8(crate::x86_64::avx2::conv_w8_i8);
 }
 #[cfg(target_arch = "aarch64")]
 registry! { SIMD:
     "neondot/dot" => NeonDot, Dot, 1, ShiftI8(crate::aarch64::neon::conv_sdot_i8);
+    "neon/lut" => Neon, Lut, 1, ShiftI8(crate::aarch64::neon::conv_lut_i8);
     "neon/shift" => Neon, Shift, 1, ShiftI8(crate::aarch64::neon::conv_shift_i8);
     "neon/fexp" => Neon, Fexp, 1, ShiftF32(crate::aarch64::neon::conv_fexp_f32);
+    "neondot/w8" => NeonDot, Dot, 1, W8I8(crate::aarch64::neon::conv_sdot_w8_i8);
+    "neon/w8" => Neon, Dot, 1, W8I8(crate::aarch64::neon::conv_w8_i8);
 }
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 registry! { SIMD: }
@@ -430,10 +435,13 @@ fn preference(op: Op, forced: Option<Family>) -> &'static [Family] {
         (Op::ShiftI8, None) | (Op::ShiftI8, Some(Fexp)) => &[Dot, Shift, Scalar],
         (Op::ShiftI8, Some(Dot)) => &[Dot, Scalar],
         (Op::ShiftI8, Some(Shift)) => &[Shift, Scalar],
-        // No lut kernel yet: the next multiplication-free family.
         (Op::ShiftI8, Some(Lut)) => &[Lut, Shift, Scalar],
         (Op::ShiftF32, _) => &[Fexp, Scalar],
-        (Op::W8I8, _) | (Op::F32, _) => &[Scalar],
+        // Int8 weights (kept layers) multiply in every family, the scalar
+        // reference included: a forced multiplication-free family cannot
+        // change that, so they take the SIMD int8 dot kernel.
+        (Op::W8I8, _) => &[Dot, Scalar],
+        (Op::F32, _) => &[Scalar],
     }
 }
 
@@ -498,7 +506,7 @@ pub fn conv_shift_f32(
     }
 }
 
-/// Dispatching [`scalar::conv_w8_i8`] (scalar only for now).
+/// Dispatching [`scalar::conv_w8_i8`]: bit-identical output.
 pub fn conv_w8_i8(g: &Conv2dGeom, x: &[i8], w: &[i8], oc0: usize, rq: &[Requant], out: &mut [i8]) {
     match select(Op::W8I8, g).f {
         KernelFn::W8I8(f) => f(g, x, w, oc0, rq, out),

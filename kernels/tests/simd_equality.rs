@@ -3,7 +3,8 @@
 //! counts, `k` tails, padding, strides, dilations, groups and channel-range
 //! splits.
 //!
-//! * int8 (`Op::ShiftI8`): equality, bit for bit.
+//! * int8 (`Op::ShiftI8`, and `Op::W8I8` with int8 weights that are -128
+//!   or 127 one time in four): equality, bit for bit.
 //! * float (`Op::ShiftF32`): each term `x * w` is exact (exponent add), so
 //!   the only difference is the order of f32 additions. Any order of
 //!   recursive/pairwise summation of `n` terms is within
@@ -15,7 +16,7 @@
 
 use proptest::prelude::*;
 use shiftnn_kernels::codes::pack;
-use shiftnn_kernels::dispatch::{self, Isa, KernelFn, Op};
+use shiftnn_kernels::dispatch::{self, Family, Isa, KernelFn, Op};
 use shiftnn_kernels::scalar::{self, Affine};
 use shiftnn_kernels::{Bits, Conv2dGeom, PackedRows, Requant};
 
@@ -209,8 +210,60 @@ fn check_f32(c: &Case, xf: &[f32]) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// Random int8 weights for `c`'s geometry, extremes one time in four.
+fn w8_weights(c: &Case, seed: u64) -> Vec<i8> {
+    let mut r = Rng(seed | 1);
+    (0..c.g.c_out * c.g.k())
+        .map(|_| match r.next() % 8 {
+            0 => -128,
+            1 => 127,
+            _ => r.next() as i8,
+        })
+        .collect()
+}
+
+/// All int8-weight kernels this CPU runs against `scalar::conv_w8_i8`,
+/// whole and split by channel range.
+fn check_w8(c: &Case, w: &[i8]) -> Result<(), TestCaseError> {
+    let g = &c.g;
+    let k = g.k();
+    let mut want = vec![0i8; g.out_len()];
+    scalar::conv_w8_i8(g, &c.x, w, 0, &c.rq, &mut want);
+    let split = g.c_out / 2;
+    let plane = g.out_plane();
+    for kern in dispatch::kernels() {
+        let KernelFn::W8I8(f) = kern.f else { continue };
+        if !kern.isa.available() {
+            continue;
+        }
+        let mut got = vec![0i8; g.out_len()];
+        f(g, &c.x, w, 0, &c.rq, &mut got);
+        prop_assert_eq!(&got, &want, "kernel {} geom {:?}", kern.name, g);
+        let (lo, hi) = got.split_at_mut(split * plane);
+        f(g, &c.x, &w[..split * k], 0, &c.rq[..split], lo);
+        f(g, &c.x, &w[split * k..], split, &c.rq[split..], hi);
+        prop_assert_eq!(&got, &want, "kernel {} (split) geom {:?}", kern.name, g);
+    }
+    let mut got = vec![0i8; g.out_len()];
+    dispatch::conv_w8_i8(g, &c.x, w, 0, &c.rq, &mut got);
+    prop_assert_eq!(&got, &want, "dispatch w8 geom {:?}", g);
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(96))]
+
+    #[test]
+    fn w8_conv_kernels_equal_scalar(g in geom(), seed in any::<u64>()) {
+        let c = case(g, 4, seed);
+        check_w8(&c, &w8_weights(&c, seed ^ 0x1234))?;
+    }
+
+    #[test]
+    fn w8_linear_kernels_equal_scalar(g in linear(), seed in any::<u64>()) {
+        let c = case(g, 4, seed);
+        check_w8(&c, &w8_weights(&c, seed ^ 0x4321))?;
+    }
 
     #[test]
     fn int8_conv_kernels_equal_scalar(g in geom(), b in 2u32..5, seed in any::<u64>()) {
@@ -299,6 +352,65 @@ fn extreme_codes_and_activations() {
             check_i8(&c).unwrap();
         }
     }
+}
+
+/// Int8 weights and activations at the extremes everywhere: every
+/// `vpmaddubsw` pair sum at its limit (-128 * -128 twice is 32768, which
+/// saturates i16 if computed naively), long rows so i32 sums grow.
+#[test]
+fn w8_extremes() {
+    for k in [1usize, 2, 31, 32, 33, 64, 100, 1000, 4099] {
+        for (wv, xv) in [(-128i8, -128i8), (-128, 127), (127, -128), (127, 127)] {
+            let g = Conv2dGeom::linear(k, 3);
+            let mut c = case(g, 4, k as u64);
+            c.x = vec![xv; k];
+            c.rq = vec![Requant::from_real(1.0 / 16384.0 / k as f64 * 100.0, 0.0, -128, 127); 3];
+            check_w8(&c, &vec![wv; 3 * k]).unwrap();
+            // Alternating signs: pair sums of opposite sign terms.
+            let alt: Vec<i8> = (0..3 * k)
+                .map(|i| if i % 2 == 0 { wv } else { -128 })
+                .collect();
+            check_w8(&c, &alt).unwrap();
+        }
+    }
+}
+
+/// Every level this CPU runs, capped in turn (`set_isa_cap`, what
+/// `SHIFTNN_ISA` sets), times every forced family: the dispatching entry
+/// points still equal `scalar`. The settings are process-wide; other tests
+/// running meanwhile only see another correct kernel.
+#[test]
+fn every_level_and_family_through_dispatch() {
+    let shapes = [
+        Conv2dGeom::linear(333, 19),
+        Conv2dGeom {
+            c_in: 6,
+            h: 9,
+            w: 7,
+            c_out: 21,
+            kh: 3,
+            kw: 3,
+            stride: [2, 1],
+            pads: [1, 1, 0, 1],
+            dilation: [1, 1],
+            groups: 3,
+        },
+    ];
+    for isa in Isa::ALL.into_iter().filter(|i| i.available()) {
+        for fam in Family::ALL.into_iter().map(Some).chain([None]) {
+            dispatch::set_isa_cap(Some(isa));
+            dispatch::set_family(fam);
+            for (si, g) in shapes.iter().enumerate() {
+                for b in 2..=4 {
+                    let c = case(*g, b, 7 + si as u64 * 3 + b as u64);
+                    check_i8(&c).unwrap();
+                    check_w8(&c, &w8_weights(&c, 99)).unwrap();
+                }
+            }
+        }
+    }
+    dispatch::set_isa_cap(None);
+    dispatch::set_family(None);
 }
 
 /// Edge-case float activations (zeros, subnormals, huge, inf, NaN): their

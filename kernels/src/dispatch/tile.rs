@@ -1,22 +1,34 @@
-//! The ISA-independent half of every SIMD conv/linear kernel.
+//! The ISA-independent half of every SIMD conv/linear kernel: everything
+//! but the inner loop, which each ISA file supplies as a [`RowKernel`].
 //!
 //! Per group of output channels, output pixels are taken in tiles of
 //! [`P`]; each tile's patches (the `k` activations one output reads, in the
 //! weight order `(ic, ky, kx)`, zero for padded taps) are gathered once
 //! into a 64-byte-aligned 16 KB stack buffer, converted to the element type
-//! the row kernel wants (i8, i16, i32, f32 bits), and then reused by every
-//! output channel of the call: the row kernel decodes a row's packed codes
-//! in registers and accumulates against the `P` patches at once, so the
-//! decode cost is shared by `P` pixels. A linear layer is the 1x1 case
-//! (one pixel, the patch is the input).
+//! the row kernel wants (i8, i16, i32, f32 bits, or a 16-byte lookup table
+//! per activation for `lut`), and then reused by every output channel of
+//! the call: the row kernel decodes the packed codes in registers and
+//! accumulates against the `P` patches at once, so the decode cost is
+//! shared by `P` pixels. A linear layer is the 1x1 case (one pixel, the
+//! patch is the input).
 //!
 //! `k` is cut into chunks that fit the buffer (a multiple of [`KALIGN`]
 //! codes, so every chunk starts on a byte of every packed row); with more
 //! than one chunk, partial sums of a block of [`CB`] rows live in a stack
 //! array. Each chunk's patch is zero beyond its last code up to a multiple
 //! of `KALIGN`, so row kernels may run whole blocks past the end.
+//!
+//! Weights are seen as rows of bytes ([`Rows`]): packed `b`-bit codes
+//! (b = 2, 3, 4), or plain int8 weights as "8-bit codes" (`B = 8`), so the
+//! int8-weight kernels of kept layers share this driver.
+//!
+//! The entry points [`shift_i8`], [`w8_i8`] and [`shift_f32`] do the
+//! checks and the epilogue every ISA's public kernel needs; an ISA file
+//! holds only its row kernels and one-line entry points.
 
-use crate::{fexp, Bits, Conv2dGeom, PackedRows};
+use crate::dispatch::Isa;
+use crate::scalar::Affine;
+use crate::{fexp, Conv2dGeom, PackedRows, Requant};
 
 /// Bytes of the stack activation buffer.
 const BUF_BYTES: usize = 16 * 1024;
@@ -24,6 +36,8 @@ const BUF_BYTES: usize = 16 * 1024;
 pub(crate) const P: usize = 4;
 /// Rows per block of chunk accumulators.
 const CB: usize = 32;
+/// Most rows one [`RowKernel::dot`] call may take ([`RowKernel::ROWS`]).
+pub(crate) const MAX_ROWS: usize = 16;
 /// Chunks of `k` are multiples of this many codes.
 pub(crate) const KALIGN: usize = 64;
 
@@ -44,66 +58,217 @@ pub(crate) unsafe trait RowKernel {
     type Acc: Copy + Default + core::ops::AddAssign;
     /// Planes per patch (fexp keeps a mask plane after the values).
     const PLANES: usize;
+    /// Rows one [`RowKernel::dot`] call computes at most (`<= MAX_ROWS`):
+    /// 1 for kernels whose lanes run along `k`, 16 for `lut`, whose lanes
+    /// are output channels.
+    const ROWS: usize = 1;
 
     /// Store activation `v` at index `i` of a patch whose planes hold
     /// `len` elements each (the patch was zero-filled first). Returns
     /// `false` when this activation needs the exact scalar path.
     fn put(slot: &mut [Self::X], len: usize, i: usize, v: Self::In) -> bool;
 
-    /// The sums over one chunk for `NP` pixels: `codes` are the chunk's
-    /// bytes of one packed row (`ceil(kc * b / 8)` bytes), pixel `j`'s patch
+    /// Add the sums over one chunk for `NP` pixels and `rows.len() <=
+    /// ROWS` rows to `out`: `rows[r]` holds the chunk's bytes of one row
+    /// (`ceil(kc * B / 8)` bytes; `B = 8`: int8 weights), pixel `j`'s patch
     /// starts at `xs[j * stride]` (planes of `stride / PLANES` elements,
     /// zero beyond `kc` up to a multiple of [`KALIGN`]).
     ///
     /// # Safety
     /// The CPU runs the kernel's ISA; `xs` holds `NP` patches as described.
-    unsafe fn dot<const NP: usize>(
-        codes: &[u8],
-        bits: Bits,
+    unsafe fn dot<const B: u32, const NP: usize>(
+        rows: &[&[u8]],
         kc: usize,
         xs: &[Self::X],
         stride: usize,
-    ) -> [Self::Acc; NP];
+        out: &mut [[Self::Acc; NP]],
+    );
+}
+
+/// [`RowKernel::dot`] for kernels of one row at a time: `f` computes one
+/// row's sums.
+#[inline(always)]
+pub(crate) fn each_row<A: Copy + core::ops::AddAssign, const NP: usize>(
+    rows: &[&[u8]],
+    out: &mut [[A; NP]],
+    mut f: impl FnMut(&[u8]) -> [A; NP],
+) {
+    for (row, o) in rows.iter().zip(out.iter_mut()) {
+        let s = f(row);
+        for j in 0..NP {
+            o[j] += s[j];
+        }
+    }
+}
+
+/// Weight rows as bytes: packed codes of `b` bits, or int8 weights (`b = 8`).
+#[derive(Clone, Copy)]
+pub(crate) struct Rows<'a> {
+    data: &'a [u8],
+    rb: usize,
+    n: usize,
+    k: usize,
+    b: u32,
+}
+
+impl<'a> Rows<'a> {
+    fn packed(w: &PackedRows<'a>) -> Self {
+        Rows {
+            data: w.bytes(),
+            rb: w.bits().row_bytes(w.k()),
+            n: w.rows(),
+            k: w.k(),
+            b: w.bits().get(),
+        }
+    }
+
+    fn int8(w: &'a [i8], k: usize) -> Self {
+        // SAFETY: i8 and u8 have the same size, alignment and validity.
+        let data = unsafe { core::slice::from_raw_parts(w.as_ptr().cast::<u8>(), w.len()) };
+        Rows {
+            data,
+            rb: k,
+            n: w.len() / k.max(1),
+            k,
+            b: 8,
+        }
+    }
+
+    #[inline]
+    fn row(&self, r: usize) -> &'a [u8] {
+        &self.data[r * self.rb..(r + 1) * self.rb]
+    }
 }
 
 /// The argument checks of the scalar kernels (same panics).
-pub(crate) fn check(
-    g: &Conv2dGeom,
-    in_len: usize,
-    w: &PackedRows,
-    oc0: usize,
-    ep: usize,
-    out: usize,
-) {
-    let n = w.rows();
+fn check(g: &Conv2dGeom, in_len: usize, w: &Rows, oc0: usize, ep: usize, out: usize) {
+    let n = w.n;
+    assert_eq!(w.k, g.k());
+    assert_eq!(w.data.len(), n * w.rb);
     assert!(oc0 + n <= g.c_out, "channel range out of bounds");
     assert_eq!(out, n * g.out_plane(), "output length");
-    assert_eq!(w.k(), g.k());
     assert_eq!(ep, n);
     assert_eq!(in_len, g.in_len());
 }
 
-/// Run kernel `K` over output channels `oc0 .. oc0 + w.rows()`: calls
+fn require(isa: Isa) {
+    assert!(
+        isa.available(),
+        "{} kernel called on a CPU without that level",
+        isa.name()
+    );
+}
+
+/// An int8 entry point with shift codes (`shift`, `dot`, `lut` families):
+/// equal to [`crate::scalar::conv_shift_i8`]. Panics if the CPU lacks
+/// `isa`, which must be `K`'s level.
+pub(crate) fn shift_i8<K: RowKernel<In = i8, Acc = i32>>(
+    isa: Isa,
+    g: &Conv2dGeom,
+    x: &[i8],
+    w: &PackedRows,
+    oc0: usize,
+    rq: &[Requant],
+    out: &mut [i8],
+) {
+    int8::<K>(isa, g, x, Rows::packed(w), oc0, rq, out)
+}
+
+/// An int8-weight entry point: equal to [`crate::scalar::conv_w8_i8`].
+/// Panics if the CPU lacks `isa`, which must be `K`'s level.
+pub(crate) fn w8_i8<K: RowKernel<In = i8, Acc = i32>>(
+    isa: Isa,
+    g: &Conv2dGeom,
+    x: &[i8],
+    w: &[i8],
+    oc0: usize,
+    rq: &[Requant],
+    out: &mut [i8],
+) {
+    let k = g.k();
+    let n = w.len() / k.max(1);
+    assert_eq!(w.len(), n * k);
+    int8::<K>(isa, g, x, Rows::int8(w, k), oc0, rq, out)
+}
+
+fn int8<K: RowKernel<In = i8, Acc = i32>>(
+    isa: Isa,
+    g: &Conv2dGeom,
+    x: &[i8],
+    w: Rows,
+    oc0: usize,
+    rq: &[Requant],
+    out: &mut [i8],
+) {
+    require(isa);
+    check(g, x.len(), &w, oc0, rq.len(), out.len());
+    let plane = g.out_plane();
+    // SAFETY: the CPU runs `isa` (checked above), `K`'s level by this
+    // function's contract; arguments checked.
+    unsafe {
+        conv::<K>(
+            g,
+            x,
+            w,
+            oc0,
+            |r, q, a| out[r * plane + q] = rq[r].apply(a),
+            |_, _| 0,
+        )
+    }
+}
+
+/// A float entry point (`fexp`): [`crate::scalar::conv_shift_f32`] within
+/// the summation bound; pixels with edge-case activations take the exact
+/// scalar path. Panics if the CPU lacks `isa`, which must be `K`'s level.
+pub(crate) fn shift_f32<K: RowKernel<In = f32, Acc = f32>>(
+    isa: Isa,
+    g: &Conv2dGeom,
+    x: &[f32],
+    w: &PackedRows,
+    oc0: usize,
+    ep: &[Affine],
+    out: &mut [f32],
+) {
+    require(isa);
+    let rows = Rows::packed(w);
+    check(g, x.len(), &rows, oc0, ep.len(), out.len());
+    let plane = g.out_plane();
+    // SAFETY: the CPU runs `isa` (checked above), `K`'s level by this
+    // function's contract; arguments checked.
+    unsafe {
+        conv::<K>(
+            g,
+            x,
+            rows,
+            oc0,
+            |r, q, a| out[r * plane + q] = ep[r].apply(a),
+            |r, q| fexp_slow(g, x, w, oc0 + r, r, q),
+        )
+    }
+}
+
+/// Run kernel `K` over output channels `oc0 .. oc0 + w.n`: calls
 /// `finish(r, q, acc)` for row `r` (relative to `oc0`) and output pixel `q`
 /// (`oy * out_w + ox`). Pixels with an activation that `K::put` refused
 /// get `slow(r, q)` instead.
 ///
 /// # Safety
 /// The CPU runs `K`'s ISA. Arguments were checked with [`check`].
-pub(crate) unsafe fn conv<K: RowKernel>(
+unsafe fn conv<K: RowKernel>(
     g: &Conv2dGeom,
     x: &[K::In],
-    w: &PackedRows,
+    w: Rows,
     oc0: usize,
     mut finish: impl FnMut(usize, usize, K::Acc),
     slow: impl Fn(usize, usize) -> K::Acc,
 ) {
-    let n = w.rows();
+    let n = w.n;
     let plane = g.out_plane();
     let k = g.k();
     if n == 0 || plane == 0 || k == 0 {
         return;
     }
+    debug_assert!(K::ROWS >= 1 && K::ROWS <= MAX_ROWS);
     let mut buf = Buf([0; BUF_BYTES]);
     let elems = BUF_BYTES / core::mem::size_of::<K::X>();
     // SAFETY: `Buf` is 64-byte aligned and `K::X` is a primitive type of
@@ -130,12 +295,11 @@ pub(crate) unsafe fn conv<K: RowKernel>(
         let r_end = n.min((grp + 1) * cog - oc0);
         let mut q = 0;
         while q < plane {
+            // SAFETY (both calls): forwarded from this function's contract.
             if plane - q >= P {
-                // SAFETY: forwarded from this function's contract.
                 unsafe { d.tile::<K, P>(xs, grp, r, r_end, q, &mut finish, &slow) };
                 q += P;
             } else {
-                // SAFETY: as above.
                 unsafe { d.tile::<K, 1>(xs, grp, r, r_end, q, &mut finish, &slow) };
                 q += 1;
             }
@@ -147,7 +311,7 @@ pub(crate) unsafe fn conv<K: RowKernel>(
 struct Driver<'a, 'w, In> {
     g: &'a Conv2dGeom,
     x: &'a [In],
-    w: &'a PackedRows<'w>,
+    w: Rows<'w>,
     k: usize,
     kc_max: usize,
     stride: usize,
@@ -220,9 +384,34 @@ impl<In: Copy> Driver<'_, '_, In> {
         finish: &mut impl FnMut(usize, usize, K::Acc),
         slow: &impl Fn(usize, usize) -> K::Acc,
     ) {
-        let bits: Bits = self.w.bits();
-        let b = bits.get() as usize;
-        let rb = bits.row_bytes(self.k);
+        // One monomorphization per code width, so row kernels see `B` as a
+        // constant. SAFETY (every arm): forwarded from this function's
+        // contract.
+        match self.w.b {
+            2 => unsafe { self.tile_b::<K, NP, 2>(xs, grp, r0, r1, q0, finish, slow) },
+            3 => unsafe { self.tile_b::<K, NP, 3>(xs, grp, r0, r1, q0, finish, slow) },
+            4 => unsafe { self.tile_b::<K, NP, 4>(xs, grp, r0, r1, q0, finish, slow) },
+            _ => unsafe { self.tile_b::<K, NP, 8>(xs, grp, r0, r1, q0, finish, slow) },
+        }
+    }
+
+    /// [`Driver::tile`] for codes of `B` bits.
+    ///
+    /// # Safety
+    /// The CPU runs `K`'s ISA; `B` is the width of `self.w`.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile_b<K: RowKernel<In = In>, const NP: usize, const B: u32>(
+        &self,
+        xs: &mut [K::X],
+        grp: usize,
+        r0: usize,
+        r1: usize,
+        q0: usize,
+        finish: &mut impl FnMut(usize, usize, K::Acc),
+        slow: &impl Fn(usize, usize) -> K::Acc,
+    ) {
+        let b = B as usize;
+        let rb = self.w.rb;
         let mut ok = [true; NP];
         if self.nchunks == 1 {
             ok = self.gather::<K, NP>(xs, grp, q0, 0);
@@ -242,15 +431,26 @@ impl<In: Copy> Driver<'_, '_, In> {
                 let kc = self.kc_max.min(self.k - c0);
                 let b0 = c0 * b / 8;
                 let b1 = ((c0 + kc) * b).div_ceil(8).min(rb);
-                for (r, a) in (rs..re).zip(acc.iter_mut()) {
-                    let row = &self.w.row(r)[b0..b1];
+                let mut r = rs;
+                while r < re {
+                    let rn = (re - r).min(K::ROWS);
+                    let mut rows: [&[u8]; MAX_ROWS] = [&[]; MAX_ROWS];
+                    for (i, row) in rows[..rn].iter_mut().enumerate() {
+                        *row = &self.w.row(r + i)[b0..b1];
+                    }
                     // SAFETY: the ISA is available (this function's
                     // contract); `xs` holds NP gathered patches of
                     // `stride` elements, zero-padded to KALIGN.
-                    let s = unsafe { K::dot::<NP>(row, bits, kc, xs, self.stride) };
-                    for j in 0..NP {
-                        a[j] += s[j];
-                    }
+                    unsafe {
+                        K::dot::<B, NP>(
+                            &rows[..rn],
+                            kc,
+                            xs,
+                            self.stride,
+                            &mut acc[r - rs..r - rs + rn],
+                        )
+                    };
+                    r += rn;
                 }
             }
             for (r, a) in (rs..re).zip(acc.iter()) {
@@ -292,14 +492,7 @@ pub(crate) fn fexp_put(slot: &mut [u32], len: usize, i: usize, v: f32) -> bool {
 
 /// Exact scalar value of one float output (for pixels with edge-case
 /// activations): the reference's own loop.
-pub(crate) fn fexp_slow(
-    g: &Conv2dGeom,
-    x: &[f32],
-    w: &PackedRows,
-    oc: usize,
-    r: usize,
-    q: usize,
-) -> f32 {
+fn fexp_slow(g: &Conv2dGeom, x: &[f32], w: &PackedRows, oc: usize, r: usize, q: usize) -> f32 {
     let (oy, ox) = (q / g.out_w(), q % g.out_w());
     let row = w.row(r);
     let mut acc = 0f32;
@@ -307,4 +500,55 @@ pub(crate) fn fexp_slow(
         acc += fexp::apply_code(x[xi], w.bits(), crate::codes::code_at(row, w.bits(), ki))
     });
     acc
+}
+
+// ---------------------------------------------------------------------------
+// Shared by the lut kernels of every ISA.
+
+/// The lookup table of activation `x`: entry `p` (0..8) is the i16
+/// `x << p`, its low byte at index `p` and its high byte at `p + 8`, so one
+/// byte shuffle with indices `(p, p + 8)` per 16-bit lane yields the i16
+/// term. The sign of a code is applied after the lookup (`t ^ m` with
+/// `m = -1` for a negative weight, plus the count of negative weights), so
+/// one table serves b = 2, 3 and 4, and a zero activation's table is all
+/// zeros (the patch padding).
+const fn lut_table(x: i8) -> u128 {
+    let mut t = [0u8; 16];
+    let mut p = 0;
+    while p < 8 {
+        let v = ((x as i16) << p) as u16;
+        t[p] = v as u8;
+        t[p + 8] = (v >> 8) as u8;
+        p += 1;
+    }
+    u128::from_le_bytes(t)
+}
+
+/// Every activation's table, indexed by `x as u8`: building a patch's
+/// tables is one 16-byte copy per activation.
+pub(crate) static LUT_TABLES: [u128; 256] = {
+    let mut all = [0u128; 256];
+    let mut i = 0;
+    while i < 256 {
+        all[i] = lut_table(i as u8 as i8);
+        i += 1;
+    }
+    all
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lut_tables_hold_the_shifted_activation() {
+        for x in i8::MIN..=i8::MAX {
+            let t = LUT_TABLES[x as u8 as usize].to_le_bytes();
+            for p in 0..8 {
+                let v = i16::from_le_bytes([t[p], t[p + 8]]);
+                assert_eq!(v as i32, (x as i32) << p);
+            }
+        }
+        assert_eq!(LUT_TABLES[0], 0);
+    }
 }

@@ -16,22 +16,28 @@
 //! int8; here it never has to.)
 //!
 //! * `dot`: `vpshufb` table `code -> |w|`, `vpmaddubsw` + `vpmaddwd`.
+//!   The same kernel runs int8 weights (`w8`, kept layers; `B = 8`):
+//!   `|w|` by `vpabsb` (128 for -128, still a valid unsigned operand).
 //! * `shift`: `vpsllvd` on i32 lanes, XOR, add: no multiply.
+//! * `lut`: lanes are 16 output channels; per activation a 16-byte table
+//!   of `x << p` (i16 split in low/high bytes, built once per pixel tile
+//!   and shared by every row), `vpshufb` with index words `(p, p + 8)`,
+//!   XOR with the sign mask, i16 adds widened to i32 before they can
+//!   overflow. The codes of 16 rows are decoded and transposed in
+//!   registers (16x16 byte transpose per 128-bit lane). No multiply.
 //! * `fexp`: `bits(x) + (p << 23)` (zero activations masked), XOR sign,
 //!   `vaddps`; activations whose result could leave the normal range make
 //!   their pixel take the exact scalar path.
 
 use core::arch::x86_64::*;
 
-use crate::dispatch::tile::{self, fexp_put, fexp_slow, RowKernel};
+use crate::dispatch::tile::{self, each_row, fexp_put, RowKernel, LUT_TABLES};
 use crate::dispatch::Isa;
 use crate::scalar::Affine;
-use crate::{Bits, Conv2dGeom, PackedRows, Requant};
-
-const FEATURES_MSG: &str = "AVX2 kernel called on a CPU without AVX2/FMA/BMI2";
+use crate::{Conv2dGeom, PackedRows, Requant};
 
 /// Decode 32 codes of `B` bits from `4 * B` bytes at `p`, natural order,
-/// one clean code (`< 2^B`) per byte.
+/// one clean code (`< 2^B`) per byte; `B = 8`: 32 int8 weights as they are.
 ///
 /// # Safety
 /// AVX2 and BMI2 available; `p .. p + 4 * B` readable.
@@ -39,6 +45,8 @@ const FEATURES_MSG: &str = "AVX2 kernel called on a CPU without AVX2/FMA/BMI2";
 #[inline]
 unsafe fn decode32<const B: u32>(p: *const u8) -> __m256i {
     match B {
+        // SAFETY: 32 readable bytes (caller).
+        8 => unsafe { _mm256_loadu_si256(p.cast()) },
         4 => {
             // SAFETY: 16 readable bytes (caller).
             let v = unsafe { _mm_loadu_si128(p.cast()) };
@@ -92,10 +100,10 @@ unsafe fn block<const B: u32>(codes: &[u8], blk: usize) -> __m256i {
         // SAFETY: `off + nb <= codes.len()` bytes are readable.
         unsafe { decode32::<B>(codes.as_ptr().add(off)) }
     } else {
-        let mut t = [0u8; 16];
+        let mut t = [0u8; 32];
         let rest = &codes[off.min(codes.len())..];
         t[..rest.len()].copy_from_slice(rest);
-        // SAFETY: `t` has 16 >= 4 * B readable bytes.
+        // SAFETY: `t` has 32 >= 4 * B readable bytes.
         unsafe { decode32::<B>(t.as_ptr()) }
     }
 }
@@ -147,10 +155,10 @@ unsafe fn dot_rows<const B: u32, const NP: usize>(
     xs: &[i8],
     stride: usize,
 ) -> [i32; NP] {
-    let tabv = abs_table(B);
+    let tabv = abs_table(B.min(4));
     // SAFETY: 32 readable bytes.
     let tab = unsafe { _mm256_loadu_si256(tabv.as_ptr().cast()) };
-    let sbit = _mm256_set1_epi8(1 << (B - 1));
+    let sbit = _mm256_set1_epi8((1u8 << (B.min(4) - 1)) as i8);
     let ones = _mm256_set1_epi16(1);
     let zero = _mm256_setzero_si256();
     let mut acc = [zero; NP];
@@ -161,8 +169,17 @@ unsafe fn dot_rows<const B: u32, const NP: usize>(
     for blk in 0..nblk {
         // SAFETY: AVX2/BMI2 available (caller).
         let c = unsafe { block::<B>(codes, blk) };
-        let absw = _mm256_shuffle_epi8(tab, c);
-        let sm = _mm256_cmpeq_epi8(_mm256_and_si256(c, sbit), sbit);
+        let (absw, sm) = if B == 8 {
+            (
+                _mm256_abs_epi8(c),
+                _mm256_cmpgt_epi8(_mm256_setzero_si256(), c),
+            )
+        } else {
+            (
+                _mm256_shuffle_epi8(tab, c),
+                _mm256_cmpeq_epi8(_mm256_and_si256(c, sbit), sbit),
+            )
+        };
         corr = _mm256_add_epi64(corr, _mm256_sad_epu8(_mm256_and_si256(absw, sm), zero));
         for (j, a) in acc.iter_mut().enumerate() {
             // SAFETY: `j * stride + blk * 32 + 32 <= xs.len()` (assert above).
@@ -188,21 +205,17 @@ unsafe impl RowKernel for Dot {
         slot[i] = v;
         true
     }
-    unsafe fn dot<const NP: usize>(
-        codes: &[u8],
-        bits: Bits,
+    unsafe fn dot<const B: u32, const NP: usize>(
+        rows: &[&[u8]],
         kc: usize,
         xs: &[i8],
         stride: usize,
-    ) -> [i32; NP] {
+        out: &mut [[i32; NP]],
+    ) {
         // SAFETY: the caller guarantees AVX2/FMA/BMI2.
-        unsafe {
-            match bits {
-                Bits::B2 => dot_rows::<2, NP>(codes, kc, xs, stride),
-                Bits::B3 => dot_rows::<3, NP>(codes, kc, xs, stride),
-                Bits::B4 => dot_rows::<4, NP>(codes, kc, xs, stride),
-            }
-        }
+        each_row(rows, out, |c| unsafe {
+            dot_rows::<B, NP>(c, kc, xs, stride)
+        })
     }
 }
 
@@ -262,21 +275,17 @@ unsafe impl RowKernel for Shift {
         slot[i] = v as i32;
         true
     }
-    unsafe fn dot<const NP: usize>(
-        codes: &[u8],
-        bits: Bits,
+    unsafe fn dot<const B: u32, const NP: usize>(
+        rows: &[&[u8]],
         kc: usize,
         xs: &[i32],
         stride: usize,
-    ) -> [i32; NP] {
+        out: &mut [[i32; NP]],
+    ) {
         // SAFETY: the caller guarantees AVX2/FMA/BMI2.
-        unsafe {
-            match bits {
-                Bits::B2 => shift_rows::<2, NP>(codes, kc, xs, stride),
-                Bits::B3 => shift_rows::<3, NP>(codes, kc, xs, stride),
-                Bits::B4 => shift_rows::<4, NP>(codes, kc, xs, stride),
-            }
-        }
+        each_row(rows, out, |c| unsafe {
+            shift_rows::<B, NP>(c, kc, xs, stride)
+        })
     }
 }
 
@@ -337,29 +346,193 @@ unsafe impl RowKernel for Fexp {
     fn put(slot: &mut [u32], len: usize, i: usize, v: f32) -> bool {
         fexp_put(slot, len, i, v)
     }
-    unsafe fn dot<const NP: usize>(
-        codes: &[u8],
-        bits: Bits,
+    unsafe fn dot<const B: u32, const NP: usize>(
+        rows: &[&[u8]],
         kc: usize,
         xs: &[u32],
         stride: usize,
-    ) -> [f32; NP] {
+        out: &mut [[f32; NP]],
+    ) {
         // SAFETY: the caller guarantees AVX2/FMA/BMI2.
-        unsafe {
-            match bits {
-                Bits::B2 => fexp_rows::<2, NP>(codes, kc, xs, stride),
-                Bits::B3 => fexp_rows::<3, NP>(codes, kc, xs, stride),
-                Bits::B4 => fexp_rows::<4, NP>(codes, kc, xs, stride),
-            }
-        }
+        each_row(rows, out, |c| unsafe {
+            fexp_rows::<B, NP>(c, kc, xs, stride)
+        })
     }
 }
 
 // --------------------------------------------------------------------------
-// Entry points (the scalar signatures).
+// lut
+
+struct Lut;
+
+/// Transpose a 16x16 byte matrix in each 128-bit lane: `m[r]` byte `i`
+/// becomes `out[i]` byte `r` (both lanes at once).
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn transpose16(m: &[__m256i; 16]) -> [__m256i; 16] {
+    let mut a = [_mm256_setzero_si256(); 16];
+    for i in 0..8 {
+        a[i] = _mm256_unpacklo_epi8(m[2 * i], m[2 * i + 1]);
+        a[i + 8] = _mm256_unpackhi_epi8(m[2 * i], m[2 * i + 1]);
+    }
+    // a[g * 8 + i]: rows 2i, 2i+1, columns 8g .. 8g + 8.
+    let mut b = [_mm256_setzero_si256(); 16];
+    for g in 0..2 {
+        for i in 0..4 {
+            let (x, y) = (a[g * 8 + 2 * i], a[g * 8 + 2 * i + 1]);
+            b[(2 * g) * 4 + i] = _mm256_unpacklo_epi16(x, y);
+            b[(2 * g + 1) * 4 + i] = _mm256_unpackhi_epi16(x, y);
+        }
+    }
+    // b[q * 4 + i]: rows 4i .. 4i + 4, columns 4q .. 4q + 4.
+    let mut c = [_mm256_setzero_si256(); 16];
+    for q in 0..4 {
+        for i in 0..2 {
+            let (x, y) = (b[q * 4 + 2 * i], b[q * 4 + 2 * i + 1]);
+            c[(2 * q) * 2 + i] = _mm256_unpacklo_epi32(x, y);
+            c[(2 * q + 1) * 2 + i] = _mm256_unpackhi_epi32(x, y);
+        }
+    }
+    // c[cp * 2 + i]: rows 8i .. 8i + 8, columns 2cp, 2cp + 1.
+    let mut o = [_mm256_setzero_si256(); 16];
+    for cp in 0..8 {
+        o[2 * cp] = _mm256_unpacklo_epi64(c[cp * 2], c[cp * 2 + 1]);
+        o[2 * cp + 1] = _mm256_unpackhi_epi64(c[cp * 2], c[cp * 2 + 1]);
+    }
+    o
+}
+
+/// Add the i16 lanes of `a` (16 rows: words 0..8 of each 128-bit lane)
+/// to `acc` as i32: `acc[0]` even words, `acc[1]` odd words.
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn widen_add(acc: &mut [__m256i], a: __m256i) {
+    acc[0] = _mm256_add_epi32(acc[0], _mm256_srai_epi32::<16>(_mm256_slli_epi32::<16>(a)));
+    acc[1] = _mm256_add_epi32(acc[1], _mm256_srai_epi32::<16>(a));
+}
+
+#[target_feature(enable = "avx2,fma,bmi2")]
+unsafe fn lut_rows<const B: u32, const NP: usize>(
+    rows: &[&[u8]],
+    kc: usize,
+    xs: &[u128],
+    stride: usize,
+    out: &mut [[i32; NP]],
+) {
+    let n = rows.len();
+    assert!(n <= 16);
+    // B = 8 (int8 weights) never reaches this kernel; `min` keeps its
+    // unused instantiation well-formed.
+    let bb = B.min(4);
+    let pmask = _mm256_set1_epi8((1i8 << (bb - 1)) - 1);
+    let sbit = _mm256_set1_epi8((1u8 << (bb - 1)) as i8);
+    let eight = _mm256_set1_epi8(8);
+    let zero = _mm256_setzero_si256();
+    // Per pixel, i32 sums: [rows 0-7 even, odd, rows 8-15 even, odd].
+    let mut acc = [[zero; 4]; NP];
+    // Negative weights per row (i16 words; <= 256 per call).
+    let mut neg = [zero; 2];
+    let nblk = kc.div_ceil(32);
+    assert!(xs.len() >= (NP - 1) * stride + nblk * 32);
+    let xp = xs.as_ptr().cast::<u8>();
+    // With b = 4 a term reaches +-2^14, so only two fit an i16 lane; with
+    // b <= 3 at most 1025, and all 16 of a block do.
+    let flush = if bb == 4 { 2 } else { 16 };
+    for blk in 0..nblk {
+        let mut m = [zero; 16];
+        for (r, v) in m.iter_mut().enumerate().take(n) {
+            // SAFETY: AVX2/BMI2 available (caller).
+            *v = unsafe { block::<B>(rows[r], blk) };
+        }
+        // SAFETY: AVX2 available (caller).
+        let t = unsafe { transpose16(&m) };
+        // t[j]: codes j (low lane) and 16 + j (high lane) of the 16 rows.
+        let mut a16 = [[zero; 2]; NP];
+        for (j, &c) in t.iter().enumerate() {
+            let p = _mm256_and_si256(c, pmask);
+            let p8 = _mm256_or_si256(p, eight);
+            let sm = _mm256_cmpeq_epi8(_mm256_and_si256(c, sbit), sbit);
+            let idx = [_mm256_unpacklo_epi8(p, p8), _mm256_unpackhi_epi8(p, p8)];
+            let ms = [_mm256_unpacklo_epi8(sm, sm), _mm256_unpackhi_epi8(sm, sm)];
+            neg[0] = _mm256_sub_epi16(neg[0], ms[0]);
+            neg[1] = _mm256_sub_epi16(neg[1], ms[1]);
+            for (px, a) in a16.iter_mut().enumerate() {
+                // Tables of codes j and 16 + j sit side by side (`put`).
+                // SAFETY: in bounds by the assert above (two tables of 16
+                // bytes at element `blk * 32 + 2j` of pixel `px`'s patch).
+                let tab = unsafe {
+                    _mm256_loadu_si256(xp.add((px * stride + blk * 32 + 2 * j) * 16).cast())
+                };
+                for h in 0..2 {
+                    let v = _mm256_xor_si256(_mm256_shuffle_epi8(tab, idx[h]), ms[h]);
+                    a[h] = _mm256_add_epi16(a[h], v);
+                }
+            }
+            if (j + 1) % flush == 0 {
+                for (a, s) in a16.iter_mut().zip(acc.iter_mut()) {
+                    for h in 0..2 {
+                        // SAFETY: AVX2 available (caller).
+                        unsafe { widen_add(&mut s[2 * h..2 * h + 2], a[h]) };
+                        a[h] = zero;
+                    }
+                }
+            }
+        }
+    }
+    let mut negw = [[0i16; 16]; 2];
+    for h in 0..2 {
+        // SAFETY: 32 writable bytes.
+        unsafe { _mm256_storeu_si256(negw[h].as_mut_ptr().cast(), neg[h]) };
+    }
+    for (px, s) in acc.iter().enumerate() {
+        let mut v = [[0i32; 8]; 4];
+        for (i, d) in v.iter_mut().enumerate() {
+            // SAFETY: 32 writable bytes.
+            unsafe { _mm256_storeu_si256(d.as_mut_ptr().cast(), s[i]) };
+        }
+        for (r, o) in out.iter_mut().enumerate() {
+            // Row r: word r % 8 of half r / 8, in each 128-bit lane.
+            let (h, w) = (r / 8, r % 8);
+            let vv = &v[2 * h + (w & 1)];
+            let sum = vv[w / 2] + vv[4 + w / 2];
+            let ng = negw[h][w] as i32 + negw[h][8 + w] as i32;
+            o[px] = o[px].wrapping_add(sum.wrapping_add(ng));
+        }
+    }
+}
+
+// SAFETY: X = u128, a primitive integer.
+unsafe impl RowKernel for Lut {
+    type In = i8;
+    type X = u128;
+    type Acc = i32;
+    const PLANES: usize = 1;
+    const ROWS: usize = 16;
+    #[inline]
+    fn put(slot: &mut [u128], _len: usize, i: usize, v: i8) -> bool {
+        // Codes j and 16 + j of a 32-block are transposed into one
+        // register (`transpose16`), so their tables go side by side.
+        let pos = (i & !31) + 2 * (i & 15) + ((i >> 4) & 1);
+        slot[pos] = LUT_TABLES[v as u8 as usize];
+        true
+    }
+    unsafe fn dot<const B: u32, const NP: usize>(
+        rows: &[&[u8]],
+        kc: usize,
+        xs: &[u128],
+        stride: usize,
+        out: &mut [[i32; NP]],
+    ) {
+        // SAFETY: the caller guarantees AVX2/FMA/BMI2.
+        unsafe { lut_rows::<B, NP>(rows, kc, xs, stride, out) }
+    }
+}
+
+// --------------------------------------------------------------------------
+// Entry points (the scalar signatures). Each panics if the CPU lacks
+// AVX2/FMA/BMI2.
 
 /// `avx2/dot`: equal to [`crate::scalar::conv_shift_i8`].
-/// Panics if the CPU lacks AVX2/FMA/BMI2.
 pub fn conv_dot_i8(
     g: &Conv2dGeom,
     x: &[i8],
@@ -368,25 +541,10 @@ pub fn conv_dot_i8(
     rq: &[Requant],
     out: &mut [i8],
 ) {
-    assert!(Isa::Avx2.available(), "{FEATURES_MSG}");
-    tile::check(g, x.len(), w, oc0, rq.len(), out.len());
-    let plane = g.out_plane();
-    // SAFETY: AVX2, FMA and BMI2 were detected (assert above); arguments
-    // checked.
-    unsafe {
-        tile::conv::<Dot>(
-            g,
-            x,
-            w,
-            oc0,
-            |r, q, a| out[r * plane + q] = rq[r].apply(a),
-            |_, _| 0,
-        )
-    }
+    tile::shift_i8::<Dot>(Isa::Avx2, g, x, w, oc0, rq, out)
 }
 
 /// `avx2/shift`: equal to [`crate::scalar::conv_shift_i8`]; no multiply.
-/// Panics if the CPU lacks AVX2/FMA/BMI2.
 pub fn conv_shift_i8(
     g: &Conv2dGeom,
     x: &[i8],
@@ -395,25 +553,28 @@ pub fn conv_shift_i8(
     rq: &[Requant],
     out: &mut [i8],
 ) {
-    assert!(Isa::Avx2.available(), "{FEATURES_MSG}");
-    tile::check(g, x.len(), w, oc0, rq.len(), out.len());
-    let plane = g.out_plane();
-    // SAFETY: AVX2, FMA and BMI2 were detected (assert above); arguments
-    // checked.
-    unsafe {
-        tile::conv::<Shift>(
-            g,
-            x,
-            w,
-            oc0,
-            |r, q, a| out[r * plane + q] = rq[r].apply(a),
-            |_, _| 0,
-        )
-    }
+    tile::shift_i8::<Shift>(Isa::Avx2, g, x, w, oc0, rq, out)
+}
+
+/// `avx2/lut`: equal to [`crate::scalar::conv_shift_i8`]; no multiply.
+pub fn conv_lut_i8(
+    g: &Conv2dGeom,
+    x: &[i8],
+    w: &PackedRows,
+    oc0: usize,
+    rq: &[Requant],
+    out: &mut [i8],
+) {
+    tile::shift_i8::<Lut>(Isa::Avx2, g, x, w, oc0, rq, out)
+}
+
+/// `avx2/w8`: equal to [`crate::scalar::conv_w8_i8`] (int8 weights).
+pub fn conv_w8_i8(g: &Conv2dGeom, x: &[i8], w: &[i8], oc0: usize, rq: &[Requant], out: &mut [i8]) {
+    tile::w8_i8::<Dot>(Isa::Avx2, g, x, w, oc0, rq, out)
 }
 
 /// `avx2/fexp`: [`crate::scalar::conv_shift_f32`] within the summation
-/// bound; no multiply per MAC. Panics if the CPU lacks AVX2/FMA/BMI2.
+/// bound; no multiply per MAC.
 pub fn conv_fexp_f32(
     g: &Conv2dGeom,
     x: &[f32],
@@ -422,19 +583,5 @@ pub fn conv_fexp_f32(
     ep: &[Affine],
     out: &mut [f32],
 ) {
-    assert!(Isa::Avx2.available(), "{FEATURES_MSG}");
-    tile::check(g, x.len(), w, oc0, ep.len(), out.len());
-    let plane = g.out_plane();
-    // SAFETY: AVX2, FMA and BMI2 were detected (assert above); arguments
-    // checked.
-    unsafe {
-        tile::conv::<Fexp>(
-            g,
-            x,
-            w,
-            oc0,
-            |r, q, a| out[r * plane + q] = ep[r].apply(a),
-            |r, q| fexp_slow(g, x, w, oc0 + r, r, q),
-        )
-    }
+    tile::shift_f32::<Fexp>(Isa::Avx2, g, x, w, oc0, ep, out)
 }
