@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Issue 4 in CI: no_std builds for Cortex-M, the C API (header freshness, the
 # C example on x86-64 and on aarch64 under qemu-user), the firmware fixtures'
-# freshness, and the Fashion-MNIST firmware test under qemu-system-arm on
-# mps2-an386 (Cortex-M4) and mps3-an547 (Cortex-M55), plus size figures.
+# freshness, the Cortex-M kernels against scalar and the Fashion-MNIST
+# firmware test under qemu-system-arm on mps2-an386 (Cortex-M4) and
+# mps3-an547 (Cortex-M55), plus size and instruction figures.
 # Installs what it needs (Debian packages, rustup targets). From a fresh clone:
 #
 #   ./scripts/test-firmware.sh
@@ -42,6 +43,8 @@ step "no_std builds of kernels and runtime for Cortex-M"
 for t in $THUMBS; do
   cargo build -p shiftnn-kernels -p shiftnn-runtime --no-default-features --target "$t"
 done
+# The Cortex-M kernels (kernels/src/arm/) only compile for Arm: lint them there.
+cargo clippy -q -p shiftnn-kernels --no-default-features --target thumbv7em-none-eabihf -- -D warnings
 
 step "C header is what cbindgen generates"
 cargo test -q -p shiftnn-capi --test header
@@ -101,6 +104,10 @@ for t in $THUMBS; do
     echo "firmware test failed on $m (exit $rc)"
     exit 1
   fi
+  # Every Cortex-M kernel against scalar on random shapes, and instructions
+  # per call on the model's layer shapes.
+  timeout 300 qemu-system-arm -machine "$m" -nographic -icount shift=0 \
+    -semihosting-config enable=on,target=native -kernel "firmware/target/$t/release/kernel-test"
   # The minimal firmware (runtime + model + one inference) must run too.
   timeout 120 qemu-system-arm -machine "$m" -nographic \
     -semihosting-config enable=on,target=native -kernel "firmware/target/$t/release/minimal"

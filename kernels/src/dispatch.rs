@@ -5,7 +5,9 @@
 //!
 //! * [`Isa`]: the instruction-set level. Detected once per process; the
 //!   `std` feature reads `SHIFTNN_ISA=scalar|avx2|avx512|neon|neondot` to
-//!   cap it (tests, benchmarks, a multiplication-free build).
+//!   cap it (tests, benchmarks, a multiplication-free build). Cortex-M
+//!   has no runtime detection: [`Isa::Dsp`] is decided at compile time
+//!   (see `build.rs`).
 //! * [`Family`]: `scalar`, `shift`, `dot`, `lut`, `fexp`; `SHIFTNN_KERNEL`
 //!   (or [`set_family`]) forces one. A forced family that has no kernel for
 //!   a layer falls back to the next multiplication-free one (`lut` ->
@@ -16,8 +18,8 @@
 //!
 //! Int8 kernels are bit-identical to `scalar`; float (`fexp`) kernels agree
 //! within the recursive-summation bound stated in `tests/simd_equality.rs`.
-//! No SIMD module exists on targets other than x86-64 and aarch64; there
-//! every entry point runs `scalar`.
+//! On 32-bit Arm with the DSP extension the `arm::dsp` kernels are
+//! registered; on other targets every entry point runs `scalar`.
 
 use core::sync::atomic::{AtomicU8, Ordering};
 
@@ -45,11 +47,21 @@ pub enum Isa {
     Neon = 4,
     /// aarch64 with the `dotprod` extension (`sdot`).
     NeonDot = 5,
+    /// 32-bit Arm (Cortex-M4/M7/M33/M55) with the DSP extension (SIMD32:
+    /// `SMLAD`); known at compile time (`cfg(shiftnn_dsp)`).
+    Dsp = 6,
 }
 
 impl Isa {
     /// Every level, lowest first.
-    pub const ALL: [Isa; 5] = [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon, Isa::NeonDot];
+    pub const ALL: [Isa; 6] = [
+        Isa::Scalar,
+        Isa::Avx2,
+        Isa::Avx512,
+        Isa::Neon,
+        Isa::NeonDot,
+        Isa::Dsp,
+    ];
 
     /// Lower-case name as in `SHIFTNN_ISA` and kernel names.
     pub const fn name(self) -> &'static str {
@@ -59,10 +71,11 @@ impl Isa {
             Isa::Avx512 => "avx512",
             Isa::Neon => "neon",
             Isa::NeonDot => "neondot",
+            Isa::Dsp => "dsp",
         }
     }
 
-    /// Parse a name (`scalar`, `avx2`, `avx512`, `neon`, `neondot`).
+    /// Parse a name (`scalar`, `avx2`, `avx512`, `neon`, `neondot`, `dsp`).
     pub fn parse(s: &str) -> Option<Isa> {
         let s = s.trim();
         Isa::ALL
@@ -78,6 +91,7 @@ impl Isa {
             3 => Some(Isa::Avx512),
             4 => Some(Isa::Neon),
             5 => Some(Isa::NeonDot),
+            6 => Some(Isa::Dsp),
             _ => None,
         }
     }
@@ -92,6 +106,7 @@ impl Isa {
             Isa::Neon | Isa::NeonDot => {
                 matches!(cpu, Isa::Neon | Isa::NeonDot) && self as u8 <= cpu as u8
             }
+            Isa::Dsp => matches!(cpu, Isa::Dsp),
         }
     }
 
@@ -270,7 +285,17 @@ registry! { SIMD:
     "neondot/w8" => NeonDot, Dot, 1, W8I8(crate::aarch64::neon::conv_sdot_w8_i8);
     "neon/w8" => Neon, Dot, 1, W8I8(crate::aarch64::neon::conv_w8_i8);
 }
-#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+#[cfg(all(target_arch = "arm", shiftnn_dsp))]
+registry! { SIMD:
+    "dsp/dot" => Dsp, Dot, 1, ShiftI8(crate::arm::dsp::conv_dot_i8);
+    "dsp/shift" => Dsp, Shift, 1, ShiftI8(crate::arm::dsp::conv_shift_i8);
+    "dsp/w8" => Dsp, Dot, 1, W8I8(crate::arm::dsp::conv_w8_i8);
+}
+#[cfg(not(any(
+    target_arch = "x86_64",
+    target_arch = "aarch64",
+    all(target_arch = "arm", shiftnn_dsp)
+)))]
 registry! { SIMD: }
 
 registry! { SCALAR:
@@ -345,7 +370,15 @@ fn detect() -> Isa {
             Isa::Neon
         }
     }
-    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    #[cfg(all(target_arch = "arm", shiftnn_dsp))]
+    {
+        Isa::Dsp
+    }
+    #[cfg(not(any(
+        target_arch = "x86_64",
+        target_arch = "aarch64",
+        all(target_arch = "arm", shiftnn_dsp)
+    )))]
     {
         Isa::Scalar
     }

@@ -18,6 +18,8 @@
 
 #[cfg(target_arch = "aarch64")]
 pub mod aarch64;
+#[cfg(target_arch = "arm")]
+pub mod arm;
 pub mod codes;
 pub mod dispatch;
 pub mod fexp;

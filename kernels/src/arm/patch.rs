@@ -1,0 +1,290 @@
+//! The driver shared by the Cortex-M int8 kernels: patch gathering and the
+//! tile loop.
+//!
+//! Per group of output channels, output pixels are taken in tiles of [`P`].
+//! A tile's patches (the taps one output reads, in the weight order
+//! `(ic, ky, kx)`, zero for padded taps) are gathered once as int16 into a
+//! 2 KiB stack buffer, pixel after pixel, and reused by every output
+//! channel of the group; a row kernel then reads them as int16 pairs (one
+//! `SMLAD` operand each). Interior pixels copy whole kernel rows with no
+//! per-tap bounds logic; only border pixels test each tap.
+//!
+//! A patch longer than the buffer is cut into chunks of whole input
+//! channels whose tap count is a multiple of 8, so every chunk starts on a
+//! byte of every packed code row (8 codes of `b` bits are `b` bytes). The
+//! partial sums of a block of [`CB`] rows then live on the stack. If even
+//! one chunk per pixel cannot be made to fit (huge kernels), the caller
+//! runs the scalar kernel.
+
+use crate::Conv2dGeom;
+
+#[cfg(not(target_endian = "little"))]
+compile_error!("the Cortex-M kernels read int16 pairs little-endian");
+
+/// Output pixels per tile: with 4 accumulators, 4 patch pairs, one weight
+/// pair and the pointers, the inner loop still fits the 13 usable
+/// registers of Thumb-2.
+pub(crate) const P: usize = 4;
+/// Words (int16 pairs) of the stack patch buffer: 2 KiB, 256 taps per
+/// pixel for four pixels. Small, because a Cortex-M's stack is small.
+const BUF_WORDS: usize = 512;
+/// Rows whose partial sums are kept when a patch needs several chunks.
+const CB: usize = 16;
+
+/// `n` rounded up to a multiple of 8 (a group of codes).
+#[inline]
+const fn round8(n: usize) -> usize {
+    n.div_ceil(8) * 8
+}
+
+/// A row kernel: one output channel's sum over one chunk of taps.
+pub(crate) trait RowDot {
+    /// Sum of row `r` (relative to the call's first channel) over taps
+    /// `c0 .. c0 + kc` for `NP` pixels. Pixel `j`'s taps are int16 at
+    /// `xs[j * s ..]`, two per word, tap `t` in the low half of word `t / 2`
+    /// when `t` is even; they are zero from `kc` up to the next multiple of
+    /// 8. `c0` is 0 or a multiple of 8.
+    fn dot<const NP: usize>(
+        &self,
+        r: usize,
+        c0: usize,
+        kc: usize,
+        xs: &[u32],
+        s: usize,
+    ) -> [i32; NP];
+}
+
+/// How a layer's patches fit the buffer.
+#[derive(Clone, Copy)]
+struct Plan {
+    /// Pixels per tile (`P`, or 1 when only a single pixel's patch fits).
+    np: usize,
+    /// Input channels per chunk.
+    cpc: usize,
+    /// Words per pixel in the buffer.
+    s: usize,
+}
+
+const fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+fn plan(g: &Conv2dGeom) -> Option<Plan> {
+    let khw = g.kh * g.kw;
+    for np in [P, 1] {
+        let cap = 2 * BUF_WORDS / np;
+        let k8 = round8(g.k());
+        if k8 <= cap {
+            return Some(Plan {
+                np,
+                cpc: g.c_in_g(),
+                s: k8 / 2,
+            });
+        }
+        // Chunks of `cpc` channels: `cpc * khw` must be a multiple of 8.
+        let u = 8 / gcd(khw, 8);
+        let cpc = cap / (khw * u) * u;
+        if cpc > 0 {
+            return Some(Plan {
+                np,
+                cpc,
+                s: round8(cpc * khw) / 2,
+            });
+        }
+    }
+    None
+}
+
+struct Ctx<'a> {
+    g: &'a Conv2dGeom,
+    x: &'a [i8],
+    plan: Plan,
+}
+
+/// Run `kern` over output channels `oc0 .. oc0 + n`, calling
+/// `finish(r, q, acc)` for row `r` (relative to `oc0`) and output pixel
+/// `q` (`oy * out_w + ox`). Returns `false`, having done nothing, when the
+/// layer's patches cannot be chunked to fit the buffer.
+///
+/// The caller has checked the arguments as the scalar kernel does.
+pub(crate) fn conv<K: RowDot>(
+    g: &Conv2dGeom,
+    x: &[i8],
+    n: usize,
+    oc0: usize,
+    kern: &K,
+    mut finish: impl FnMut(usize, usize, i32),
+) -> bool {
+    let Some(plan) = plan(g) else {
+        return false;
+    };
+    let plane = g.out_plane();
+    if n == 0 || plane == 0 {
+        return true;
+    }
+    let mut buf = [0u32; BUF_WORDS];
+    let d = Ctx { g, x, plan };
+    let cog = g.c_out_g();
+    let mut r = 0;
+    while r < n {
+        let grp = (oc0 + r) / cog;
+        let r_end = n.min((grp + 1) * cog - oc0);
+        let mut q = 0;
+        while q < plane {
+            if plan.np == P && plane - q >= P {
+                d.tile::<K, P>(&mut buf, grp, r, r_end, q, kern, &mut finish);
+                q += P;
+            } else {
+                d.tile::<K, 1>(&mut buf, grp, r, r_end, q, kern, &mut finish);
+                q += 1;
+            }
+        }
+        r = r_end;
+    }
+    true
+}
+
+impl Ctx<'_> {
+    /// Rows `r0 .. r1` (one group) for pixels `q0 .. q0 + NP`.
+    #[allow(clippy::too_many_arguments)]
+    fn tile<K: RowDot, const NP: usize>(
+        &self,
+        buf: &mut [u32; BUF_WORDS],
+        grp: usize,
+        r0: usize,
+        r1: usize,
+        q0: usize,
+        kern: &K,
+        finish: &mut impl FnMut(usize, usize, i32),
+    ) {
+        let g = self.g;
+        let cig = g.c_in_g();
+        let khw = g.kh * g.kw;
+        let Plan { cpc, s, .. } = self.plan;
+        let nch = cig.div_ceil(cpc);
+        if nch == 1 {
+            self.gather::<NP>(buf, grp, q0, 0, cig);
+            for r in r0..r1 {
+                let a = kern.dot::<NP>(r, 0, cig * khw, buf, s);
+                for (j, &v) in a.iter().enumerate() {
+                    finish(r, q0 + j, v);
+                }
+            }
+            return;
+        }
+        let mut rs = r0;
+        while rs < r1 {
+            let re = r1.min(rs + CB);
+            let mut acc = [[0i32; NP]; CB];
+            for c in 0..nch {
+                let ic0 = c * cpc;
+                let ic1 = cig.min(ic0 + cpc);
+                self.gather::<NP>(buf, grp, q0, ic0, ic1);
+                for (r, a) in (rs..re).zip(acc.iter_mut()) {
+                    let part = kern.dot::<NP>(r, ic0 * khw, (ic1 - ic0) * khw, buf, s);
+                    for (aj, pj) in a.iter_mut().zip(part) {
+                        // The scalar kernel's `+=` wraps the same way in
+                        // release builds; exact sums never get near it.
+                        *aj = aj.wrapping_add(pj);
+                    }
+                }
+            }
+            for (r, a) in (rs..re).zip(acc.iter()) {
+                for (j, &v) in a.iter().enumerate() {
+                    finish(r, q0 + j, v);
+                }
+            }
+            rs = re;
+        }
+    }
+
+    /// Gather input channels `ic0 .. ic1` (of group `grp`) of the patches
+    /// of pixels `q0 .. q0 + NP` into `buf`, pixel `j` at word `j * s`.
+    fn gather<const NP: usize>(
+        &self,
+        buf: &mut [u32; BUF_WORDS],
+        grp: usize,
+        q0: usize,
+        ic0: usize,
+        ic1: usize,
+    ) {
+        let g = self.g;
+        let x = self.x;
+        let (h, w, kh, kw) = (g.h, g.w, g.kh, g.kw);
+        let (dy, dx) = (g.dilation[0], g.dilation[1]);
+        let (ey, ex) = ((kh - 1) * dy, (kw - 1) * dx);
+        let hw = h * w;
+        let ow = g.out_w();
+        let s = self.plan.s;
+        let kc = (ic1 - ic0) * kh * kw;
+        // SAFETY: views the buffer's words as twice as many i16 (alignment
+        // 4 >= 2, every bit pattern valid, same bytes, no other reference
+        // to `buf` while `xs` lives).
+        let xs: &mut [i16] = unsafe {
+            core::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<i16>(), 2 * BUF_WORDS)
+        };
+        let cbase = (grp * g.c_in_g() + ic0) * hw;
+        for j in 0..NP {
+            let q = q0 + j;
+            let (oy, ox) = (q / ow, q % ow);
+            let iy0 = (oy * g.stride[0]) as isize - g.pads[0] as isize;
+            let ix0 = (ox * g.stride[1]) as isize - g.pads[1] as isize;
+            let dst = &mut xs[2 * s * j..2 * s * (j + 1)];
+            let interior = iy0 >= 0 && ix0 >= 0 && iy0 as usize + ey < h && ix0 as usize + ex < w;
+            if interior && kh == 1 && kw == 1 {
+                // 1x1 (and linear): one tap per channel, a strided read.
+                let src = &x[cbase + iy0 as usize * w + ix0 as usize..];
+                for (o, &v) in dst[..kc].iter_mut().zip(src.iter().step_by(hw)) {
+                    *o = v as i16;
+                }
+            } else if interior {
+                let (iy0, ix0) = (iy0 as usize, ix0 as usize);
+                let mut t = 0;
+                for ic in 0..ic1 - ic0 {
+                    for ky in 0..kh {
+                        let start = cbase + ic * hw + (iy0 + ky * dy) * w + ix0;
+                        let src = &x[start..=start + ex];
+                        let out = &mut dst[t..t + kw];
+                        if dx == 1 {
+                            for (o, &v) in out.iter_mut().zip(src) {
+                                *o = v as i16;
+                            }
+                        } else {
+                            for (o, &v) in out.iter_mut().zip(src.iter().step_by(dx)) {
+                                *o = v as i16;
+                            }
+                        }
+                        t += kw;
+                    }
+                }
+            } else {
+                let mut t = 0;
+                for ic in 0..ic1 - ic0 {
+                    for ky in 0..kh {
+                        let iy = iy0 + (ky * dy) as isize;
+                        let out = &mut dst[t..t + kw];
+                        t += kw;
+                        if iy < 0 || iy >= h as isize {
+                            out.fill(0);
+                            continue;
+                        }
+                        let row = &x[cbase + ic * hw + iy as usize * w..][..w];
+                        for (kx, o) in out.iter_mut().enumerate() {
+                            let ix = ix0 + (kx * dx) as isize;
+                            *o = if ix >= 0 && (ix as usize) < w {
+                                row[ix as usize] as i16
+                            } else {
+                                0
+                            };
+                        }
+                    }
+                }
+            }
+            dst[kc..round8(kc)].fill(0);
+        }
+    }
+}
