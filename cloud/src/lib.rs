@@ -15,11 +15,14 @@
 //!   re-estimation, producing `PatchLayer`s.
 #![deny(missing_docs)]
 
+pub mod broker;
 pub mod learner;
 pub mod loss;
+pub mod mqtt;
 pub mod replay;
 pub mod student;
 pub mod teacher;
+pub mod worker;
 
 pub use learner::{Learner, LearnerConfig, TrainStats};
 pub use teacher::Teacher;
