@@ -6,8 +6,8 @@
 //! `(ic, ky, kx)`, zero for padded taps) are gathered once as int16 into a
 //! 2 KiB stack buffer, pixel after pixel, and reused by every output
 //! channel of the group; a row kernel then reads them as int16 pairs (one
-//! `SMLAD` operand each). Interior pixels copy whole kernel rows with no
-//! per-tap bounds logic; only border pixels test each tap.
+//! `SMLAD` operand each). Which kernel rows and columns fall inside the
+//! image is worked out once per pixel: no tap is bounds-tested on its own.
 //!
 //! A patch longer than the buffer is cut into chunks of whole input
 //! channels whose tap count is a multiple of 8, so every chunk starts on a
@@ -212,79 +212,101 @@ impl Ctx<'_> {
         ic0: usize,
         ic1: usize,
     ) {
-        let g = self.g;
-        let x = self.x;
-        let (h, w, kh, kw) = (g.h, g.w, g.kh, g.kw);
-        let (dy, dx) = (g.dilation[0], g.dilation[1]);
-        let (ey, ex) = ((kh - 1) * dy, (kw - 1) * dx);
-        let hw = h * w;
-        let ow = g.out_w();
         let s = self.plan.s;
-        let kc = (ic1 - ic0) * kh * kw;
         // SAFETY: views the buffer's words as twice as many i16 (alignment
         // 4 >= 2, every bit pattern valid, same bytes, no other reference
         // to `buf` while `xs` lives).
         let xs: &mut [i16] = unsafe {
             core::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<i16>(), 2 * BUF_WORDS)
         };
-        let cbase = (grp * g.c_in_g() + ic0) * hw;
         for j in 0..NP {
-            let q = q0 + j;
-            let (oy, ox) = (q / ow, q % ow);
-            let iy0 = (oy * g.stride[0]) as isize - g.pads[0] as isize;
-            let ix0 = (ox * g.stride[1]) as isize - g.pads[1] as isize;
-            let dst = &mut xs[2 * s * j..2 * s * (j + 1)];
-            let interior = iy0 >= 0 && ix0 >= 0 && iy0 as usize + ey < h && ix0 as usize + ex < w;
-            if interior && kh == 1 && kw == 1 {
-                // 1x1 (and linear): one tap per channel, a strided read.
-                let src = &x[cbase + iy0 as usize * w + ix0 as usize..];
-                for (o, &v) in dst[..kc].iter_mut().zip(src.iter().step_by(hw)) {
-                    *o = v as i16;
-                }
-            } else if interior {
-                let (iy0, ix0) = (iy0 as usize, ix0 as usize);
-                let mut t = 0;
-                for ic in 0..ic1 - ic0 {
-                    for ky in 0..kh {
-                        let start = cbase + ic * hw + (iy0 + ky * dy) * w + ix0;
-                        let src = &x[start..=start + ex];
-                        let out = &mut dst[t..t + kw];
-                        if dx == 1 {
-                            for (o, &v) in out.iter_mut().zip(src) {
-                                *o = v as i16;
-                            }
-                        } else {
-                            for (o, &v) in out.iter_mut().zip(src.iter().step_by(dx)) {
-                                *o = v as i16;
-                            }
-                        }
-                        t += kw;
-                    }
-                }
+            self.gather_pixel(&mut xs[2 * s * j..2 * s * (j + 1)], grp, q0 + j, ic0, ic1);
+        }
+    }
+
+    /// Taps of input channels `ic0 .. ic1` (group `grp`) of pixel `q` into
+    /// `dst`, zero for padded taps and from the last tap up to a multiple
+    /// of 8. The kernel rows and columns that land inside the image are
+    /// found once per pixel, so no tap is tested on its own.
+    fn gather_pixel(&self, dst: &mut [i16], grp: usize, q: usize, ic0: usize, ic1: usize) {
+        let g = self.g;
+        let x = self.x;
+        let (h, w, kh, kw) = (g.h, g.w, g.kh, g.kw);
+        let (dy, dx) = (g.dilation[0], g.dilation[1]);
+        let hw = h * w;
+        let ow = g.out_w();
+        let kc = (ic1 - ic0) * kh * kw;
+        let dst = &mut dst[..round8(kc)];
+        let (oy, ox) = (q / ow, q % ow);
+        let iy0 = (oy * g.stride[0]) as isize - g.pads[0] as isize;
+        let ix0 = (ox * g.stride[1]) as isize - g.pads[1] as isize;
+        // Kernel rows `ky0 .. ky1` (columns `kx0 .. kx1`) are inside.
+        let first = |i0: isize, d: usize, n: usize| {
+            if i0 >= 0 {
+                0
             } else {
-                let mut t = 0;
-                for ic in 0..ic1 - ic0 {
-                    for ky in 0..kh {
-                        let iy = iy0 + (ky * dy) as isize;
-                        let out = &mut dst[t..t + kw];
-                        t += kw;
-                        if iy < 0 || iy >= h as isize {
-                            out.fill(0);
-                            continue;
-                        }
-                        let row = &x[cbase + ic * hw + iy as usize * w..][..w];
-                        for (kx, o) in out.iter_mut().enumerate() {
-                            let ix = ix0 + (kx * dx) as isize;
-                            *o = if ix >= 0 && (ix as usize) < w {
-                                row[ix as usize] as i16
-                            } else {
-                                0
-                            };
+                n.min(i0.unsigned_abs().div_ceil(d))
+            }
+        };
+        let end = |i0: isize, d: usize, n: usize, size: usize| {
+            if i0 >= size as isize {
+                0
+            } else {
+                n.min((size as isize - 1 - i0) as usize / d + 1)
+            }
+        };
+        let (ky0, ky1) = (first(iy0, dy, kh), end(iy0, dy, kh, h));
+        let (kx0, kx1) = (first(ix0, dx, kw), end(ix0, dx, kw, w));
+        if ky0 == 0 && ky1 == kh && kx0 == 0 && kx1 == kw {
+            dst[kc..].fill(0);
+        } else {
+            dst.fill(0);
+            if ky0 >= ky1 || kx0 >= kx1 {
+                return;
+            }
+        }
+        // Inside: `iy0 + ky * dy >= 0` for `ky >= ky0`, likewise for x.
+        let cbase = (grp * g.c_in_g() + ic0) * hw;
+        if kh == 1 && kw == 1 {
+            // 1x1 (and linear): one tap per channel, a strided read.
+            let src = &x[cbase + iy0 as usize * w + ix0 as usize..];
+            for (o, &v) in dst[..kc].iter_mut().zip(src.iter().step_by(hw)) {
+                *o = v as i16;
+            }
+            return;
+        }
+        let nx = kx1 - kx0;
+        let ncin = ic1 - ic0;
+        // The first inside tap of channel 0, and the last of the last one.
+        let first_src =
+            cbase + (iy0 + (ky0 * dy) as isize) as usize * w + (ix0 + (kx0 * dx) as isize) as usize;
+        let last_src = first_src + (ncin - 1) * hw + (ky1 - 1 - ky0) * dy * w + (nx - 1) * dx;
+        assert!(last_src < x.len() && kc <= dst.len());
+        let (xp, dp) = (x.as_ptr(), dst.as_mut_ptr());
+        // Pointer walks, not indexing: at opt-level "s" the bounds checks
+        // and index arithmetic of a 3-tap row cost several times the copy.
+        for ic in 0..ncin {
+            let mut sp = xp.wrapping_add(first_src + ic * hw);
+            let mut dq = dp.wrapping_add((ic * kh + ky0) * kw + kx0);
+            for _ in ky0..ky1 {
+                // SAFETY: `sp + i * dx` (i < nx) runs over the inside taps
+                // of one kernel row, all at most `last_src < x.len()`;
+                // `dq + i` over the taps `t < kc <= dst.len()` of that row
+                // (asserted above).
+                unsafe {
+                    if dx == 1 && nx == 3 {
+                        *dq = *sp as i16;
+                        *dq.add(1) = *sp.add(1) as i16;
+                        *dq.add(2) = *sp.add(2) as i16;
+                    } else {
+                        for i in 0..nx {
+                            *dq.add(i) = *sp.add(i * dx) as i16;
                         }
                     }
                 }
+                sp = sp.wrapping_add(dy * w);
+                dq = dq.wrapping_add(kw);
             }
-            dst[kc..round8(kc)].fill(0);
         }
     }
 }
