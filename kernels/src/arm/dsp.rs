@@ -110,12 +110,13 @@ fn nfast<const B: usize>(bytes: &[u8], ng: usize) -> usize {
     }
 }
 
-/// `acc[j] += SMLAD(x[j * s], w)` for the `NP` pixels of a tile.
+/// `acc[j] += SMLAD(x[j], w)` for the `NP` pixels of a tile (their words
+/// of one pair are adjacent).
 ///
 /// # Safety
-/// `x.add(j * s)` is readable for every `j < NP`.
+/// `x .. x + NP` is readable.
 #[inline(always)]
-unsafe fn mac<const NP: usize>(acc: &mut [i32; NP], x: *const u32, s: usize, w: u32) {
+unsafe fn mac<const NP: usize>(acc: &mut [i32; NP], x: *const u32, w: u32) {
     // Size-optimized builds (`opt-level = "s"`, usual on Cortex-M) keep
     // constant-count loops rolled: the four-pixel case is spelled out.
     if NP == 4 {
@@ -123,14 +124,14 @@ unsafe fn mac<const NP: usize>(acc: &mut [i32; NP], x: *const u32, s: usize, w: 
         // SAFETY: `a .. a + 4` is `acc`; the `x` reads are the caller's.
         unsafe {
             *a = smlad(*x, w, *a);
-            *a.add(1) = smlad(*x.add(s), w, *a.add(1));
-            *a.add(2) = smlad(*x.add(2 * s), w, *a.add(2));
-            *a.add(3) = smlad(*x.add(3 * s), w, *a.add(3));
+            *a.add(1) = smlad(*x.add(1), w, *a.add(1));
+            *a.add(2) = smlad(*x.add(2), w, *a.add(2));
+            *a.add(3) = smlad(*x.add(3), w, *a.add(3));
         }
     } else {
         for (j, a) in acc.iter_mut().enumerate() {
             // SAFETY: the caller's.
-            *a = smlad(unsafe { *x.add(j * s) }, w, *a);
+            *a = smlad(unsafe { *x.add(j) }, w, *a);
         }
     }
 }
@@ -141,11 +142,9 @@ unsafe fn mac<const NP: usize>(acc: &mut [i32; NP], x: *const u32, s: usize, w: 
 /// # Safety
 /// As [`mac`].
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 unsafe fn mac_shift<const NP: usize>(
     acc: &mut [i32; NP],
     x: *const u32,
-    s: usize,
     p0: u32,
     m0: i32,
     p1: u32,
@@ -160,46 +159,141 @@ unsafe fn mac_shift<const NP: usize>(
         // SAFETY: as in `mac`.
         unsafe {
             *a += term(*x);
-            *a.add(1) += term(*x.add(s));
-            *a.add(2) += term(*x.add(2 * s));
-            *a.add(3) += term(*x.add(3 * s));
+            *a.add(1) += term(*x.add(1));
+            *a.add(2) += term(*x.add(2));
+            *a.add(3) += term(*x.add(3));
         }
     } else {
         for (j, a) in acc.iter_mut().enumerate() {
             // SAFETY: the caller's.
-            *a += term(unsafe { *x.add(j * s) });
+            *a += term(unsafe { *x.add(j) });
         }
     }
 }
 
+/// The `dot` inner loop for four pixels over `n >= 1` groups of 8 codes
+/// read with one (unaligned) word load each, `B` bytes apart: per pair of
+/// codes one `UBFX` and one table load give the weight pair, two `LDRD`
+/// the four pixels' activation pairs, four `SMLAD` the sums; 35
+/// instructions per 32 MACs. Written out because the compiler's version
+/// spills the accumulators (Thumb-2 has 12 registers for it).
+///
+/// # Safety
+/// `codes .. codes + B * (n - 1) + 4` and `x .. x + 16 * n` are readable;
+/// `tab` has `1 << 2B` entries (checked).
+#[inline(always)]
+unsafe fn fast4<const B: usize>(
+    acc: &mut [i32; 4],
+    codes: *const u8,
+    n: usize,
+    tab: &[u32],
+    x: *const u32,
+) {
+    assert!(n >= 1 && tab.len() >= 1 << (2 * B));
+    let [mut a0, mut a1, mut a2, mut a3] = *acc;
+    // SAFETY: the loop reads `n` code words and `16 * n` activation words
+    // (the caller's guarantee) and table entries `< 1 << 2B` (masked by
+    // UBFX, length checked above); it writes only registers.
+    unsafe {
+        asm!(
+            "2:",
+            "ldr {v}, [{cp}], #{b}",
+            "ubfx {w}, {v}, #0, #{wd}",
+            "ldr {w}, [{tab}, {w}, lsl #2]",
+            "ldrd {x0}, {x1}, [{xp}], #8",
+            "smlad {a0}, {x0}, {w}, {a0}",
+            "smlad {a1}, {x1}, {w}, {a1}",
+            "ldrd {x0}, {x1}, [{xp}], #8",
+            "smlad {a2}, {x0}, {w}, {a2}",
+            "smlad {a3}, {x1}, {w}, {a3}",
+            "ubfx {w}, {v}, #{wd}, #{wd}",
+            "ldr {w}, [{tab}, {w}, lsl #2]",
+            "ldrd {x0}, {x1}, [{xp}], #8",
+            "smlad {a0}, {x0}, {w}, {a0}",
+            "smlad {a1}, {x1}, {w}, {a1}",
+            "ldrd {x0}, {x1}, [{xp}], #8",
+            "smlad {a2}, {x0}, {w}, {a2}",
+            "smlad {a3}, {x1}, {w}, {a3}",
+            "ubfx {w}, {v}, #{wd2}, #{wd}",
+            "ldr {w}, [{tab}, {w}, lsl #2]",
+            "ldrd {x0}, {x1}, [{xp}], #8",
+            "smlad {a0}, {x0}, {w}, {a0}",
+            "smlad {a1}, {x1}, {w}, {a1}",
+            "ldrd {x0}, {x1}, [{xp}], #8",
+            "smlad {a2}, {x0}, {w}, {a2}",
+            "smlad {a3}, {x1}, {w}, {a3}",
+            "ubfx {w}, {v}, #{wd3}, #{wd}",
+            "ldr {w}, [{tab}, {w}, lsl #2]",
+            "ldrd {x0}, {x1}, [{xp}], #8",
+            "smlad {a0}, {x0}, {w}, {a0}",
+            "smlad {a1}, {x1}, {w}, {a1}",
+            "ldrd {x0}, {x1}, [{xp}], #8",
+            "smlad {a2}, {x0}, {w}, {a2}",
+            "smlad {a3}, {x1}, {w}, {a3}",
+            "cmp {cp}, {end}",
+            "bne 2b",
+            b = const B,
+            wd = const 2 * B,
+            wd2 = const 4 * B,
+            wd3 = const 6 * B,
+            a0 = inout(reg) a0,
+            a1 = inout(reg) a1,
+            a2 = inout(reg) a2,
+            a3 = inout(reg) a3,
+            cp = inout(reg) codes => _,
+            xp = inout(reg) x => _,
+            end = in(reg) codes.wrapping_add(B * n),
+            tab = in(reg) tab.as_ptr(),
+            v = out(reg) _,
+            w = out(reg) _,
+            x0 = out(reg) _,
+            x1 = out(reg) _,
+            options(nostack, readonly),
+        );
+    }
+    *acc = [a0, a1, a2, a3];
+}
+
 /// `dot` over one chunk: see the module docs.
 #[inline(always)]
-fn dot_codes<const B: usize, const NP: usize>(
-    bytes: &[u8],
-    kc: usize,
-    xs: &[u32],
-    s: usize,
-) -> [i32; NP] {
+fn dot_codes<const B: usize, const NP: usize>(bytes: &[u8], kc: usize, xs: &[u32]) -> [i32; NP] {
     let mask = (1u32 << (2 * B)) - 1;
     // Constant per `B`: `base + mask < PAIRS.len()`, no bounds check.
     let base = PAIR_OFF[B - 2];
     let ng = kc.div_ceil(8);
-    assert!(NP >= 1 && xs.len() >= (NP - 1) * s + 4 * ng);
+    assert!(xs.len() >= 4 * ng * NP);
     let nf = nfast::<B>(bytes, ng);
     let mut acc = [0i32; NP];
     let x0 = xs.as_ptr();
+    let mut g0 = 0;
+    if NP == 4 && nf > 0 {
+        let a = acc.as_mut_ptr();
+        // SAFETY: `a .. a + 4` is `acc` (NP = 4); `fast4` reads words
+        // `0 .. 16 * nf <= 4 * ng * NP <= xs.len()` and bytes
+        // `0 .. B * (nf - 1) + 4 <= bytes.len()` (`nfast`).
+        unsafe {
+            fast4::<B>(
+                &mut *a.cast::<[i32; 4]>(),
+                bytes.as_ptr(),
+                nf,
+                &PAIRS[base..],
+                x0,
+            )
+        };
+        g0 = nf;
+    }
     // One loop (closures called twice are not inlined at opt-level "s").
-    for gi in 0..ng {
+    for gi in g0..ng {
         let v = group::<B>(bytes, gi, gi < nf);
         let w = |i: usize| PAIRS[base + ((v >> (2 * B * i)) & mask) as usize];
-        // SAFETY: pixel `j`'s words `4 * gi .. 4 * gi + 4` end at most at
-        // `(NP - 1) * s + 4 * ng <= xs.len()` (assert above).
+        // SAFETY: the group's pairs are words `4 * gi * NP .. 4 * (gi +
+        // 1) * NP <= 4 * ng * NP <= xs.len()` (assert above).
         unsafe {
-            let x = x0.add(4 * gi);
-            mac(&mut acc, x, s, w(0));
-            mac(&mut acc, x.add(1), s, w(1));
-            mac(&mut acc, x.add(2), s, w(2));
-            mac(&mut acc, x.add(3), s, w(3));
+            let x = x0.add(4 * gi * NP);
+            mac(&mut acc, x, w(0));
+            mac(&mut acc, x.add(NP), w(1));
+            mac(&mut acc, x.add(2 * NP), w(2));
+            mac(&mut acc, x.add(3 * NP), w(3));
         }
     }
     acc
@@ -207,14 +301,9 @@ fn dot_codes<const B: usize, const NP: usize>(
 
 /// `shift` over one chunk: see the module docs.
 #[inline(always)]
-fn dot_shift<const B: usize, const NP: usize>(
-    bytes: &[u8],
-    kc: usize,
-    xs: &[u32],
-    s: usize,
-) -> [i32; NP] {
+fn dot_shift<const B: usize, const NP: usize>(bytes: &[u8], kc: usize, xs: &[u32]) -> [i32; NP] {
     let ng = kc.div_ceil(8);
-    assert!(NP >= 1 && xs.len() >= (NP - 1) * s + 4 * ng);
+    assert!(xs.len() >= 4 * ng * NP);
     let pmask = (1u32 << (B - 1)) - 1;
     let nf = nfast::<B>(bytes, ng);
     let mut acc = [0i32; NP];
@@ -233,8 +322,7 @@ fn dot_shift<const B: usize, const NP: usize>(
             unsafe {
                 mac_shift(
                     &mut acc,
-                    x0.add(4 * gi + i),
-                    s,
+                    x0.add((4 * gi + i) * NP),
                     c0 & pmask,
                     m0,
                     c1 & pmask,
@@ -259,24 +347,17 @@ struct Codes<'a, 'w> {
 
 impl RowDot for Codes<'_, '_> {
     #[inline]
-    fn dot<const NP: usize>(
-        &self,
-        r: usize,
-        c0: usize,
-        kc: usize,
-        xs: &[u32],
-        s: usize,
-    ) -> [i32; NP] {
+    fn dot<const NP: usize>(&self, r: usize, c0: usize, kc: usize, xs: &[u32]) -> [i32; NP] {
         let bits = self.w.bits();
         // `c0` is a multiple of 8: the chunk starts on a byte.
         let bytes = &self.w.row(r)[c0 * bits.get() as usize / 8..];
         match (bits, self.mult_free) {
-            (Bits::B2, false) => dot_codes::<2, NP>(bytes, kc, xs, s),
-            (Bits::B3, false) => dot_codes::<3, NP>(bytes, kc, xs, s),
-            (Bits::B4, false) => dot_codes::<4, NP>(bytes, kc, xs, s),
-            (Bits::B2, true) => dot_shift::<2, NP>(bytes, kc, xs, s),
-            (Bits::B3, true) => dot_shift::<3, NP>(bytes, kc, xs, s),
-            (Bits::B4, true) => dot_shift::<4, NP>(bytes, kc, xs, s),
+            (Bits::B2, false) => dot_codes::<2, NP>(bytes, kc, xs),
+            (Bits::B3, false) => dot_codes::<3, NP>(bytes, kc, xs),
+            (Bits::B4, false) => dot_codes::<4, NP>(bytes, kc, xs),
+            (Bits::B2, true) => dot_shift::<2, NP>(bytes, kc, xs),
+            (Bits::B3, true) => dot_shift::<3, NP>(bytes, kc, xs),
+            (Bits::B4, true) => dot_shift::<4, NP>(bytes, kc, xs),
         }
     }
 }
@@ -289,25 +370,18 @@ struct W8<'a> {
 
 impl RowDot for W8<'_> {
     #[inline]
-    fn dot<const NP: usize>(
-        &self,
-        r: usize,
-        c0: usize,
-        kc: usize,
-        xs: &[u32],
-        s: usize,
-    ) -> [i32; NP] {
+    fn dot<const NP: usize>(&self, r: usize, c0: usize, kc: usize, xs: &[u32]) -> [i32; NP] {
         let row = &self.w[r * self.k + c0..][..kc];
-        assert!(NP >= 1 && xs.len() >= (NP - 1) * s + kc.div_ceil(2));
+        assert!(xs.len() >= kc.div_ceil(2) * NP);
         let mut acc = [0i32; NP];
         let x0 = xs.as_ptr();
         for i in 0..kc.div_ceil(2) {
             // The patch is zero past `kc`: a missing last weight is moot.
             let (w0, w1) = (row[2 * i], row.get(2 * i + 1).copied().unwrap_or(0));
             let wp = (w0 as i16 as u16 as u32) | ((w1 as i32 as u32) << 16);
-            // SAFETY: `j * s + i < (NP - 1) * s + ceil(kc / 2) <=
-            // xs.len()` for every pixel `j` (assert above).
-            unsafe { mac(&mut acc, x0.add(i), s, wp) };
+            // SAFETY: pair `i`'s words `i * NP .. (i + 1) * NP <=
+            // ceil(kc / 2) * NP <= xs.len()` (assert above).
+            unsafe { mac(&mut acc, x0.add(i * NP), wp) };
         }
         acc
     }

@@ -4,9 +4,9 @@
 //! Per group of output channels, output pixels are taken in tiles of [`P`].
 //! A tile's patches (the taps one output reads, in the weight order
 //! `(ic, ky, kx)`, zero for padded taps) are gathered once as int16 into a
-//! 2 KiB stack buffer, pixel after pixel, and reused by every output
-//! channel of the group; a row kernel then reads them as int16 pairs (one
-//! `SMLAD` operand each). Which kernel rows and columns fall inside the
+//! 2 KiB stack buffer and reused by every output channel of the group; a
+//! row kernel reads them as int16 pairs (one `SMLAD` operand each), the
+//! tile's pixels' words of one pair adjacent (two `LDRD` load all four). Which kernel rows and columns fall inside the
 //! image is worked out once per pixel: no tap is bounds-tested on its own.
 //!
 //! A patch longer than the buffer is cut into chunks of whole input
@@ -40,18 +40,11 @@ const fn round8(n: usize) -> usize {
 /// A row kernel: one output channel's sum over one chunk of taps.
 pub(crate) trait RowDot {
     /// Sum of row `r` (relative to the call's first channel) over taps
-    /// `c0 .. c0 + kc` for `NP` pixels. Pixel `j`'s taps are int16 at
-    /// `xs[j * s ..]`, two per word, tap `t` in the low half of word `t / 2`
-    /// when `t` is even; they are zero from `kc` up to the next multiple of
-    /// 8. `c0` is 0 or a multiple of 8.
-    fn dot<const NP: usize>(
-        &self,
-        r: usize,
-        c0: usize,
-        kc: usize,
-        xs: &[u32],
-        s: usize,
-    ) -> [i32; NP];
+    /// `c0 .. c0 + kc` for `NP` pixels. Taps are int16, two per word: word
+    /// `i * NP + j` holds taps `2i` (low half) and `2i + 1` of pixel `j`;
+    /// they are zero from `kc` up to the next multiple of 8. `c0` is 0 or
+    /// a multiple of 8.
+    fn dot<const NP: usize>(&self, r: usize, c0: usize, kc: usize, xs: &[u32]) -> [i32; NP];
 }
 
 /// How a layer's patches fit the buffer.
@@ -61,8 +54,6 @@ struct Plan {
     np: usize,
     /// Input channels per chunk.
     cpc: usize,
-    /// Words per pixel in the buffer.
-    s: usize,
 }
 
 const fn gcd(a: usize, b: usize) -> usize {
@@ -82,21 +73,23 @@ fn plan(g: &Conv2dGeom) -> Option<Plan> {
             return Some(Plan {
                 np,
                 cpc: g.c_in_g(),
-                s: k8 / 2,
             });
         }
         // Chunks of `cpc` channels: `cpc * khw` must be a multiple of 8.
         let u = 8 / gcd(khw, 8);
         let cpc = cap / (khw * u) * u;
         if cpc > 0 {
-            return Some(Plan {
-                np,
-                cpc,
-                s: round8(cpc * khw) / 2,
-            });
+            return Some(Plan { np, cpc });
         }
     }
     None
+}
+
+/// The tile's interleaved patches, and one pixel's patch before
+/// interleaving.
+struct Bufs {
+    tile: [u32; BUF_WORDS],
+    stage: [u32; BUF_WORDS / P],
 }
 
 struct Ctx<'a> {
@@ -126,7 +119,10 @@ pub(crate) fn conv<K: RowDot>(
     if n == 0 || plane == 0 {
         return true;
     }
-    let mut buf = [0u32; BUF_WORDS];
+    let mut buf = Bufs {
+        tile: [0; BUF_WORDS],
+        stage: [0; BUF_WORDS / P],
+    };
     let d = Ctx { g, x, plan };
     let cog = g.c_out_g();
     let mut r = 0;
@@ -153,7 +149,7 @@ impl Ctx<'_> {
     #[allow(clippy::too_many_arguments)]
     fn tile<K: RowDot, const NP: usize>(
         &self,
-        buf: &mut [u32; BUF_WORDS],
+        buf: &mut Bufs,
         grp: usize,
         r0: usize,
         r1: usize,
@@ -164,12 +160,12 @@ impl Ctx<'_> {
         let g = self.g;
         let cig = g.c_in_g();
         let khw = g.kh * g.kw;
-        let Plan { cpc, s, .. } = self.plan;
+        let cpc = self.plan.cpc;
         let nch = cig.div_ceil(cpc);
         if nch == 1 {
             self.gather::<NP>(buf, grp, q0, 0, cig);
             for r in r0..r1 {
-                let a = kern.dot::<NP>(r, 0, cig * khw, buf, s);
+                let a = kern.dot::<NP>(r, 0, cig * khw, &buf.tile);
                 for (j, &v) in a.iter().enumerate() {
                     finish(r, q0 + j, v);
                 }
@@ -185,7 +181,7 @@ impl Ctx<'_> {
                 let ic1 = cig.min(ic0 + cpc);
                 self.gather::<NP>(buf, grp, q0, ic0, ic1);
                 for (r, a) in (rs..re).zip(acc.iter_mut()) {
-                    let part = kern.dot::<NP>(r, ic0 * khw, (ic1 - ic0) * khw, buf, s);
+                    let part = kern.dot::<NP>(r, ic0 * khw, (ic1 - ic0) * khw, &buf.tile);
                     for (aj, pj) in a.iter_mut().zip(part) {
                         // The scalar kernel's `+=` wraps the same way in
                         // release builds; exact sums never get near it.
@@ -203,24 +199,32 @@ impl Ctx<'_> {
     }
 
     /// Gather input channels `ic0 .. ic1` (of group `grp`) of the patches
-    /// of pixels `q0 .. q0 + NP` into `buf`, pixel `j` at word `j * s`.
+    /// of pixels `q0 .. q0 + NP` into `buf.tile`, interleaved (see
+    /// [`RowDot::dot`]).
     fn gather<const NP: usize>(
         &self,
-        buf: &mut [u32; BUF_WORDS],
+        buf: &mut Bufs,
         grp: usize,
         q0: usize,
         ic0: usize,
         ic1: usize,
     ) {
-        let s = self.plan.s;
-        // SAFETY: views the buffer's words as twice as many i16 (alignment
-        // 4 >= 2, every bit pattern valid, same bytes, no other reference
-        // to `buf` while `xs` lives).
-        let xs: &mut [i16] = unsafe {
-            core::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<i16>(), 2 * BUF_WORDS)
-        };
+        if NP == 1 {
+            // One pixel: the interleaved layout is the plain one.
+            self.gather_pixel(as_i16(&mut buf.tile), grp, q0, ic0, ic1);
+            return;
+        }
+        let pairs = round8((ic1 - ic0) * self.g.kh * self.g.kw) / 2;
+        assert!(pairs <= buf.stage.len() && pairs * NP <= buf.tile.len());
         for j in 0..NP {
-            self.gather_pixel(&mut xs[2 * s * j..2 * s * (j + 1)], grp, q0 + j, ic0, ic1);
+            self.gather_pixel(as_i16(&mut buf.stage), grp, q0 + j, ic0, ic1);
+            let mut d = buf.tile.as_mut_ptr().wrapping_add(j);
+            for &v in &buf.stage[..pairs] {
+                // SAFETY: `d` is word `i * NP + j < pairs * NP <=
+                // tile.len()` for pair `i` (asserted above).
+                unsafe { *d = v };
+                d = d.wrapping_add(NP);
+            }
         }
     }
 
@@ -309,4 +313,12 @@ impl Ctx<'_> {
             }
         }
     }
+}
+
+/// A word buffer as twice as many int16 (little-endian: tap `2i` in the
+/// low half of word `i`).
+fn as_i16(buf: &mut [u32]) -> &mut [i16] {
+    // SAFETY: the same bytes, alignment 4 >= 2, every bit pattern valid;
+    // the returned borrow stands in for `buf`'s for its whole lifetime.
+    unsafe { core::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<i16>(), 2 * buf.len()) }
 }
