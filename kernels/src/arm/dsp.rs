@@ -8,15 +8,18 @@
 //!   bytes, one unaligned load) and turned, two codes at a time, into a
 //!   pair of int16 weights `±2^p` by one lookup in a table of `2^(2b)`
 //!   words; `SMLAD` (dual 16x16 multiply-accumulate) then adds both
-//!   products to each of four pixels' accumulators. About one instruction
-//!   per MAC. Every term `x * ±2^p` is exact in int32, as in `scalar`.
+//!   products to each of four pixels' accumulators: 35 instructions per
+//!   32 MACs in the inner loop (`fast4`), 2.1 to 2.4 per MAC for whole
+//!   3x3 layers with gathering and requantization. Every term `x * ±2^p`
+//!   is exact in int32, as in `scalar`.
 //! * `shift` ([`conv_shift_i8`]): multiplication-free, `(x << p) ^ m` plus
 //!   the count of negative codes (`m = -1` for a negative weight, and
 //!   `v ^ -1 = -v - 1`). Thumb-2 has no register-shifted add, so a tap
-//!   costs a shift, an XOR and an add per pixel: about 4.5 instructions
-//!   per MAC, over four times `dot` (measured under qemu with `-icount`,
-//!   see `firmware/README.md`); registered for `SHIFTNN_KERNEL=shift`
-//!   (no multiplier), never chosen by default.
+//!   costs a sign extension, a shift, an XOR and an add per pixel: 3.6
+//!   times the instructions of `dot` on the Fashion-MNIST layers (measured
+//!   under qemu with `-icount` by the firmware's `kernel-test`, see
+//!   `firmware/README.md`). Registered for a forced `shift` family (no
+//!   multiplier), never chosen by default.
 //! * `w8` ([`conv_w8_i8`]): layers kept at int8 weights (first conv, last
 //!   linear), pairs of int8 weights sign-extended into int16 pairs for
 //!   `SMLAD`.
