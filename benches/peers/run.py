@@ -140,7 +140,9 @@ def shiftnn_calib(samples, shape):
 
 
 def convert_shiftnn(a, name, onnx_path, calib_npy, mode, out):
-    cmd = [a.shiftnn, "convert", onnx_path, "-o", out, "--bits", str(a.bits), "--mode", mode]
+    # Written beside and renamed, so an interrupted run leaves no partial file to reuse.
+    part = out[: -len(".shift")] + ".partial.shift"
+    cmd = [a.shiftnn, "convert", onnx_path, "-o", part, "--bits", str(a.bits), "--mode", mode]
     if mode == "int8":
         cmd += ["--calib", calib_npy]
     if not a.keep_default:
@@ -149,8 +151,12 @@ def convert_shiftnn(a, name, onnx_path, calib_npy, mode, out):
     if os.path.exists(out) and not a.reconvert:
         return {"ok": True, "cmd": shlex.join(cmd), "cached": True}
     log(f"  shiftnn convert {name} ({mode})")
+    t0 = time.perf_counter()
     ok, so, se = run_cmd(cmd)
-    return {"ok": ok, "cmd": shlex.join(cmd), "error": None if ok else tail(se or so)}
+    secs = round(time.perf_counter() - t0, 1)
+    if ok:
+        os.replace(part, out)
+    return {"ok": ok, "cmd": shlex.join(cmd), "seconds": secs, "error": None if ok else tail(se or so)}
 
 
 def ort_quantize(name, onnx_path, samples, out_static, out_dynamic, reconvert):
@@ -236,9 +242,11 @@ def convert_ncnn(name, onnx_path, shape, work, reconvert):
     if os.path.exists(param) and os.path.exists(binf) and not reconvert:
         return {"ok": True, "cmd": shlex.join(cmd), "param": param, "bin": binf, "cached": True}
     log(f"  pnnx {name}")
+    t0 = time.perf_counter()
     ok, so, se = run_cmd(cmd, timeout=1800)
+    secs = round(time.perf_counter() - t0, 1)
     ok = ok and os.path.exists(param) and os.path.exists(binf)
-    return {"ok": ok, "cmd": shlex.join(cmd), "param": param, "bin": binf, "error": None if ok else tail(se + so)}
+    return {"ok": ok, "cmd": shlex.join(cmd), "param": param, "bin": binf, "seconds": secs, "error": None if ok else tail(se + so)}
 
 
 # ---------------------------------------------------------------------------
