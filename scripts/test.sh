@@ -30,6 +30,9 @@ cargo test --workspace
 step "aarch64 kernels under qemu-user (cortex-a72: NEON; max: dotprod)"
 ./scripts/test-aarch64.sh
 
+step "no multiply instruction in the shift, lut and fexp kernels (x86-64, aarch64)"
+./scripts/check-no-mul.sh
+
 step "firmware: Cortex-M under qemu-system-arm, C API on x86-64 and aarch64"
 ./scripts/test-firmware.sh
 

@@ -4,13 +4,19 @@
 //! is in MACs (criterion's "elements"): MAC/cycle = Melem/s / clock MHz.
 //!
 //! `cargo bench -p shiftnn-benches --bench kernels -- gemv` (a filter);
-//! `SHIFTNN_BENCH_BITS=2,3,4` chooses code widths (default 4);
+//! `SHIFTNN_BENCH_BITS=2,3,4` chooses code widths (default 2,3,4);
 //! `SHIFTNN_BENCH_SCALAR=0` skips the (slow) scalar kernels.
+//!
+//! Shapes: GEMV 4096x4096 (batch-1 linear), conv-as-GEMM 784x1152x128 (a
+//! 1x1 conv: 784 pixels, k = 1152, 128 channels), a 3x3 conv of the same
+//! GEMM size (128x28x28, k = 1152, patches gathered with padding), a
+//! ResNet-18 layer1 3x3 conv and a depthwise 3x3. Int8-weight kernels
+//! (`*/w8`, kept layers) run on the same shapes with random int8 weights.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use shiftnn_kernels::codes::pack;
 use shiftnn_kernels::dispatch::{self, KernelFn};
-use shiftnn_kernels::scalar::{conv_f32, conv_w8_i8, Affine};
+use shiftnn_kernels::scalar::{conv_f32, Affine};
 use shiftnn_kernels::{Bits, Conv2dGeom, PackedRows, Requant};
 
 fn shapes() -> Vec<(&'static str, Conv2dGeom)> {
@@ -28,10 +34,9 @@ fn shapes() -> Vec<(&'static str, Conv2dGeom)> {
     };
     vec![
         ("gemv_4096x4096", Conv2dGeom::linear(4096, 4096)),
-        // ResNet-18 layer1 and layer3 3x3 convs, a 1x1 and a depthwise.
+        ("gemm_784x1152x128", conv(1152, 28, 128, 1, 1, 1)),
+        ("conv3x3_128x28x28", conv(128, 28, 128, 3, 1, 1)),
         ("conv3x3_64x56x56", conv(64, 56, 64, 3, 1, 1)),
-        ("conv3x3_256x14x14", conv(256, 14, 256, 3, 1, 1)),
-        ("conv1x1_128x28x28", conv(128, 28, 128, 1, 1, 1)),
         ("dw3x3_64x56x56", conv(64, 56, 64, 3, 1, 64)),
     ]
 }
@@ -44,13 +49,15 @@ fn bits_list() -> Vec<Bits> {
                 .filter_map(|v| v.trim().parse().ok().and_then(Bits::new))
                 .collect()
         })
-        .unwrap_or_else(|| vec![Bits::B4])
+        .unwrap_or_else(|| vec![Bits::B2, Bits::B3, Bits::B4])
 }
 
 fn bench(c: &mut Criterion) {
     let with_scalar = std::env::var("SHIFTNN_BENCH_SCALAR").map_or(true, |v| v != "0");
     let mut group = c.benchmark_group("kernels");
     group.sample_size(10);
+    group.warm_up_time(std::time::Duration::from_millis(500));
+    group.measurement_time(std::time::Duration::from_secs(2));
     for (name, g) in shapes() {
         group.throughput(Throughput::Elements(g.macs() as u64));
         let xi: Vec<i8> = (0..g.in_len())
@@ -85,15 +92,22 @@ fn bench(c: &mut Criterion) {
                 };
             }
         }
-        if with_scalar {
-            // Multiply-based references on int8 / f32 weights.
-            let w8: Vec<i8> = (0..g.c_out * g.k())
-                .map(|i| (i * 7 % 255) as u8 as i8)
-                .collect();
-            let wf: Vec<f32> = w8.iter().map(|&v| v as f32).collect();
-            group.bench_function(BenchmarkId::new("scalar/w8-i8", name), |bn| {
-                bn.iter(|| conv_w8_i8(&g, &xi, &w8, 0, &rq, &mut oi))
+        // Int8 weights (kept layers): the registered w8 kernels, and the
+        // multiply-based float reference.
+        let w8: Vec<i8> = (0..g.c_out * g.k())
+            .map(|i| (i * 7 % 255) as u8 as i8)
+            .collect();
+        for k in dispatch::kernels() {
+            let KernelFn::W8I8(f) = k.f else { continue };
+            if !k.isa.available() || (k.isa == dispatch::Isa::Scalar && !with_scalar) {
+                continue;
+            }
+            group.bench_function(BenchmarkId::new(k.name, name), |bn| {
+                bn.iter(|| f(&g, &xi, &w8, 0, &rq, &mut oi))
             });
+        }
+        if with_scalar {
+            let wf: Vec<f32> = w8.iter().map(|&v| v as f32).collect();
             group.bench_function(BenchmarkId::new("scalar/f32", name), |bn| {
                 bn.iter(|| conv_f32(&g, &xf, &wf, 0, &ep, &mut of))
             });
