@@ -8,6 +8,7 @@ macro_rules! outln {
     ($($t:tt)*) => { $crate::cli::common::out(format_args!($($t)*)) };
 }
 
+pub mod adapt;
 pub mod bench;
 pub mod check;
 pub mod common;
@@ -57,6 +58,16 @@ pub enum Command {
     /// Compare every activation of a .shift model with the float ONNX model on
     /// one input: SQNR and maximum absolute error per layer.
     Diff(diff::Args),
+    /// Run a cloud adaptation worker: consume uploaded samples over MQTT,
+    /// distill the ONNX teacher into each device's normalization parameters
+    /// and publish signed patches.
+    Cloud(adapt::CloudArgs),
+    /// Run the cloud-edge adaptation demo on loopback: a mosquitto broker,
+    /// 2 cloud workers, 4 devices streaming corrupted Fashion-MNIST.
+    AdaptDemo(adapt::DemoArgs),
+    /// One demo device (started by adapt-demo).
+    #[command(hide = true)]
+    AdaptDevice(adapt::DeviceArgs),
 }
 
 /// Run a parsed command line.
@@ -69,5 +80,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Eval(a) => eval::main(a),
         Command::Bench(a) => bench::main(a),
         Command::Diff(a) => diff::main(a),
+        Command::Cloud(a) => adapt::cloud_main(a),
+        Command::AdaptDemo(a) => adapt::demo_main(a),
+        Command::AdaptDevice(a) => adapt::device_main(a),
     }
 }
