@@ -460,12 +460,48 @@ pub fn forced_family() -> Option<Family> {
     Family::from_u8(FAMILY.load(Ordering::Relaxed))
 }
 
-/// Families tried, in order, for `op` when `forced` is set.
-fn preference(op: Op, forced: Option<Family>) -> &'static [Family] {
+/// The default family order of an int8 shift-code layer: the one place
+/// where the measured per-layer choice lives.
+///
+/// Measured with `SHIFTNN_BENCH_SCALAR=0 cargo bench -p shiftnn-benches
+/// --bench kernels` on the development machine (AMD EPYC Zen3, AVX2, no
+/// AVX-512; 2026-11-28, one thread, machine shared, load ~6-10), MACs/s
+/// for b = 2 / 3 / 4:
+///
+/// | layer                     | avx2/dot        | avx2/shift    | avx2/lut      |
+/// |---------------------------|-----------------|---------------|---------------|
+/// | GEMV 4096x4096            | 4.8 / 10.9 / 13.8 G | 0.83 / 2.1 / 1.7 G | 1.0 / 2.0 / 2.1 G |
+/// | 1x1 conv 784x1152x128     | 13.1 / 5.9 / 6.5 G | 3.0 / 1.9 / 1.7 G | 2.3 / 1.6 / 1.7 G |
+/// | 3x3 conv 128x28x28        | 7.8 / 7.7 / 9.7 G | 2.5 / 2.8 / 2.2 G | 1.9 / 2.4 / 1.8 G |
+/// | 3x3 conv 64x56x56         | 2.3 / 3.0 / 4.7 G | 1.0 / 1.1 / 3.5 G | 0.8 / 0.6 / 2.4 G |
+/// | depthwise 3x3 64x56x56    | 73 / 106 / 77 M | 73 / 107 / 81 M | 40 / 24 / 27 M |
+///
+/// So: `dot` wherever a kernel of it runs (2.5-5x the multiplication-free
+/// families on every dense layer), except depthwise convs (one input
+/// channel per group, `k` = 9), which are bound by the patch gather: there
+/// `dot` and `shift` tie within noise and `shift` is taken, being
+/// multiplication-free at no measured cost. `lut` never won on AVX2 (one
+/// `vpshufb` gives 16 MACs against 32 for `vpmaddubsw`, and the code
+/// transpose is paid per pixel tile), so it runs only when forced. On NEON
+/// without `dotprod` the order falls to `shift`; qemu timings mean nothing,
+/// so that choice rests on instruction counts of the inner loops (`shift`
+/// 4 per 8 MACs; `lut` 7 per 16 MACs plus about 14 per 16 MACs of code
+/// transpose shared by 4 pixels), not on a measurement.
+fn default_i8(g: &Conv2dGeom) -> &'static [Family] {
+    use Family::*;
+    if g.groups > 1 && g.c_in_g() == 1 {
+        &[Shift, Dot, Scalar]
+    } else {
+        &[Dot, Shift, Scalar]
+    }
+}
+
+/// Families tried, in order, for `op` on layer `g` when `forced` is set.
+fn preference(op: Op, g: &Conv2dGeom, forced: Option<Family>) -> &'static [Family] {
     use Family::*;
     match (op, forced) {
         (_, Some(Scalar)) => &[Scalar],
-        (Op::ShiftI8, None) | (Op::ShiftI8, Some(Fexp)) => &[Dot, Shift, Scalar],
+        (Op::ShiftI8, None) | (Op::ShiftI8, Some(Fexp)) => default_i8(g),
         (Op::ShiftI8, Some(Dot)) => &[Dot, Scalar],
         (Op::ShiftI8, Some(Shift)) => &[Shift, Scalar],
         (Op::ShiftI8, Some(Lut)) => &[Lut, Shift, Scalar],
@@ -481,7 +517,7 @@ fn preference(op: Op, forced: Option<Family>) -> &'static [Family] {
 /// The kernel `op` runs for geometry `g` at level `at` with family
 /// preference `forced` (what [`select`] uses with the process settings).
 pub fn select_with(op: Op, g: &Conv2dGeom, at: Isa, forced: Option<Family>) -> &'static Kernel {
-    for &fam in preference(op, forced) {
+    for &fam in preference(op, g, forced) {
         for k in kernels() {
             if k.op() == op && k.family == fam && k.isa.runs_on(at) && g.k() >= k.min_k {
                 return k;
@@ -614,6 +650,17 @@ mod tests {
         assert!(k.family.multiplication_free() || k.family == Family::Scalar);
         for k in kernels() {
             assert!(k.name.starts_with(k.isa.name()), "{}", k.name);
+        }
+        // The measured default (`default_i8`): dot on dense layers,
+        // shift on depthwise ones, wherever both kernels exist.
+        for at in [Isa::Avx2, Isa::NeonDot] {
+            if at.available() {
+                assert_eq!(select_with(Op::ShiftI8, &big, at, None).family, Family::Dot);
+                assert_eq!(
+                    select_with(Op::ShiftI8, &dw, at, None).family,
+                    Family::Shift
+                );
+            }
         }
     }
 }
