@@ -1,10 +1,19 @@
-//! The learner: SGD with momentum over the student's gamma/beta.
+//! The learner: SGD with momentum over the student's gamma/beta, from a
+//! replay buffer of uploaded samples, with optional re-estimation of the
+//! running statistics.
 //!
-//! SKELETON: the API is final; `train` does not train yet.
+//! Each uploaded sample is labelled by the teacher once, when it arrives.
+//! A [`Learner::train`] call first (when `update_stats` is set) re-estimates
+//! every layer's mean and variance from the most recent replayed samples,
+//! blended with the file's statistics by `stats_alpha` (the alpha-BN rule
+//! the device uses locally), then runs SGD steps on the CEMA loss over
+//! minibatches drawn uniformly from the buffer, with the statistics fixed.
 
+use crate::loss;
 use crate::replay::{ReplayBuffer, Replayed};
+use crate::student::{NormLayer, Student};
 use crate::teacher::Teacher;
-use anyhow::{bail, Result};
+use anyhow::{ensure, Result};
 use shiftnn_runtime::adapt::PatchLayer;
 use shiftnn_runtime::Model;
 
@@ -19,107 +28,248 @@ pub struct LearnerConfig {
     pub batch: usize,
     /// Replay buffer capacity (samples).
     pub replay_capacity: usize,
-    /// Entropy of the sample weighting `1/exp(E - e_max)`, in units of ln C.
+    /// `E_max` of the sample weight `1/exp(E - E_max)`, in units of ln C
+    /// (CEMA: 0.4).
     pub e_max: f32,
-    /// Re-estimate running mean/var from replayed samples.
+    /// Re-estimate running mean/var from replayed samples and send them.
     pub update_stats: bool,
+    /// Blend of re-estimated statistics: `(1 - a) * file + a * replay`.
+    pub stats_alpha: f32,
+    /// Most recent samples used to re-estimate statistics.
+    pub stats_samples: usize,
+    /// Round int8 activations in the student (int8 models only; see
+    /// [`crate::student`]).
+    pub fake_quant: bool,
+    /// Seed of the minibatch sampler.
+    pub seed: u64,
 }
 
 impl Default for LearnerConfig {
     fn default() -> Self {
         LearnerConfig {
-            lr: 1e-3,
+            lr: 5e-3,
             momentum: 0.9,
-            batch: 16,
+            batch: 32,
             replay_capacity: 1024,
             e_max: 0.4,
-            update_stats: false,
+            update_stats: true,
+            stats_alpha: 1.0,
+            stats_samples: 512,
+            fake_quant: true,
+            seed: 0x5eed_c0de,
         }
     }
 }
 
-/// Figures of one `train` call.
+/// Figures of one [`Learner::train`] call.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct TrainStats {
     /// SGD steps taken.
     pub steps: usize,
-    /// Mean loss over the steps.
+    /// Mean weighted loss over the steps (before each step's update).
     pub loss: f32,
+    /// Samples the statistics were re-estimated from (0: not re-estimated).
+    pub stats_samples: usize,
 }
 
 /// Trains one device's normalization parameters.
 pub struct Learner {
     teacher: Box<dyn Teacher>,
     replay: ReplayBuffer,
-    layers: Vec<PatchLayer>,
-    #[allow(dead_code)]
+    student: Student,
+    /// The file's parameters (statistics blend source).
+    source: Vec<NormLayer>,
+    vel_gamma: Vec<Vec<f32>>,
+    vel_beta: Vec<Vec<f32>>,
+    /// True once statistics differ from the file's (then they are sent).
+    stats_changed: bool,
+    rejected: u64,
+    rng: u64,
     cfg: LearnerConfig,
 }
 
 impl Learner {
     /// A learner for `student`, the exact `.shift` the device runs.
     pub fn new(student: &Model, teacher: Box<dyn Teacher>, cfg: LearnerConfig) -> Result<Learner> {
-        let mut layers = Vec::new();
-        for node in &student.graph().nodes {
-            if let Some(n) = node.op.norm() {
-                let c = student.graph().values[node.output]
-                    .shape
-                    .get(1)
-                    .copied()
-                    .unwrap_or(0);
-                let p = student.norm_params(&n.prefix, c)?;
-                layers.push(PatchLayer {
-                    prefix: n.prefix.clone(),
-                    gamma: p.gamma,
-                    beta: p.beta,
-                    mean: None,
-                    var: None,
-                });
-            }
-        }
+        ensure!(cfg.batch > 0, "batch must be positive");
+        ensure!(
+            (0.0..=1.0).contains(&cfg.stats_alpha),
+            "stats_alpha must be in [0, 1]"
+        );
+        let mut s = Student::new(student)?;
+        s.set_fake_quant(cfg.fake_quant && student.mode() == shiftnn_runtime::Mode::Int8);
+        let source = s.norms().to_vec();
         Ok(Learner {
             teacher,
             replay: ReplayBuffer::new(cfg.replay_capacity),
-            layers,
+            vel_gamma: source.iter().map(|n| vec![0.0; n.gamma.len()]).collect(),
+            vel_beta: source.iter().map(|n| vec![0.0; n.beta.len()]).collect(),
+            student: s,
+            source,
+            stats_changed: false,
+            rejected: 0,
+            rng: cfg.seed | 1,
             cfg,
         })
     }
 
     /// Add one uploaded sample (`entropy` as the device computed it, in
-    /// units of ln C).
+    /// units of ln C). A sample of the wrong length, with non-finite values,
+    /// or that the teacher fails on is dropped and counted
+    /// ([`Learner::rejected`]).
     pub fn push(&mut self, input: Vec<f32>, entropy: f32) {
-        if let Ok(t) = self.teacher.logits(&input) {
-            self.replay.push(Replayed {
-                input,
-                entropy,
-                teacher: t,
-            });
+        if input.len() != self.student.input_len()
+            || !entropy.is_finite()
+            || input.iter().any(|v| !v.is_finite())
+        {
+            self.rejected += 1;
+            return;
+        }
+        match self.teacher.logits(&input) {
+            Ok(t) if t.len() == self.student.classes() && t.iter().all(|v| v.is_finite()) => {
+                self.replay.push(Replayed {
+                    input,
+                    entropy,
+                    teacher: t,
+                })
+            }
+            _ => self.rejected += 1,
         }
     }
 
-    /// Adopt parameters published by another worker.
+    /// Samples dropped by [`Learner::push`].
+    pub fn rejected(&self) -> u64 {
+        self.rejected
+    }
+
+    /// Adopt parameters published by another worker (every prefix must be
+    /// one of the model's layers; mean/var when present). Momentum of the
+    /// adopted layers restarts from zero.
     pub fn set_layers(&mut self, layers: &[PatchLayer]) -> Result<()> {
+        let mut next = self.student.clone();
         for l in layers {
-            let Some(mine) = self.layers.iter_mut().find(|m| m.prefix == l.prefix) else {
-                bail!("unknown layer \"{}\"", l.prefix);
-            };
-            *mine = l.clone();
+            next.set_layer(
+                &l.prefix,
+                &l.gamma,
+                &l.beta,
+                l.mean.as_deref(),
+                l.var.as_deref(),
+            )?;
+        }
+        self.student = next;
+        for l in layers {
+            if let Some(i) = self.source.iter().position(|n| n.prefix == l.prefix) {
+                self.vel_gamma[i].iter_mut().for_each(|v| *v = 0.0);
+                self.vel_beta[i].iter_mut().for_each(|v| *v = 0.0);
+            }
+            if l.mean.is_some() || l.var.is_some() {
+                self.stats_changed = true;
+            }
         }
         Ok(())
     }
 
-    /// SGD steps over minibatches from the replay buffer.
-    pub fn train(&mut self, _steps: usize) -> TrainStats {
-        TrainStats::default()
+    fn next_index(&mut self, n: usize) -> usize {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        (self.rng % n as u64) as usize
     }
 
-    /// Current parameters, ready for `build_patch`.
+    /// SGD steps over minibatches from the replay buffer (none when it is
+    /// empty).
+    pub fn train(&mut self, steps: usize) -> TrainStats {
+        let mut st = TrainStats::default();
+        let n = self.replay.len();
+        if n == 0 {
+            return st;
+        }
+        if self.cfg.update_stats {
+            let k = n.min(self.cfg.stats_samples.max(1));
+            let xs: Vec<&[f32]> = self
+                .replay
+                .iter()
+                .skip(n - k)
+                .map(|s| &s.input[..])
+                .collect();
+            // Inputs were checked on push, so this cannot fail.
+            if self
+                .student
+                .estimate_stats(&xs, &self.source, self.cfg.stats_alpha)
+                .is_ok()
+            {
+                st.stats_samples = k;
+                self.stats_changed = true;
+            }
+        }
+        let mut loss_sum = 0f64;
+        for _ in 0..steps {
+            let idx: Vec<usize> = (0..self.cfg.batch.min(n))
+                .map(|_| self.next_index(n))
+                .collect();
+            let batch: Vec<&Replayed> = idx.iter().filter_map(|&i| self.replay.get(i)).collect();
+            let xs: Vec<&[f32]> = batch.iter().map(|s| &s.input[..]).collect();
+            let Ok(fwd) = self.student.forward(&xs) else {
+                break;
+            };
+            let logits: Vec<&[f32]> = (0..fwd.len()).map(|i| fwd.logits(i)).collect();
+            let ts: Vec<&[f32]> = batch.iter().map(|s| &s.teacher[..]).collect();
+            let es: Vec<f32> = batch.iter().map(|s| s.entropy).collect();
+            let (l, dl) = loss::cema(&logits, &ts, &es, self.cfg.e_max);
+            let Ok(g) = self.student.backward(&fwd, &dl) else {
+                break;
+            };
+            let (lr, mu) = (self.cfg.lr, self.cfg.momentum);
+            for (li, layer) in self.student.norms_mut().iter_mut().enumerate() {
+                for (c, p) in layer.gamma.iter_mut().enumerate() {
+                    let v = &mut self.vel_gamma[li][c];
+                    *v = mu * *v + g.gamma[li][c];
+                    *p -= lr * *v;
+                }
+                for (c, p) in layer.beta.iter_mut().enumerate() {
+                    let v = &mut self.vel_beta[li][c];
+                    *v = mu * *v + g.beta[li][c];
+                    *p -= lr * *v;
+                }
+            }
+            loss_sum += l as f64;
+            st.steps += 1;
+        }
+        if st.steps > 0 {
+            st.loss = (loss_sum / st.steps as f64) as f32;
+        }
+        st
+    }
+
+    /// Current parameters, ready for `runtime::adapt::build_patch`: gamma
+    /// and beta of every layer, plus mean and variance once they differ
+    /// from the file's.
     pub fn layers(&self) -> Vec<PatchLayer> {
-        self.layers.clone()
+        self.student
+            .norms()
+            .iter()
+            .map(|n| PatchLayer {
+                prefix: n.prefix.clone(),
+                gamma: n.gamma.clone(),
+                beta: n.beta.clone(),
+                mean: self.stats_changed.then(|| n.mean.clone()),
+                var: self.stats_changed.then(|| n.var.clone()),
+            })
+            .collect()
     }
 
     /// Samples in the replay buffer.
     pub fn replay_len(&self) -> usize {
         self.replay.len()
+    }
+
+    /// The student (for evaluation).
+    pub fn student(&self) -> &Student {
+        &self.student
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &LearnerConfig {
+        &self.cfg
     }
 }
