@@ -35,6 +35,7 @@ fn cfg(stats: bool) -> LearnerConfig {
         batch: 8,
         update_stats: stats,
         replay_capacity: 64,
+        stats_min_samples: 8,
         ..LearnerConfig::default()
     }
 }
@@ -94,7 +95,13 @@ fn set_layers_adopts_and_rejects() {
     let mut a = Learner::new(&model, Box::new(RuleTeacher), cfg(true)).unwrap();
     let mut b = Learner::new(&model, Box::new(RuleTeacher), cfg(true)).unwrap();
     let mut r = Rng(8);
-    for x in inputs(&mut r, 16, 72) {
+    for x in inputs(&mut r, 7, 72) {
+        a.push(x, 0.3);
+    }
+    // Too few samples: statistics stay the file's.
+    assert_eq!(a.train(1).stats_samples, 0);
+    assert!(a.layers().iter().all(|p| p.mean.is_none()));
+    for x in inputs(&mut r, 9, 72) {
         a.push(x, 0.3);
     }
     let st = a.train(3);
