@@ -238,11 +238,9 @@ pub struct Kernel {
     pub isa: Isa,
     /// Family.
     pub family: Family,
-    /// Smallest `k` (weights per output channel) the kernel is chosen for.
-    /// Every kernel is correct for any `k >= 1` (tests run all); 1 for all
-    /// SIMD kernels today, because even depthwise 3x3 (k = 9, 9 of 32 lanes
-    /// used) measured faster than `scalar` (avx2/dot 1.8x, avx2/fexp 1.7x).
-    pub min_k: usize,
+    /// Which layers the kernel is chosen for. Every [`Layers::All`] kernel
+    /// is correct for any layer and `k >= 1` (tests run all).
+    pub layers: Layers,
     /// The function.
     pub f: KernelFn,
 }
@@ -254,14 +252,34 @@ impl Kernel {
     }
 }
 
+/// The layers a kernel handles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layers {
+    /// Any conv or linear layer.
+    All,
+    /// Only depthwise layers ([`crate::depthwise::applies`]); listed before
+    /// the general kernels so it wins on them.
+    Depthwise,
+}
+
+impl Layers {
+    /// True when a kernel of this kind computes layer `g`.
+    pub const fn fits(self, g: &Conv2dGeom) -> bool {
+        match self {
+            Layers::All => true,
+            Layers::Depthwise => crate::depthwise::applies(g),
+        }
+    }
+}
+
 /// Declare the registry: one line per kernel.
 macro_rules! registry {
-    ($name:ident: $( $kname:literal => $isa:ident, $fam:ident, $min_k:expr, $kind:ident($f:path); )*) => {
+    ($name:ident: $( $kname:literal => $isa:ident, $fam:ident, $layers:ident, $kind:ident($f:path); )*) => {
         const $name: &[Kernel] = &[ $( Kernel {
             name: $kname,
             isa: Isa::$isa,
             family: Family::$fam,
-            min_k: $min_k,
+            layers: Layers::$layers,
             f: KernelFn::$kind($f),
         }, )* ];
     };
@@ -270,26 +288,28 @@ macro_rules! registry {
 // Listed best first: selection takes the first entry that fits.
 #[cfg(target_arch = "x86_64")]
 registry! { SIMD:
-    "avx2/dot" => Avx2, Dot, 1, ShiftI8(crate::x86_64::avx2::conv_dot_i8);
-    "avx2/lut" => Avx2, Lut, 1, ShiftI8(crate::x86_64::avx2::conv_lut_i8);
-    "avx2/shift" => Avx2, Shift, 1, ShiftI8(crate::x86_64::avx2::conv_shift_i8);
-    "avx2/fexp" => Avx2, Fexp, 1, ShiftF32(crate::x86_64::avx2::conv_fexp_f32);
-    "avx2/w8" => Avx2, Dot, 1, W8I8(crate::x86_64::avx2::conv_w8_i8);
+    "avx2/dw-shift" => Avx2, Shift, Depthwise, ShiftI8(crate::x86_64::avx2::dw::conv_shift_i8);
+    "avx2/dot" => Avx2, Dot, All, ShiftI8(crate::x86_64::avx2::conv_dot_i8);
+    "avx2/lut" => Avx2, Lut, All, ShiftI8(crate::x86_64::avx2::conv_lut_i8);
+    "avx2/shift" => Avx2, Shift, All, ShiftI8(crate::x86_64::avx2::conv_shift_i8);
+    "avx2/fexp" => Avx2, Fexp, All, ShiftF32(crate::x86_64::avx2::conv_fexp_f32);
+    "avx2/w8" => Avx2, Dot, All, W8I8(crate::x86_64::avx2::conv_w8_i8);
 }
 #[cfg(target_arch = "aarch64")]
 registry! { SIMD:
-    "neondot/dot" => NeonDot, Dot, 1, ShiftI8(crate::aarch64::neon::conv_sdot_i8);
-    "neon/lut" => Neon, Lut, 1, ShiftI8(crate::aarch64::neon::conv_lut_i8);
-    "neon/shift" => Neon, Shift, 1, ShiftI8(crate::aarch64::neon::conv_shift_i8);
-    "neon/fexp" => Neon, Fexp, 1, ShiftF32(crate::aarch64::neon::conv_fexp_f32);
-    "neondot/w8" => NeonDot, Dot, 1, W8I8(crate::aarch64::neon::conv_sdot_w8_i8);
-    "neon/w8" => Neon, Dot, 1, W8I8(crate::aarch64::neon::conv_w8_i8);
+    "neon/dw-shift" => Neon, Shift, Depthwise, ShiftI8(crate::aarch64::neon::dw::conv_shift_i8);
+    "neondot/dot" => NeonDot, Dot, All, ShiftI8(crate::aarch64::neon::conv_sdot_i8);
+    "neon/lut" => Neon, Lut, All, ShiftI8(crate::aarch64::neon::conv_lut_i8);
+    "neon/shift" => Neon, Shift, All, ShiftI8(crate::aarch64::neon::conv_shift_i8);
+    "neon/fexp" => Neon, Fexp, All, ShiftF32(crate::aarch64::neon::conv_fexp_f32);
+    "neondot/w8" => NeonDot, Dot, All, W8I8(crate::aarch64::neon::conv_sdot_w8_i8);
+    "neon/w8" => Neon, Dot, All, W8I8(crate::aarch64::neon::conv_w8_i8);
 }
 #[cfg(all(target_arch = "arm", shiftnn_dsp))]
 registry! { SIMD:
-    "dsp/dot" => Dsp, Dot, 1, ShiftI8(crate::arm::dsp::conv_dot_i8);
-    "dsp/shift" => Dsp, Shift, 1, ShiftI8(crate::arm::dsp::conv_shift_i8);
-    "dsp/w8" => Dsp, Dot, 1, W8I8(crate::arm::dsp::conv_w8_i8);
+    "dsp/dot" => Dsp, Dot, All, ShiftI8(crate::arm::dsp::conv_dot_i8);
+    "dsp/shift" => Dsp, Shift, All, ShiftI8(crate::arm::dsp::conv_shift_i8);
+    "dsp/w8" => Dsp, Dot, All, W8I8(crate::arm::dsp::conv_w8_i8);
 }
 #[cfg(not(any(
     target_arch = "x86_64",
@@ -299,10 +319,10 @@ registry! { SIMD:
 registry! { SIMD: }
 
 registry! { SCALAR:
-    "scalar/shift-i8" => Scalar, Scalar, 0, ShiftI8(scalar::conv_shift_i8);
-    "scalar/shift-f32" => Scalar, Scalar, 0, ShiftF32(scalar::conv_shift_f32);
-    "scalar/w8-i8" => Scalar, Scalar, 0, W8I8(scalar::conv_w8_i8);
-    "scalar/f32" => Scalar, Scalar, 0, F32(scalar::conv_f32);
+    "scalar/shift-i8" => Scalar, Scalar, All, ShiftI8(scalar::conv_shift_i8);
+    "scalar/shift-f32" => Scalar, Scalar, All, ShiftF32(scalar::conv_shift_f32);
+    "scalar/w8-i8" => Scalar, Scalar, All, W8I8(scalar::conv_w8_i8);
+    "scalar/f32" => Scalar, Scalar, All, F32(scalar::conv_f32);
 }
 
 /// Every kernel of this target, best first, the scalar references last.
@@ -478,9 +498,14 @@ pub fn forced_family() -> Option<Family> {
 ///
 /// So: `dot` wherever a kernel of it runs (2.5-5x the multiplication-free
 /// families on every dense layer), except depthwise convs (one input
-/// channel per group, `k` = 9), which are bound by the patch gather: there
-/// `dot` and `shift` tie within noise and `shift` is taken, being
-/// multiplication-free at no measured cost. `lut` never won on AVX2 (one
+/// channel per group, `k` = 9), where the tiled kernels are bound by the
+/// patch gather and even `scalar` beats them. Depthwise layers take
+/// `shift`, whose first entry there is the row-vectorized
+/// [`crate::depthwise`] kernel (`avx2/dw-shift`, `neon/dw-shift`): same
+/// bench, later run (load ~4), b = 2 / 3: avx2/dw-shift 1.6 / 2.6 G,
+/// scalar 225 / 200 M, avx2/shift 138 / 145 M, avx2/dot 134 / 144 M MACs/s.
+/// Float depthwise layers run `scalar` (200 M against avx2/fexp's 97 M in
+/// that run). `lut` never won on AVX2 (one
 /// `vpshufb` gives 16 MACs against 32 for `vpmaddubsw`, and the code
 /// transpose is paid per pixel tile), so it runs only when forced. On NEON
 /// without `dotprod` the order falls to `shift`; qemu timings mean nothing,
@@ -505,6 +530,7 @@ fn preference(op: Op, g: &Conv2dGeom, forced: Option<Family>) -> &'static [Famil
         (Op::ShiftI8, Some(Dot)) => &[Dot, Scalar],
         (Op::ShiftI8, Some(Shift)) => &[Shift, Scalar],
         (Op::ShiftI8, Some(Lut)) => &[Lut, Shift, Scalar],
+        (Op::ShiftF32, _) if crate::depthwise::applies(g) => &[Scalar],
         (Op::ShiftF32, _) => &[Fexp, Scalar],
         // Int8 weights (kept layers) multiply in every family, the scalar
         // reference included: a forced multiplication-free family cannot
@@ -519,7 +545,7 @@ fn preference(op: Op, g: &Conv2dGeom, forced: Option<Family>) -> &'static [Famil
 pub fn select_with(op: Op, g: &Conv2dGeom, at: Isa, forced: Option<Family>) -> &'static Kernel {
     for &fam in preference(op, g, forced) {
         for k in kernels() {
-            if k.op() == op && k.family == fam && k.isa.runs_on(at) && g.k() >= k.min_k {
+            if k.op() == op && k.family == fam && k.isa.runs_on(at) && k.layers.fits(g) {
                 return k;
             }
         }

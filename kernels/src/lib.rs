@@ -21,6 +21,7 @@ pub mod aarch64;
 #[cfg(target_arch = "arm")]
 pub mod arm;
 pub mod codes;
+pub mod depthwise;
 pub mod dispatch;
 pub mod fexp;
 pub mod geom;

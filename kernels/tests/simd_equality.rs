@@ -129,7 +129,7 @@ fn check_i8(c: &Case) -> Result<(), TestCaseError> {
     let mut ran = 0;
     for k in dispatch::kernels() {
         let KernelFn::ShiftI8(f) = k.f else { continue };
-        if !k.isa.available() {
+        if !k.isa.available() || !k.layers.fits(g) {
             continue;
         }
         ran += 1;
@@ -177,7 +177,7 @@ fn check_f32(c: &Case, xf: &[f32]) -> Result<(), TestCaseError> {
     let eps = f32::EPSILON as f64 / 2.0;
     for k in dispatch::kernels() {
         let KernelFn::ShiftF32(f) = k.f else { continue };
-        if !k.isa.available() {
+        if !k.isa.available() || !k.layers.fits(g) {
             continue;
         }
         let mut got = vec![0f32; g.out_len()];
@@ -233,7 +233,7 @@ fn check_w8(c: &Case, w: &[i8]) -> Result<(), TestCaseError> {
     let plane = g.out_plane();
     for kern in dispatch::kernels() {
         let KernelFn::W8I8(f) = kern.f else { continue };
-        if !kern.isa.available() {
+        if !kern.isa.available() || !kern.layers.fits(g) {
             continue;
         }
         let mut got = vec![0i8; g.out_len()];
@@ -454,7 +454,7 @@ fn float_edge_activations() {
             scalar::conv_shift_f32(&g, &xf, &w, 0, &ep, &mut want);
             for k in dispatch::kernels() {
                 let KernelFn::ShiftF32(f) = k.f else { continue };
-                if !k.isa.available() {
+                if !k.isa.available() || !k.layers.fits(&g) {
                     continue;
                 }
                 let mut got = vec![0f32; g.out_len()];
@@ -492,4 +492,35 @@ fn registry_is_consistent() {
         assert!(dispatch::kernels().any(|k| k.op() == op && k.isa == Isa::Scalar));
     }
     eprintln!("cpu level {:?}; kernels: {names:?}", dispatch::detected());
+}
+
+/// Depthwise layers wider than the depthwise kernels' row chunk (256
+/// outputs), with strides, padding and dilation: the chunk seams and the
+/// column bounds of every tap.
+#[test]
+fn wide_depthwise_rows() {
+    let mut seed = 7u64;
+    for (w, s, p, d, k) in [
+        (600, 1, 1, 1, 3),
+        (515, 2, 2, 1, 5),
+        (300, 3, 0, 2, 3),
+        (257, 1, 3, 1, 7),
+    ] {
+        for b in 2..5 {
+            let g = Conv2dGeom {
+                c_in: 5,
+                h: 4 + k,
+                w,
+                c_out: 5,
+                kh: k,
+                kw: k,
+                stride: [s, s],
+                pads: [p, p, p, p],
+                dilation: [d, d],
+                groups: 5,
+            };
+            seed += 1;
+            check_i8(&case(g, b, seed)).unwrap();
+        }
+    }
 }

@@ -622,3 +622,31 @@ pub fn conv_fexp_f32(
 ) {
     tile::shift_f32::<Fexp>(Isa::Neon, g, x, w, oc0, ep, out)
 }
+
+/// Depthwise layers: [`crate::depthwise`] compiled for NEON (baseline on
+/// aarch64; a weight tap runs along an output row; no multiply in
+/// [`dw::shift_rows`]).
+pub mod dw {
+    use crate::{Conv2dGeom, PackedRows, Requant};
+
+    /// One tap along a row: `acc += ±(xs << p)`, vectorized by the compiler
+    /// with NEON. Out of line so the no-multiply check can find it.
+    #[inline(never)]
+    fn shift_rows(acc: &mut [i32], xs: &[i8], s: usize, neg: bool, p: u32) {
+        crate::depthwise::tap(acc, xs, s, neg, p)
+    }
+
+    /// `neon/dw-shift`: equal to [`crate::scalar::conv_shift_i8`] on
+    /// depthwise layers ([`crate::depthwise::applies`]); no multiply in
+    /// the taps. Panics if the layer is not depthwise.
+    pub fn conv_shift_i8(
+        g: &Conv2dGeom,
+        x: &[i8],
+        w: &PackedRows,
+        oc0: usize,
+        rq: &[Requant],
+        out: &mut [i8],
+    ) {
+        crate::depthwise::shift_i8(g, x, w, oc0, rq, out, shift_rows)
+    }
+}
