@@ -35,7 +35,7 @@ const BUF_BYTES: usize = 16 * 1024;
 /// Output pixels per tile.
 pub(crate) const P: usize = 4;
 /// Rows per block of chunk accumulators.
-const CB: usize = 32;
+const CB: usize = 256;
 /// Most rows one [`RowKernel::dot`] call may take ([`RowKernel::ROWS`]).
 pub(crate) const MAX_ROWS: usize = 16;
 /// Chunks of `k` are multiples of this many codes.
@@ -340,6 +340,32 @@ impl<In: Copy> Driver<'_, '_, In> {
             slot.fill(K::X::default());
             let q = q0 + j;
             let (oy, ox) = (q / g.out_w(), q % g.out_w());
+            // Interior pixel, whole k in one chunk: every tap is in bounds,
+            // so taps go in weight order with no per-tap checks (the gather
+            // is what bounds layers with few output channels).
+            let (y0, x0) = (oy * g.stride[0], ox * g.stride[1]);
+            if kc == self.k
+                && y0 >= g.pads[0]
+                && y0 + (kh - 1) * g.dilation[0] < g.h + g.pads[0]
+                && x0 >= g.pads[1]
+                && x0 + (kw - 1) * g.dilation[1] < g.w + g.pads[1]
+            {
+                let span = (kw - 1) * g.dilation[1] + 1;
+                let mut ki = 0;
+                for ic in 0..cig {
+                    let plane = (grp * cig + ic) * g.h;
+                    for ky in 0..kh {
+                        let iy = y0 + ky * g.dilation[0] - g.pads[0];
+                        let base = (plane + iy) * g.w + x0 - g.pads[1];
+                        let src = &self.x[base..base + span];
+                        for kx in 0..kw {
+                            *okj &= K::put(slot, self.kc_max, ki, src[kx * g.dilation[1]]);
+                            ki += 1;
+                        }
+                    }
+                }
+                continue;
+            }
             let ic0 = c0 / khw;
             let ic1 = cig.min((c0 + kc).div_ceil(khw));
             for ic in ic0..ic1 {

@@ -77,9 +77,34 @@ impl PoolGeom {
 pub fn maxpool<T: Copy + PartialOrd>(g: &PoolGeom, x: &[T], empty: T, out: &mut [T]) {
     assert_eq!(x.len(), g.in_len());
     assert_eq!(out.len(), g.out_len());
+    let (sy, sx) = (g.stride[0], g.stride[1]);
+    let (dy, dx) = (g.dilation[0], g.dilation[1]);
+    let span_y = (g.kh.max(1) - 1) * dy;
+    let span_x = (g.kw.max(1) - 1) * dx;
     for c in 0..g.c {
         for oy in 0..g.out_h {
+            let y0 = oy * sy;
+            let rows_in = g.kh > 0 && y0 >= g.pads[0] && y0 + span_y < g.h + g.pads[0];
             for ox in 0..g.out_w {
+                let x0 = ox * sx;
+                if rows_in && g.kw > 0 && x0 >= g.pads[1] && x0 + span_x < g.w + g.pads[1] {
+                    // Interior window: every tap in bounds, visited in the
+                    // same order as `window` (so NaN handling is the same),
+                    // without its per-tap bounds checks.
+                    let base = (c * g.h + y0 - g.pads[0]) * g.w + x0 - g.pads[1];
+                    let mut m = x[base];
+                    for ky in 0..g.kh {
+                        let row = &x[base + ky * dy * g.w..][..span_x + 1];
+                        for kx in 0..g.kw {
+                            let v = row[kx * dx];
+                            if v > m {
+                                m = v;
+                            }
+                        }
+                    }
+                    out[(c * g.out_h + oy) * g.out_w + ox] = m;
+                    continue;
+                }
                 let mut m: Option<T> = None;
                 g.window(c, oy, ox, |i| {
                     if m.is_none_or(|v| x[i] > v) {
@@ -277,6 +302,53 @@ mod tests {
         let mut m = [0i8; 4];
         maxpool(&g, &x, i8::MIN, &mut m);
         assert_eq!(m, [4, 8, 12, 16]);
+    }
+
+    /// The interior fast path of `maxpool` against a direct max over
+    /// `window`, on many shapes (strides, dilations, asymmetric pads).
+    #[test]
+    fn maxpool_matches_window_max() {
+        let mut seed = 0x9e37_79b9_u32;
+        let mut rnd = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            seed
+        };
+        for case in 0..400 {
+            let (kh, kw) = (1 + rnd() as usize % 4, 1 + rnd() as usize % 4);
+            let dilation = [1 + rnd() as usize % 2, 1 + rnd() as usize % 2];
+            let stride = [1 + rnd() as usize % 3, 1 + rnd() as usize % 3];
+            let pads = [0, 1, 2, 3].map(|_| rnd() as usize % kh.min(kw));
+            let (h, w) = (kh * 3 + rnd() as usize % 9, kw * 3 + rnd() as usize % 9);
+            let out_h = (h + pads[0] + pads[2] - (kh - 1) * dilation[0] - 1) / stride[0] + 1;
+            let out_w = (w + pads[1] + pads[3] - (kw - 1) * dilation[1] - 1) / stride[1] + 1;
+            let g = PoolGeom {
+                c: 2,
+                h,
+                w,
+                kh,
+                kw,
+                stride,
+                pads,
+                dilation,
+                out_h,
+                out_w,
+                count_include_pad: false,
+            };
+            let x: Vec<i8> = (0..g.in_len()).map(|_| rnd() as i8).collect();
+            let mut got = vec![0i8; g.out_len()];
+            maxpool(&g, &x, i8::MIN, &mut got);
+            for c in 0..g.c {
+                for oy in 0..out_h {
+                    for ox in 0..out_w {
+                        let mut m = i8::MIN;
+                        g.window(c, oy, ox, |i| m = m.max(x[i]));
+                        assert_eq!(got[(c * out_h + oy) * out_w + ox], m, "case {case}: {g:?}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]
