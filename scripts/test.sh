@@ -50,12 +50,12 @@ if [ "${SKIP_FUZZ:-0}" != "1" ]; then
   if ! command -v cargo-fuzz >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked
   fi
-  mkdir -p fuzz/corpus/shift_reader fuzz/corpus/onnx_import
+  mkdir -p fuzz/corpus/shift_reader fuzz/corpus/onnx_import fuzz/corpus/sample_msg
   # Seed the corpora with real files so the fuzzer starts from valid input.
   cp tests/fixtures/onnx/*.onnx fuzz/corpus/onnx_import/ 2>/dev/null || true
   cp examples/fmnist/*.onnx fuzz/corpus/onnx_import/ 2>/dev/null || true
   cp tests/fixtures/firmware/*.shift fuzz/corpus/shift_reader/ 2>/dev/null || true
-  for t in shift_reader onnx_import; do
+  for t in shift_reader onnx_import sample_msg; do
     (cd fuzz && cargo +nightly fuzz run "$t" "corpus/$t" -- -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=4096 2>&1 | tail -n 3)
   done
 fi

@@ -9,6 +9,8 @@
 //! - `mqtt` (feature `mqtt`): the MQTT link to the broker.
 
 pub mod alpha_bn;
+#[cfg(feature = "mqtt")]
+pub mod mqtt;
 pub mod patch;
 #[cfg(feature = "std")]
 pub mod queue;
@@ -16,8 +18,6 @@ pub mod select;
 #[cfg(feature = "std")]
 pub mod shared;
 pub mod wire;
-#[cfg(feature = "mqtt")]
-pub mod mqtt;
 
 pub use alpha_bn::{AlphaBn, AlphaBnConfig};
 pub use patch::{
