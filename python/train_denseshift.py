@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from shiftnn_train.common import REPO, Timer, load_fmnist, train_epoch, evaluate_torch, evaluate_onnx  # noqa: E402
+from shiftnn_train.common import (REPO, Timer, load_fmnist, load_onnx_weights, train_epoch,  # noqa: E402
+                                  evaluate_torch, evaluate_onnx)
 from shiftnn_train.models import FmnistResNet, export_onnx, default_conv, default_linear  # noqa: E402
 from shiftnn_train import denseshift as ds  # noqa: E402
 
@@ -121,6 +122,8 @@ def render_results(path_md):
     if os.path.exists(p):
         with open(p) as f:
             runs = [json.loads(line) for line in f if line.strip()]
+    # failed / interrupted runs stay in runs.jsonl but have no table row
+    runs = [r for r in runs if r.get("status", "ok") == "ok"]
     head = open(os.path.join(RESULTS_DIR, "header.md")).read() if os.path.exists(
         os.path.join(RESULTS_DIR, "header.md")) else "# DenseShift results\n\n"
     lines = [head.rstrip() + "\n", "",
@@ -155,18 +158,36 @@ def main():
     ap.add_argument("--lr", type=float, default=2e-3, help="Adam(W) peak LR, one-cycle schedule")
     ap.add_argument("--wd", type=float, default=1e-4, help="weight decay on full-precision weights only")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--teacher", default=None,
+                    help="FP32 FmnistResNet ONNX (e.g. examples/fmnist/fmnist_fp32.onnx) for logit distillation")
+    ap.add_argument("--kd-alpha", type=float, default=0.7, help="weight of the distillation term")
+    ap.add_argument("--kd-temp", type=float, default=4.0, help="distillation temperature")
     ap.add_argument("--src", default="/usr/share/datasets/fashion-mnist")
     ap.add_argument("--out", default=None, help="ONNX path (default: examples/fmnist/fmnist_denseshift_b3.onnx "
                                                 "for the default 3-bit run, python/results/fmnist_TAG.onnx otherwise)")
     ap.add_argument("--tag", default=None)
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
+    t0 = time.time()
+    try:
+        run(args)
+    except BaseException as e:  # record failed / interrupted runs too, then re-raise
+        if not args.no_record:
+            os.makedirs(RESULTS_DIR, exist_ok=True)
+            with open(os.path.join(RESULTS_DIR, "runs.jsonl"), "a") as f:
+                f.write(json.dumps({"status": "failed", "error": repr(e), "elapsed_s": time.time() - t0,
+                                    "args": vars(args), "date": time.strftime("%Y-%m-%d %H:%M")}) + "\n")
+        raise
 
+
+def run(args):
     method = "naive-STE" if args.naive_ste else f"DenseShift ({args.encoding})"
     if args.channel_scale and not args.naive_ste:
         method += " + channel scale"
+    if args.teacher:
+        method += f" + KD (a={args.kd_alpha}, T={args.kd_temp})"
     tag = args.tag or (f"b{args.bits}-" + ("naive" if args.naive_ste else "denseshift")
-                       + ("-scale" if args.channel_scale else "") + ("-binenc" if args.encoding == "binary" else ""))
+                       + ("-scale" if args.channel_scale else "") + ("-binenc" if args.encoding == "binary" else "") + ("-kd" if args.teacher else ""))
     if args.out is None:
         default_variant = args.bits == 3 and not args.naive_ste and not args.channel_scale \
             and args.encoding == "recursive" and not args.quantize_first_last
@@ -179,6 +200,12 @@ def main():
     trx, try_, tex, tey = load_fmnist(args.src)
     model = build(args).to(memory_format=torch.channels_last)
     print(model)
+    teacher = None
+    if args.teacher:
+        teacher = load_onnx_weights(FmnistResNet(), args.teacher).eval().to(memory_format=torch.channels_last)
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        print(f"teacher {args.teacher}: torch top-1 {evaluate_torch(teacher, tex, tey):.4f}")
 
     latent = {id(p) for _, m in ds.shift_modules(model) for p in m.latent_parameters()}
     decay = [p for n, p in model.named_parameters() if id(p) not in latent and p.dim() > 1]
@@ -196,7 +223,8 @@ def main():
     per_epoch = []
     for ep in range(args.epochs):
         tracker.start_epoch()
-        loss, acc = train_epoch(model, opt, sched, trx, try_, args.batch, after_step=tracker.step)
+        loss, acc = train_epoch(model, opt, sched, trx, try_, args.batch, after_step=tracker.step,
+                                teacher=teacher, kd_alpha=args.kd_alpha, kd_temp=args.kd_temp)
         any_c, net_c = tracker.shares()
         tacc = evaluate_torch(model, tex, tey)
         per_epoch.append({"epoch": ep + 1, "loss": loss, "train": acc, "test": tacc,
@@ -220,7 +248,7 @@ def main():
 
     if not args.no_record:
         os.makedirs(RESULTS_DIR, exist_ok=True)
-        rec = {"tag": tag, "bits": args.bits, "method": method, "epochs": args.epochs,
+        rec = {"status": "ok", "tag": tag, "bits": args.bits, "method": method, "epochs": args.epochs,
                "ort_top1": ort_acc, "torch_top1": torch_acc, "train_time_s": train_time,
                "last_epoch_changed_any": per_epoch[-1]["changed_any"],
                "last_epoch_changed_net": per_epoch[-1]["changed_net"],

@@ -34,7 +34,30 @@ def augment(x):
     return xp[:, :, dy:dy + 28, dx:dx + 28]
 
 
-def train_epoch(model, opt, sched, x, y, batch, log_every=0, after_step=None):
+def kd_loss(student_logits, teacher_logits, y, alpha, temp):
+    """Hinton logit distillation: (1-alpha) * CE(y) + alpha * T^2 * KL(teacher_T || student_T)."""
+    ce = F.cross_entropy(student_logits, y)
+    kl = F.kl_div(F.log_softmax(student_logits / temp, 1), F.log_softmax(teacher_logits / temp, 1),
+                  reduction="batchmean", log_target=True)
+    return (1 - alpha) * ce + alpha * temp * temp * kl
+
+
+def load_onnx_weights(model, path):
+    """Load an FmnistResNet state (e.g. the FP32 teacher) from an ONNX file exported by
+    models.export_onnx: its initializer names are the PyTorch parameter / buffer names."""
+    import onnx
+    from onnx import numpy_helper
+    inits = {t.name: numpy_helper.to_array(t) for t in onnx.load(path).graph.initializer}
+    sd = model.state_dict()
+    missing = [k for k in sd if k not in inits and not k.endswith("num_batches_tracked")]
+    if missing:
+        raise ValueError(f"{path}: no initializer for {missing}")
+    model.load_state_dict({k: (torch.from_numpy(inits[k].copy()) if k in inits else v) for k, v in sd.items()})
+    return model
+
+
+def train_epoch(model, opt, sched, x, y, batch, log_every=0, after_step=None, teacher=None,
+                kd_alpha=0.0, kd_temp=1.0):
     model.train()
     perm = torch.randperm(x.shape[0])
     tot_loss, correct, seen = 0.0, 0, 0
@@ -43,7 +66,12 @@ def train_epoch(model, opt, sched, x, y, batch, log_every=0, after_step=None):
         xb = augment(x[idx]).contiguous(memory_format=torch.channels_last)
         yb = y[idx]
         out = model(xb)
-        loss = F.cross_entropy(out, yb)
+        if teacher is not None:
+            with torch.no_grad():
+                tout = teacher(xb)
+            loss = kd_loss(out, tout, yb, kd_alpha, kd_temp)
+        else:
+            loss = F.cross_entropy(out, yb)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
