@@ -5,7 +5,7 @@
 //! container.
 
 use crate::ir::{self, Op as IrOp};
-use crate::quantize::{quantize_i8, quantize_shift};
+use crate::quantize::{quantize_i8, quantize_shift, quantize_shift_calibrated, InputStats};
 use anyhow::{anyhow, bail, Context, Result};
 use safetensors::Dtype;
 use shiftnn_kernels::{codes::pack, Bits};
@@ -71,6 +71,12 @@ pub struct LayerReport {
     pub sqnr_db: Option<f64>,
     /// Weights reproduced exactly.
     pub lossless: bool,
+    /// Output signal-to-error ratio of a shift layer on the calibration
+    /// inputs, dB, after bias correction (null without calibration data
+    /// or when exact).
+    pub output_sqnr_db: Option<f64>,
+    /// The same for plain weight-MSE quantization, for comparison.
+    pub output_sqnr_mse_db: Option<f64>,
 }
 
 /// What a conversion did.
@@ -168,6 +174,7 @@ fn skeleton(
     g: &ir::Graph,
     bits: Bits,
     keep: &BTreeSet<String>,
+    stats: &HashMap<String, InputStats>,
     report: &mut Vec<LayerReport>,
     kept_i8_sqnr: &mut BTreeMap<String, f64>,
 ) -> Result<(Skeleton, usize)> {
@@ -286,6 +293,8 @@ fn skeleton(
                 let rows = w.shape[0];
                 let k = w.len() / rows.max(1);
                 let kept = keep.contains(&name);
+                let mut bias = bias.clone();
+                let mut out_sqnr = (None, None);
                 let (src, wk, rep_bits, bytes, sqnr, lossless) = if kept {
                     let q = quantize_i8(&w.data, rows, k);
                     let bytes = rows * k * 4 + rows * 4;
@@ -303,7 +312,24 @@ fn skeleton(
                         true,
                     )
                 } else {
-                    let q = quantize_shift(&w.data, rows, k, bits);
+                    let q = match stats.get(&name) {
+                        Some(st) => {
+                            let c = quantize_shift_calibrated(&w.data, rows, k, bits, st);
+                            if c.bias_correction.iter().any(|&b| b != 0.0) {
+                                let b = bias.get_or_insert_with(|| vec![0.0; rows]);
+                                for (b, d) in b.iter_mut().zip(&c.bias_correction) {
+                                    *b += d;
+                                }
+                            }
+                            let db = |e: f64| {
+                                (e > 0.0 && c.output_var > 0.0)
+                                    .then(|| 10.0 * (c.output_var / e).log10())
+                            };
+                            out_sqnr = (db(c.output_err), db(c.output_err_mse));
+                            c.weights
+                        }
+                        None => quantize_shift(&w.data, rows, k, bits),
+                    };
                     let mut packed = vec![0u8; rows * bits.row_bytes(k)];
                     pack(&q.codes, bits, rows, k, &mut packed);
                     let bytes = packed.len() + rows * 4;
@@ -338,6 +364,8 @@ fn skeleton(
                     bytes,
                     sqnr_db: sqnr.is_finite().then_some(sqnr),
                     lossless,
+                    output_sqnr_db: out_sqnr.0,
+                    output_sqnr_mse_db: out_sqnr.1,
                 });
                 weight = Some((src, rows, k));
                 let b = if kept { 0 } else { bits.get() as u8 };
@@ -770,6 +798,158 @@ fn calibrate(
         .collect())
 }
 
+/// Most output positions per calibration input whose im2col patches enter a
+/// conv layer's input statistics: bounds the cost on large feature maps
+/// (positions are taken at an even stride).
+const STATS_POSITIONS: usize = 256;
+
+/// Input mean and covariance of every shift layer (weighted, not kept), from
+/// the float reference executor on the calibration inputs. These are the
+/// inputs of the float model, so each layer is fitted to its own float
+/// input independently of the others.
+fn layer_input_stats(
+    g: &ir::Graph,
+    keep: &BTreeSet<String>,
+    calib: &CalibData,
+    opts: &ConvertOptions,
+) -> Result<HashMap<String, InputStats>> {
+    let targets: Vec<&ir::Node> = g
+        .nodes
+        .iter()
+        .filter(|n| {
+            matches!(n.op, IrOp::Conv { .. } | IrOp::Linear { .. }) && !keep.contains(&n.name)
+        })
+        .collect();
+    if targets.is_empty() {
+        return Ok(HashMap::new());
+    }
+    if g.inputs.len() != 1 {
+        bail!("calibration supports single-input models");
+    }
+    let (in_name, in_shape) = &g.inputs[0];
+    let in_len: usize = in_shape.iter().product();
+    if calib.n == 0 || calib.x.len() != calib.n * in_len {
+        bail!("calibration data holds {} values for {} samples; the model input has {in_len} values per sample", calib.x.len(), calib.n);
+    }
+    let shape_of = |v: &str| {
+        g.shapes
+            .get(v)
+            .cloned()
+            .ok_or_else(|| anyhow!("no shape for tensor \"{v}\""))
+    };
+    let mut accs = Vec::new();
+    for n in &targets {
+        let (w, groups) = match &n.op {
+            IrOp::Conv { weight, groups, .. } => (weight, *groups),
+            IrOp::Linear { weight, .. } => (weight, 1),
+            _ => unreachable!("filtered to Conv and Linear"),
+        };
+        let rows = w.shape[0];
+        if groups == 0 || rows % groups != 0 {
+            bail!(
+                "node \"{}\": {rows} output channels in {groups} groups",
+                n.name
+            );
+        }
+        accs.push(InputStats::accumulator(groups, w.len() / rows.max(1)));
+    }
+    for s in 0..calib.n {
+        let x = &calib.x[s * in_len..(s + 1) * in_len];
+        let acts = crate::reference::run_all(g, &[(in_name.as_str(), x)])
+            .map_err(|e| anyhow!("calibration sample {s}: {e}"))?;
+        for (n, acc) in targets.iter().zip(accs.iter_mut()) {
+            let input = n
+                .inputs
+                .first()
+                .ok_or_else(|| anyhow!("node \"{}\" has no input", n.name))?;
+            let xa = acts
+                .get(input)
+                .ok_or_else(|| anyhow!("no activation \"{input}\" for node \"{}\"", n.name))?;
+            let xs = shape_of(input)?;
+            match &n.op {
+                IrOp::Conv {
+                    weight,
+                    window,
+                    groups,
+                    ..
+                } => {
+                    let os = shape_of(&n.output)?;
+                    if xs.len() != 4 || os.len() != 4 || xs[0] * xs[1] * xs[2] * xs[3] != xa.len() {
+                        bail!(
+                            "node \"{}\": conv input {xs:?} / output {os:?} is not NCHW",
+                            n.name
+                        );
+                    }
+                    let (c, h, wd) = (xs[1], xs[2], xs[3]);
+                    let cin_g = c / groups;
+                    let [kh, kw] = window.kernel;
+                    if weight.len() / weight.shape[0].max(1) != cin_g * kh * kw {
+                        bail!(
+                            "node \"{}\": weight shape {:?} does not match its input {xs:?}",
+                            n.name,
+                            weight.shape
+                        );
+                    }
+                    let positions = xs[0] * os[2] * os[3];
+                    let step = positions.div_ceil(STATS_POSITIONS).max(1);
+                    let mut patch = vec![0f32; cin_g * kh * kw];
+                    for pos in (0..positions).step_by(step) {
+                        let (b, oy, ox) =
+                            (pos / (os[2] * os[3]), (pos / os[3]) % os[2], pos % os[3]);
+                        for gi in 0..*groups {
+                            for icg in 0..cin_g {
+                                let plane = &xa[(b * c + gi * cin_g + icg) * h * wd..][..h * wd];
+                                for ky in 0..kh {
+                                    for kx in 0..kw {
+                                        let iy = (oy * window.strides[0] + ky * window.dilations[0])
+                                            as isize
+                                            - window.pads[0] as isize;
+                                        let ix = (ox * window.strides[1] + kx * window.dilations[1])
+                                            as isize
+                                            - window.pads[1] as isize;
+                                        patch[(icg * kh + ky) * kw + kx] = if iy >= 0
+                                            && ix >= 0
+                                            && (iy as usize) < h
+                                            && (ix as usize) < wd
+                                        {
+                                            plane[iy as usize * wd + ix as usize]
+                                        } else {
+                                            0.0
+                                        };
+                                    }
+                                }
+                            }
+                            acc.add(gi, &patch);
+                        }
+                    }
+                }
+                IrOp::Linear { weight, .. } => {
+                    let k = weight.len() / weight.shape[0].max(1);
+                    if k == 0 || xa.len() % k != 0 {
+                        bail!(
+                            "node \"{}\": input of {} values for {k} features",
+                            n.name,
+                            xa.len()
+                        );
+                    }
+                    for v in xa.chunks_exact(k) {
+                        acc.add(0, v);
+                    }
+                }
+                _ => unreachable!("filtered to Conv and Linear"),
+            }
+        }
+        if let Some(p) = opts.progress {
+            p(s + 1, calib.n);
+        }
+    }
+    Ok(targets
+        .iter()
+        .zip(accs)
+        .filter_map(|(n, acc)| acc.finish().map(|st| (n.name.clone(), st)))
+        .collect())
+}
+
 /// Convert a float IR graph into a `.shift` file image.
 pub fn convert(g: &ir::Graph, opts: &ConvertOptions) -> Result<(Vec<u8>, ConvertReport)> {
     let keep: BTreeSet<String> = opts
@@ -786,7 +966,11 @@ pub fn convert(g: &ir::Graph, opts: &ConvertOptions) -> Result<(Vec<u8>, Convert
     }
     let mut layers = Vec::new();
     let mut kept_i8_sqnr = BTreeMap::new();
-    let (sk, fused) = skeleton(g, opts.bits, &keep, &mut layers, &mut kept_i8_sqnr)?;
+    let stats = match &opts.calib {
+        Some(calib) => layer_input_stats(g, &keep, calib, opts)?,
+        None => HashMap::new(),
+    };
+    let (sk, fused) = skeleton(g, opts.bits, &keep, &stats, &mut layers, &mut kept_i8_sqnr)?;
     let float_model = emit(&sk, Mode::Float, None).context("lowering to float mode")?;
     let bytes = match opts.mode {
         Mode::Float => float_model,
@@ -817,4 +1001,104 @@ pub fn convert(g: &ir::Graph, opts: &ConvertOptions) -> Result<(Vec<u8>, Convert
         file_bytes: bytes.len(),
     };
     Ok((bytes, report))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::{Graph as IrGraph, Node as IrNode, Tensor, Window};
+
+    fn lcg(seed: u64) -> impl FnMut() -> f32 {
+        let mut s = seed;
+        move || {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        }
+    }
+
+    /// A graph with one grouped, strided, padded conv: input [1,4,7,6],
+    /// weight [6,2,3,3], groups 2, stride 2, pads (1,0,1,2).
+    fn conv_graph(w: Vec<f32>) -> IrGraph {
+        let window = Window {
+            kernel: [3, 3],
+            strides: [2, 2],
+            pads: [1, 0, 1, 2],
+            dilations: [1, 1],
+        };
+        let mut shapes = BTreeMap::new();
+        shapes.insert("x".to_string(), vec![1, 4, 7, 6]);
+        shapes.insert("y".to_string(), vec![1, 6, 4, 3]);
+        IrGraph {
+            inputs: vec![("x".into(), vec![1, 4, 7, 6])],
+            outputs: vec!["y".into()],
+            nodes: vec![IrNode {
+                name: "conv".into(),
+                op: IrOp::Conv {
+                    weight: Tensor::new(vec![6, 2, 3, 3], w),
+                    bias: None,
+                    window,
+                    groups: 2,
+                },
+                inputs: vec!["x".into()],
+                output: "y".into(),
+            }],
+            shapes,
+        }
+    }
+
+    /// The im2col statistics must predict the conv's real output error:
+    /// for a weight change `e` of row `r`, the output changes by `e·x` at
+    /// every position, whose mean over positions and samples is `e·μ` and
+    /// whose variance is `eᵀ C e`. Checked against the reference executor.
+    #[test]
+    fn conv_input_stats_predict_output_change() {
+        let mut r = lcg(1);
+        let w: Vec<f32> = (0..6 * 18).map(|_| r()).collect();
+        let e: Vec<f32> = (0..6 * 18).map(|_| r() * 0.1).collect();
+        let w2: Vec<f32> = w.iter().zip(&e).map(|(a, b)| a + b).collect();
+        let (g1, g2) = (conv_graph(w), conv_graph(w2));
+        let n = 20;
+        let x: Vec<f32> = (0..n * 4 * 7 * 6).map(|_| r().max(0.0)).collect();
+        let calib = CalibData { x: x.clone(), n };
+        let opts = ConvertOptions {
+            bits: Bits::B3,
+            mode: Mode::Float,
+            keep: Some(vec![]),
+            calib: None,
+            calib_method: CalibMethod::MinMax,
+            progress: None,
+        };
+        let stats = layer_input_stats(&g1, &BTreeSet::new(), &calib, &opts).unwrap();
+        let st = &stats["conv"];
+        assert_eq!((st.k, st.cov.len()), (18, 2));
+        let positions = 4 * 3;
+        for row in 0..6 {
+            let mut d = Vec::new();
+            for s in 0..n {
+                let xs = &x[s * 168..(s + 1) * 168];
+                let y1 = crate::reference::run(&g1, &[("x", xs)]).unwrap().remove(0);
+                let y2 = crate::reference::run(&g2, &[("x", xs)]).unwrap().remove(0);
+                for p in 0..positions {
+                    let i = row * positions + p;
+                    d.push((y2[i] - y1[i]) as f64);
+                }
+            }
+            let m = d.iter().sum::<f64>() / d.len() as f64;
+            let v = d.iter().map(|t| (t - m).powi(2)).sum::<f64>() / d.len() as f64;
+            let er: Vec<f64> = e[row * 18..(row + 1) * 18]
+                .iter()
+                .map(|&t| t as f64)
+                .collect();
+            let g = row / 3;
+            let pm: f64 = er.iter().zip(&st.mean[g]).map(|(a, b)| a * b).sum();
+            let pv = st.output_err(g, &er);
+            assert!((m - pm).abs() < 1e-4, "row {row}: mean {m} vs {pm}");
+            assert!(
+                (v - pv).abs() < 1e-4 * v.max(1e-3),
+                "row {row}: var {v} vs {pv}"
+            );
+        }
+    }
 }

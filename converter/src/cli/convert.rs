@@ -45,8 +45,10 @@ pub struct Args {
     /// Activation mode: int8 (smallest, fastest; needs --calib) or float.
     #[arg(long, value_enum)]
     pub mode: ModeArg,
-    /// Calibration inputs for int8 mode: an .npy of shape (N, C, H, W),
-    /// float32 or float64, preprocessed like the model's real inputs.
+    /// Calibration inputs: an .npy of shape (N, C, H, W), float32 or
+    /// float64, preprocessed like the model's real inputs. Required in int8
+    /// mode (activation ranges); in both modes it also selects shift
+    /// weights by output error on these inputs, with bias correction.
     #[arg(long, value_name = "X.npy")]
     pub calib: Option<PathBuf>,
     /// Rule for int8 activation ranges.
@@ -87,7 +89,7 @@ pub fn main(a: Args) -> Result<()> {
         ModeArg::Float => Mode::Float,
     };
     let calib = match (&a.calib, mode) {
-        (Some(p), Mode::Int8) => {
+        (Some(p), _) => {
             let arr = npy::read_f32(p)?;
             let (name, shape) = graph
                 .inputs
@@ -103,12 +105,6 @@ pub fn main(a: Args) -> Result<()> {
             )
             .with_context(|| format!("calibration data for input \"{name}\""))?;
             Some(CalibData { x: arr.data, n })
-        }
-        (Some(_), Mode::Float) => {
-            if !a.json {
-                eprintln!("note: --calib is only used in int8 mode; ignored");
-            }
-            None
         }
         (None, Mode::Int8) => {
             bail!("--mode int8 needs calibration data: pass --calib X.npy with a batch (N, C, H, W) of representative, preprocessed inputs")
