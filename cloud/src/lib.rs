@@ -25,4 +25,4 @@ pub mod teacher;
 pub mod worker;
 
 pub use learner::{Learner, LearnerConfig, TrainStats};
-pub use teacher::Teacher;
+pub use teacher::{AdaptiveTeacher, Teacher};

@@ -9,8 +9,12 @@ pub struct Replayed {
     pub input: Vec<f32>,
     /// Entropy of the device's prediction, in units of ln C.
     pub entropy: f32,
-    /// Teacher logits, computed once when the sample arrives.
+    /// Teacher logits, computed when the sample arrives and again, when
+    /// the sample is replayed, after the teacher has adapted.
     pub teacher: Vec<f32>,
+    /// Generation of the teacher that gave `teacher` (the learner counts
+    /// the teacher's adaptations).
+    pub label_gen: u64,
 }
 
 /// Bounded FIFO of samples: when full, the oldest sample leaves, so the
@@ -66,6 +70,11 @@ impl ReplayBuffer {
     /// The `i`-th oldest sample held.
     pub fn get(&self, i: usize) -> Option<&Replayed> {
         self.items.get(i)
+    }
+
+    /// The `i`-th oldest sample held, mutable (to relabel it).
+    pub fn get_mut(&mut self, i: usize) -> Option<&mut Replayed> {
+        self.items.get_mut(i)
     }
 
     /// Samples from oldest to newest.
