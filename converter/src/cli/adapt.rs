@@ -118,6 +118,33 @@ fn onnx_teacher(path: &Path) -> Result<TeacherFactory> {
     }))
 }
 
+/// The float ONNX model as an adaptive teacher: converted in memory to a
+/// float `.shift` with every weighted layer kept in f32 (the same function
+/// as the ONNX model), then run by the cloud's float emulation with its
+/// BatchNorm statistics re-estimated from each device's uploads.
+fn adaptive_teacher(path: &Path, lc: &LearnerConfig) -> Result<TeacherFactory> {
+    use shiftnn_converter::lower::{self, CalibMethod, ConvertOptions};
+    let g = common::load_onnx(path)?;
+    let keep = g
+        .nodes
+        .iter()
+        .filter(|n| matches!(n.op, ir::Op::Conv { .. } | ir::Op::Linear { .. }))
+        .map(|n| n.name.clone())
+        .collect();
+    let opts = ConvertOptions {
+        bits: shiftnn_kernels::Bits::new(4).expect("4 bits"),
+        mode: shiftnn_runtime::Mode::Float,
+        keep: Some(keep),
+        calib: None,
+        calib_method: CalibMethod::MinMax,
+        progress: None,
+    };
+    let (bytes, _) =
+        lower::convert(&g, &opts).with_context(|| format!("{}: float teacher", path.display()))?;
+    let model = Model::from_vec(&bytes).map_err(common::rt)?;
+    shiftnn_cloud::teacher::adaptive_factory(&model, lc.stats_alpha, lc.stats_min_samples)
+}
+
 /// Apply `name` to one normalized 28x28 image (`s` seeds the noise).
 pub fn corrupt(name: &str, x: &[f32], hw: usize, s: u64) -> Result<Vec<f32>> {
     let raw: Vec<f32> = x.iter().map(|v| v * STD + MEAN).collect();
@@ -274,7 +301,6 @@ pub struct CloudArgs {
 pub fn cloud_main(a: CloudArgs) -> Result<()> {
     let (host, port) = parse_broker(&a.broker)?;
     let student = Arc::new(common::open_model(&a.student)?);
-    let teacher = onnx_teacher(&a.teacher)?;
     let key = read_key(&a.key)?;
     let mut cfg = WorkerConfig::new(
         host,
@@ -298,6 +324,14 @@ pub fn cloud_main(a: CloudArgs) -> Result<()> {
         lc.replay_capacity = v;
     }
     lc.update_stats = a.update_stats;
+    // With SGD on, a fixed teacher run on shifted inputs is about as wrong
+    // as the student and drags it down; the adaptive one re-estimates its
+    // statistics from the uploads (cloud/src/teacher.rs).
+    let teacher = if lc.lr > 0.0 {
+        adaptive_teacher(&a.teacher, &lc)?
+    } else {
+        onnx_teacher(&a.teacher)?
+    };
     cfg.learner = lc;
     cfg.received_log = a.received_log;
     let w = Worker::start(cfg, student, teacher, key)?;
