@@ -17,6 +17,13 @@
 //! (`x86_64::avx2::dw`, `aarch64::neon::dw`) compile them with their
 //! target features.
 
+// Only the x86-64 and aarch64 kernels instantiate the bodies; elsewhere
+// (Cortex-M) just `applies` is used, by the dispatcher.
+#![cfg_attr(
+    not(any(target_arch = "x86_64", target_arch = "aarch64")),
+    allow(dead_code)
+)]
+
 use crate::{Conv2dGeom, PackedRows, Requant};
 
 /// Output pixels accumulated at once (a stack buffer of `i32`).
