@@ -12,7 +12,8 @@
 //! - `acl`: device `d` may write only `shiftnn/<fleet>/d/samples` and read
 //!   only `shiftnn/<fleet>/d/affine`; the cloud user reads every device's
 //!   samples (also through shared subscriptions) and reads and writes every
-//!   device's affine topic.
+//!   device's affine and state topics (devices have no access to the
+//!   state topics, where workers keep their unfolded learner state).
 //!
 //! [`Broker::kill`], [`Broker::stop`] and [`Broker::restart`] act on the
 //! same port and files, so clients reconnect to the same address.
@@ -87,7 +88,8 @@ pub fn acl_text(users: &BrokerUsers) -> String {
     let mut s = String::new();
     s.push_str(&format!("user {}\n", users.cloud_user));
     s.push_str(&format!("topic read shiftnn/{f}/+/samples\n"));
-    s.push_str(&format!("topic readwrite shiftnn/{f}/+/affine\n\n"));
+    s.push_str(&format!("topic readwrite shiftnn/{f}/+/affine\n"));
+    s.push_str(&format!("topic readwrite shiftnn/{f}/+/state\n\n"));
     for (d, _) in &users.devices {
         s.push_str(&format!("user {d}\n"));
         s.push_str(&format!("topic write shiftnn/{f}/{d}/samples\n"));
@@ -334,7 +336,8 @@ mod tests {
         assert!(a.contains(
             "user d2\ntopic write shiftnn/f/d2/samples\ntopic read shiftnn/f/d2/affine\n"
         ));
-        assert!(!a.contains("pattern"));
+        assert!(a.contains("topic readwrite shiftnn/f/+/state\n"));
+        assert!(!a.contains("d1/state") && !a.contains("pattern"));
     }
 
     #[test]

@@ -44,8 +44,13 @@ pub struct LearnerConfig {
     /// `E_max` of the sample weight `1/exp(E - E_max)`, in units of ln C
     /// (CEMA: 0.4).
     pub e_max: f32,
-    /// Re-estimate running mean/var from replayed samples and send them.
+    /// Re-estimate running mean/var from replayed samples.
     pub update_stats: bool,
+    /// Send re-estimated statistics folded into gamma and beta (relative
+    /// to the file's statistics, which the device keeps) instead of as
+    /// mean and variance: the patch then holds only the affine bytes,
+    /// half the size. See [`NormLayer::folded`].
+    pub fold_stats: bool,
     /// Blend of re-estimated statistics: `(1 - a) * file + a * replay`.
     pub stats_alpha: f32,
     /// Most recent samples used to re-estimate statistics.
@@ -70,6 +75,7 @@ impl Default for LearnerConfig {
             replay_capacity: 1024,
             e_max: 0.4,
             update_stats: true,
+            fold_stats: true,
             stats_alpha: 1.0,
             stats_samples: 512,
             stats_min_samples: 32,
@@ -325,7 +331,32 @@ impl Learner {
     /// Current parameters, ready for `runtime::adapt::build_patch`: gamma
     /// and beta of every layer, plus mean and variance once they differ
     /// from the file's.
+    /// With `fold_stats`, statistics are folded into gamma and beta and
+    /// mean/var are never sent.
+    ///
+    /// Folding loses which part is gamma and which the statistics, so
+    /// workers that share a device must exchange [`Learner::state`] instead
+    /// (adopting a folded patch and re-estimating statistics on top would
+    /// apply the shift correction twice).
     pub fn layers(&self) -> Vec<PatchLayer> {
+        if self.cfg.fold_stats {
+            return self
+                .student
+                .norms()
+                .iter()
+                .zip(&self.source)
+                .map(|(n, s)| {
+                    let (gamma, beta) = n.folded(s);
+                    PatchLayer {
+                        prefix: n.prefix.clone(),
+                        gamma,
+                        beta,
+                        mean: None,
+                        var: None,
+                    }
+                })
+                .collect();
+        }
         self.student
             .norms()
             .iter()
@@ -335,6 +366,23 @@ impl Learner {
                 beta: n.beta.clone(),
                 mean: self.stats_changed.then(|| n.mean.clone()),
                 var: self.stats_changed.then(|| n.var.clone()),
+            })
+            .collect()
+    }
+
+    /// The learner's full parameters, statistics included, unfolded: what
+    /// another learner of the same device adopts with
+    /// [`Learner::set_layers`].
+    pub fn state(&self) -> Vec<PatchLayer> {
+        self.student
+            .norms()
+            .iter()
+            .map(|n| PatchLayer {
+                prefix: n.prefix.clone(),
+                gamma: n.gamma.clone(),
+                beta: n.beta.clone(),
+                mean: Some(n.mean.clone()),
+                var: Some(n.var.clone()),
             })
             .collect()
     }

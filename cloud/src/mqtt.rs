@@ -4,8 +4,9 @@
 //! (QoS 1) and reads its retained patch on `shiftnn/f/d/affine`. Workers
 //! read samples through the shared subscription
 //! `$share/<group>/shiftnn/f/+/samples`, so the broker hands each sample to
-//! one worker of the group, and read every device's retained patch on
-//! `shiftnn/f/+/affine` to stay in step with each other.
+//! one worker of the group, and stay in step with each other through the
+//! retained learner state of each device on `shiftnn/f/d/state`, a topic
+//! the broker's ACL keeps from the devices (see [`crate::worker`]).
 
 pub use shiftnn_runtime::adapt::mqtt::{affine_topic, samples_topic};
 
@@ -14,9 +15,14 @@ pub fn shared_samples_filter(group: &str, fleet: &str) -> String {
     format!("$share/{group}/shiftnn/{fleet}/+/samples")
 }
 
-/// Every device's patch topic.
-pub fn all_affine_filter(fleet: &str) -> String {
-    format!("shiftnn/{fleet}/+/affine")
+/// The topic of a device's retained learner state (cloud only).
+pub fn state_topic(fleet: &str, device: &str) -> String {
+    format!("shiftnn/{fleet}/{device}/state")
+}
+
+/// Every device's learner-state topic.
+pub fn all_state_filter(fleet: &str) -> String {
+    format!("shiftnn/{fleet}/+/state")
 }
 
 /// What a topic of the fleet carries.
@@ -26,6 +32,8 @@ pub enum TopicKind {
     Samples,
     /// A device's retained patch.
     Affine,
+    /// A device's retained learner state (workers only).
+    State,
 }
 
 /// Split `shiftnn/<fleet>/<device>/<kind>` into the device and the kind;
@@ -42,6 +50,7 @@ pub fn parse_topic<'a>(topic: &'a str, fleet: &str) -> Option<(&'a str, TopicKin
     let kind = match kind {
         "samples" => TopicKind::Samples,
         "affine" => TopicKind::Affine,
+        "state" => TopicKind::State,
         _ => return None,
     };
     Some((device, kind))
@@ -60,6 +69,10 @@ mod tests {
         assert_eq!(
             parse_topic(&affine_topic("f", "d1"), "f"),
             Some(("d1", TopicKind::Affine))
+        );
+        assert_eq!(
+            parse_topic(&state_topic("f", "d1"), "f"),
+            Some(("d1", TopicKind::State))
         );
         for t in [
             "shiftnn/g/d1/samples",

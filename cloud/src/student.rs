@@ -54,6 +54,28 @@ impl NormLayer {
     fn channels(&self) -> usize {
         self.gamma.len()
     }
+
+    /// Gamma and beta that give, with `src`'s statistics, the function this
+    /// layer computes with its own:
+    ///
+    /// ```text
+    /// gamma' = gamma * s_src / s,  beta' = beta + gamma * (mean_src - mean) / s
+    /// ```
+    ///
+    /// with `s = sqrt(var + eps)`. A device holding the file's statistics
+    /// needs only these two vectors, so a patch carrying re-estimated
+    /// statistics costs no more than the affine bytes.
+    pub fn folded(&self, src: &NormLayer) -> (Vec<f32>, Vec<f32>) {
+        let mut g = Vec::with_capacity(self.gamma.len());
+        let mut b = Vec::with_capacity(self.gamma.len());
+        for c in 0..self.gamma.len() {
+            let s = (self.var[c] + self.eps).sqrt();
+            let s0 = (src.var[c] + src.eps).sqrt();
+            g.push(self.gamma[c] * s0 / s);
+            b.push(self.beta[c] + self.gamma[c] * (src.mean[c] - self.mean[c]) / s);
+        }
+        (g, b)
+    }
 }
 
 /// Gradients of a loss wrt every layer's gamma and beta, in the order of
@@ -597,6 +619,10 @@ impl Student {
         source: &[NormLayer],
         alpha: f32,
     ) -> Result<()> {
+        self.estimate(inputs, source, alpha)
+    }
+
+    fn estimate(&mut self, inputs: &[&[f32]], source: &[NormLayer], alpha: f32) -> Result<()> {
         ensure!(
             source.len() == self.norms.len()
                 && source

@@ -3,18 +3,25 @@
 //!
 //! Several workers share the load through one shared subscription, so one
 //! device's samples are spread over them. To keep one parameter history per
-//! device, every worker also reads all retained patches of the fleet:
+//! device, each worker publishes with every patch the learner's full state
+//! ([`Learner::state`]: gamma, beta, mean and variance, unfolded), signed
+//! and retained on the device's state topic (`shiftnn/f/d/state`, which
+//! the broker's ACL keeps from devices), and reads every device's state:
 //!
-//! - a patch with a version at least the highest it has seen for that
+//! - a state with a version at least the highest it has seen for that
 //!   device (checked with [`verify_patch`] against the fleet key) replaces
-//!   its learner's parameters ([`Learner::set_layers`]); its own patches
+//!   its learner's parameters ([`Learner::set_layers`]); its own states
 //!   come back the same way, so when two workers publish the same version
 //!   at once, both end on the one the broker delivered last, which is the
 //!   one it retains;
 //! - its next patch for that device gets version = highest seen + 1.
 //!
-//! The retained patch is the source of truth: a restarted worker receives
-//! every device's patch on subscribing and continues from it. Samples are
+//! Workers do not sync on the device patches themselves: those carry the
+//! statistics folded into gamma and beta (half the bytes), which cannot be
+//! taken apart again.
+//!
+//! The retained state is the source of truth: a restarted worker receives
+//! every device's state on subscribing and continues from it. Samples are
 //! acknowledged to the broker (manual QoS 1 acks) only after they are in
 //! the replay buffer, and the worker's session is persistent, so a sample
 //! delivered to a worker that dies before acknowledging it is delivered
@@ -24,14 +31,16 @@
 //! counted and skipped (and acknowledged, so the broker does not resend it).
 
 use crate::learner::{Learner, LearnerConfig};
-use crate::mqtt::{affine_topic, all_affine_filter, parse_topic, shared_samples_filter, TopicKind};
+use crate::mqtt::{
+    affine_topic, all_state_filter, parse_topic, shared_samples_filter, state_topic, TopicKind,
+};
 use crate::teacher::Teacher;
 use anyhow::Result;
 use rumqttc::{Client, Event, MqttOptions, Packet, Publish, QoS, RecvTimeoutError};
 use shiftnn_runtime::adapt::{build_patch, decode_sample, verify_patch, SigningKey};
 use shiftnn_runtime::format::Fnv64;
 use shiftnn_runtime::{Model, Prepared};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
@@ -118,7 +127,7 @@ pub struct DeviceStats {
     pub trainings: u64,
     /// Patches this worker published for it.
     pub published: u64,
-    /// Patches of other workers adopted.
+    /// Learner states of other workers adopted.
     pub adopted: u64,
     /// Highest patch version seen.
     pub version: u64,
@@ -145,11 +154,11 @@ pub struct WorkerStats {
     pub wrong_model: u64,
     /// Messages on topics outside the fleet's scheme.
     pub wrong_topic: u64,
-    /// Retained patches that failed verification.
+    /// Retained learner states that failed verification.
     pub bad_patches: u64,
     /// Learners that could not be created or trained.
     pub learner_errors: u64,
-    /// Patch payload bytes published.
+    /// Bytes published: patches and learner states.
     pub bytes_published: u64,
     /// Size of the last patch published.
     pub last_patch_bytes: usize,
@@ -159,9 +168,48 @@ pub struct WorkerStats {
     pub last_error: Option<String>,
 }
 
+/// Recently received `(boot, seq)` pairs of one device, for dropping QoS 1
+/// redeliveries. Bounded: at most [`Dedup::BOOTS`] boots and
+/// [`Dedup::PER_BOOT`] sequence numbers per boot, the oldest forgotten
+/// first. Redeliveries come within the broker's in-flight window, far
+/// inside these bounds; a forgotten pair seen again is accepted (a
+/// duplicate sample in the replay buffer costs little, a dropped one is
+/// lost).
+#[derive(Default)]
+struct Dedup {
+    boots: std::collections::VecDeque<(u64, std::collections::BTreeSet<u64>)>,
+}
+
+impl Dedup {
+    const BOOTS: usize = 8;
+    const PER_BOOT: usize = 4096;
+
+    /// True if `(boot, seq)` was not seen (and records it).
+    fn insert(&mut self, boot: u64, seq: u64) -> bool {
+        let i = match self.boots.iter().position(|(b, _)| *b == boot) {
+            Some(i) => i,
+            None => {
+                if self.boots.len() == Self::BOOTS {
+                    self.boots.pop_front();
+                }
+                self.boots.push_back((boot, Default::default()));
+                self.boots.len() - 1
+            }
+        };
+        let set = &mut self.boots[i].1;
+        if !set.insert(seq) {
+            return false;
+        }
+        if set.len() > Self::PER_BOOT {
+            set.pop_first();
+        }
+        true
+    }
+}
+
 struct Device {
     learner: Option<Learner>,
-    seen: HashSet<(u64, u64)>,
+    seen: Dedup,
     new_since_train: usize,
     /// Hash of the last patch this worker published for the device.
     own: Option<u64>,
@@ -309,7 +357,7 @@ impl State {
             .set_max_packet_size(32 << 20, 32 << 20);
         let (client, mut conn) = Client::new(opts, 256);
         let _ = client.try_subscribe(shared_samples_filter(&c.group, &c.fleet), QoS::AtLeastOnce);
-        let _ = client.try_subscribe(all_affine_filter(&c.fleet), QoS::AtLeastOnce);
+        let _ = client.try_subscribe(all_state_filter(&c.fleet), QoS::AtLeastOnce);
         let mut connected = false;
         loop {
             if self.stopped() {
@@ -382,7 +430,7 @@ impl State {
                 name.to_string(),
                 Device {
                     learner,
-                    seen: HashSet::new(),
+                    seen: Dedup::default(),
                     new_since_train: 0,
                     own: None,
                 },
@@ -399,7 +447,9 @@ impl State {
         let device = device.to_string();
         match kind {
             TopicKind::Samples => self.on_sample(client, &device, &p.payload),
-            TopicKind::Affine => self.on_patch(&device, &p.payload),
+            TopicKind::State => self.on_state(&device, &p.payload),
+            // Not subscribed; a broker that sends one anyway is ignored.
+            TopicKind::Affine => {}
         }
     }
 
@@ -421,7 +471,7 @@ impl State {
             lock(&self.stats).wrong_model += 1;
             return;
         }
-        let fresh = self.device(device).seen.insert((msg.boot, msg.seq));
+        let fresh = self.device(device).seen.insert(msg.boot, msg.seq);
         if !fresh {
             lock(&self.stats).duplicates += 1;
             return;
@@ -453,6 +503,7 @@ impl State {
         d.new_since_train = 0;
         let ts = learner.train(steps);
         let layers = learner.layers();
+        let state = learner.state();
         let version = {
             let mut s = lock(&self.stats);
             let ds = s.devices.entry(device.to_string()).or_default();
@@ -460,7 +511,7 @@ impl State {
             ds.last_loss = ts.loss;
             ds.version + 1
         };
-        let blob = match build_patch(self.student.fingerprint(), version, &layers, &self.key) {
+        let blob = match build_patch(&self.student, version, &layers, &self.key) {
             Ok(b) => b,
             Err(e) => {
                 let mut s = lock(&self.stats);
@@ -469,15 +520,29 @@ impl State {
                 return;
             }
         };
+        let state = match build_patch(&self.student, version, &state, &self.key) {
+            Ok(b) => b,
+            Err(e) => {
+                let mut s = lock(&self.stats);
+                s.learner_errors += 1;
+                s.last_error = Some(format!("state for {device}: {e}"));
+                return;
+            }
+        };
         let len = blob.len();
-        self.device(device).own = Some(hash(&blob));
+        self.device(device).own = Some(hash(&state));
+        // The state first: a worker that sees the patch version also finds
+        // the state it came from (QoS 1 keeps one client's order).
+        let state_len = state.len() as u64;
+        let st_topic = state_topic(&self.cfg.fleet, device);
         let topic = affine_topic(&self.cfg.fleet, device);
         if client
-            .try_publish(topic, QoS::AtLeastOnce, true, blob)
+            .try_publish(st_topic, QoS::AtLeastOnce, true, state)
+            .and_then(|_| client.try_publish(topic, QoS::AtLeastOnce, true, blob))
             .is_ok()
         {
             let mut s = lock(&self.stats);
-            s.bytes_published += len as u64;
+            s.bytes_published += len as u64 + state_len;
             s.last_patch_bytes = len;
             let ds = s.devices.entry(device.to_string()).or_default();
             ds.published += 1;
@@ -490,7 +555,7 @@ impl State {
         }
     }
 
-    fn on_patch(&mut self, device: &str, blob: &[u8]) {
+    fn on_state(&mut self, device: &str, blob: &[u8]) {
         if blob.is_empty() {
             return;
         }
@@ -509,7 +574,7 @@ impl State {
                 if !msg.contains("version") {
                     let mut s = lock(&self.stats);
                     s.bad_patches += 1;
-                    s.last_error = Some(format!("patch for {device}: {msg}"));
+                    s.last_error = Some(format!("state for {device}: {msg}"));
                 }
                 return;
             }
@@ -521,12 +586,37 @@ impl State {
         let mut s = lock(&self.stats);
         if let Some(Err(e)) = r {
             s.learner_errors += 1;
-            s.last_error = Some(format!("adopting the patch of {device}: {e:#}"));
+            s.last_error = Some(format!("adopting the state of {device}: {e:#}"));
         }
         let ds = s.devices.entry(device.to_string()).or_default();
         ds.version = ds.version.max(patch.version);
         if !own {
             ds.adopted += 1;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Dedup;
+
+    #[test]
+    fn dedup_is_bounded_and_forgets_oldest_first() {
+        let mut d = Dedup::default();
+        assert!(d.insert(1, 5));
+        assert!(!d.insert(1, 5));
+        assert!(d.insert(2, 5));
+        for s in 0..Dedup::PER_BOOT as u64 + 10 {
+            d.insert(3, 100 + s);
+        }
+        assert_eq!(d.boots[2].1.len(), Dedup::PER_BOOT);
+        // The oldest seqs were forgotten (accepted again), recent ones not.
+        assert!(d.insert(3, 100));
+        assert!(!d.insert(3, 100 + Dedup::PER_BOOT as u64 + 9));
+        for b in 10..10 + Dedup::BOOTS as u64 {
+            d.insert(b, 0);
+        }
+        assert_eq!(d.boots.len(), Dedup::BOOTS);
+        assert!(d.insert(1, 5), "boot 1 was forgotten");
     }
 }

@@ -70,7 +70,7 @@ fn training_lowers_the_loss_and_patches_apply() {
     assert!(after.iter().all(|p| p.mean.is_none() && p.var.is_none()));
     // The device accepts the patch and then computes what the student does.
     let key = SigningKey::from_bytes(&[3; 32]);
-    let blob = build_patch(model.fingerprint(), 1, &after, &key).unwrap();
+    let blob = build_patch(&model, 1, &after, &key).unwrap();
     let shared = Arc::new(SharedParams::new(&model).unwrap());
     shared.trust(key.verifying_key(), 0);
     assert_eq!(shared.apply_patch(&model, &blob).unwrap(), 1);
@@ -92,8 +92,12 @@ fn training_lowers_the_loss_and_patches_apply() {
 fn set_layers_adopts_and_rejects() {
     let bytes = every_op_model(22);
     let model = Model::from_vec(&bytes).unwrap();
-    let mut a = Learner::new(&model, Box::new(RuleTeacher), cfg(true)).unwrap();
-    let mut b = Learner::new(&model, Box::new(RuleTeacher), cfg(true)).unwrap();
+    let unfolded = LearnerConfig {
+        fold_stats: false,
+        ..cfg(true)
+    };
+    let mut a = Learner::new(&model, Box::new(RuleTeacher), unfolded.clone()).unwrap();
+    let mut b = Learner::new(&model, Box::new(RuleTeacher), unfolded).unwrap();
     let mut r = Rng(8);
     for x in inputs(&mut r, 7, 72) {
         a.push(x, 0.3);
@@ -192,4 +196,83 @@ fn statistics_are_re_estimated_and_blended() {
     // alpha 0 keeps the source.
     st.estimate_stats(&refs, &src, 0.0).unwrap();
     assert_eq!(st.norms(), &src[..]);
+}
+
+fn device_logits(model: &Model, blob: &[u8], key: &SigningKey, x: &[f32]) -> Vec<f32> {
+    let shared = Arc::new(SharedParams::new(model).unwrap());
+    shared.trust(key.verifying_key(), 0);
+    shared.apply_patch(model, blob).unwrap();
+    let mut s = Session::new(model).unwrap();
+    s.set_shared(shared).unwrap();
+    let mut out = vec![0f32; 5];
+    s.run(&[x], &mut [&mut out]).unwrap();
+    out
+}
+
+fn close(a: &[f32], b: &[f32], what: &str) {
+    for (x, y) in a.iter().zip(b) {
+        assert!(
+            (x - y).abs() <= 1e-4 * (1.0 + y.abs()),
+            "{what}: {a:?} vs {b:?}"
+        );
+    }
+}
+
+#[test]
+fn folded_statistics_compute_the_same_function() {
+    let bytes = every_op_model(24);
+    let model = Model::from_vec(&bytes).unwrap();
+    let mk = |fold: bool| {
+        let c = LearnerConfig {
+            fold_stats: fold,
+            ..cfg(true)
+        };
+        Learner::new(&model, Box::new(RuleTeacher), c).unwrap()
+    };
+    let (mut plain, mut folded) = (mk(false), mk(true));
+    let mut r = Rng(31);
+    // Shifted inputs, so the re-estimated statistics move far.
+    let xs: Vec<Vec<f32>> = inputs(&mut r, 24, 72)
+        .into_iter()
+        .map(|v| v.into_iter().map(|e| 2.5 * e + 0.7).collect())
+        .collect();
+    for x in &xs {
+        plain.push(x.clone(), 0.3);
+        folded.push(x.clone(), 0.3);
+    }
+    assert_eq!(plain.train(4).stats_samples, 24);
+    assert_eq!(folded.train(4).stats_samples, 24);
+    let (lp, lf) = (plain.layers(), folded.layers());
+    assert!(lp.iter().all(|l| l.mean.is_some() && l.var.is_some()));
+    assert!(lf.iter().all(|l| l.mean.is_none() && l.var.is_none()));
+    assert_ne!(lp[0].gamma, lf[0].gamma);
+    // Two devices, one sent the statistics, one the folded affine only:
+    // same outputs, and the folded patch is about half the size.
+    let key = SigningKey::from_bytes(&[5; 32]);
+    let (bp, bf) = (
+        build_patch(&model, 1, &lp, &key).unwrap(),
+        build_patch(&model, 1, &lf, &key).unwrap(),
+    );
+    assert!(bf.len() < bp.len() * 2 / 3, "{} vs {}", bf.len(), bp.len());
+    for x in inputs(&mut r, 4, 72) {
+        let want = device_logits(&model, &bp, &key, &x);
+        close(&device_logits(&model, &bf, &key, &x), &want, "folded patch");
+        let y: Vec<f32> = x.iter().map(|e| 2.5 * e + 0.7).collect();
+        close(
+            &device_logits(&model, &bf, &key, &y),
+            &device_logits(&model, &bp, &key, &y),
+            "folded patch, shifted input",
+        );
+    }
+    // Another worker adopts the full state (what workers exchange): same
+    // student, same folded patch.
+    let state = folded.state();
+    assert!(state.iter().all(|l| l.mean.is_some() && l.var.is_some()));
+    let mut other = mk(true);
+    other.set_layers(&state).unwrap();
+    assert_eq!(other.layers(), lf);
+    let probe = &xs[0];
+    let fa = other.student().forward(&[probe]).unwrap();
+    let fb = folded.student().forward(&[probe]).unwrap();
+    assert_eq!(fa.logits(0), fb.logits(0));
 }

@@ -208,7 +208,20 @@ fn acl_confines_devices_and_passwords_are_checked() {
         cloud.seen.lock().unwrap().subacks.len() == 1
     });
     // The cloud writes both devices' patches (retained).
-    let blob = |v| build_patch(m.fingerprint(), v, &[] as &[PatchLayer], &key()).unwrap();
+    // The model's own parameters, so the patches are valid ones.
+    let own: Vec<PatchLayer> = shiftnn_runtime::Prepared::new(&m)
+        .unwrap()
+        .norms
+        .into_iter()
+        .map(|(prefix, n)| PatchLayer {
+            prefix,
+            gamma: n.gamma,
+            beta: n.beta,
+            mean: None,
+            var: None,
+        })
+        .collect();
+    let blob = |v| build_patch(&m, v, &own, &key()).unwrap();
     for (d, v) in [("d1", 1), ("d2", 2)] {
         cloud
             .client

@@ -189,6 +189,7 @@ fn parse() -> Result<Args> {
             "--batch" => a.cfg.batch = val()?.parse()?,
             "--alpha" => a.cfg.stats_alpha = val()?.parse()?,
             "--no-stats" => a.cfg.update_stats = false,
+            "--no-fold" => a.cfg.fold_stats = false,
             "--no-fake-quant" => a.cfg.fake_quant = false,
             "--dynamic-scale" => a.sel.dynamic_scale = val()?.parse()?,
             "--redundancy" => a.sel.redundancy = val()?.parse()?,
@@ -317,14 +318,14 @@ fn main() -> Result<()> {
                 learner.train(a.steps);
                 train_s += t0.elapsed().as_secs_f64();
                 version += 1;
-                let blob = build_patch(model.fingerprint(), version, &learner.layers(), &key)?;
+                let blob = build_patch(&model, version, &learner.layers(), &key)?;
                 shared.apply_patch(&model, &blob)?;
             }
             if i + 1 == half {
                 // Parameters learnt from the first half only.
                 let f = Arc::new(SharedParams::new(&model)?);
                 f.trust(key.verifying_key(), 0);
-                let blob = build_patch(model.fingerprint(), 1, &learner.layers(), &key)?;
+                let blob = build_patch(&model, 1, &learner.layers(), &key)?;
                 f.apply_patch(&model, &blob)?;
                 frozen = Some(f);
                 // The teacher as the learner holds it after the 1st half.

@@ -59,14 +59,8 @@ impl Prepared {
     pub fn new(model: &Model) -> Result<Prepared> {
         let g = model.graph();
         let mut norms = BTreeMap::new();
-        for (i, node) in g.nodes.iter().enumerate() {
-            if let Some(n) = node.op.norm() {
-                let c = match &node.op {
-                    Op::Norm { .. } => g.values[node.inputs[0]].shape[1],
-                    _ => model.conv_geom(i).map(|g| g.c_out).unwrap_or(0),
-                };
-                norms.insert(n.prefix.clone(), model.norm_params(&n.prefix, c)?);
-            }
+        for (prefix, c) in Self::norm_channels(model)? {
+            norms.insert(prefix.into(), model.norm_params(prefix, c)?);
         }
         let mut p = Prepared {
             params: Vec::with_capacity(g.nodes.len()),
@@ -79,42 +73,80 @@ impl Prepared {
         Ok(p)
     }
 
+    /// Every normalization layer of `model` (prefix, channel count), in
+    /// byte order of prefix: the keys of [`Prepared::norms`], without
+    /// deriving anything.
+    pub fn norm_channels<'m>(model: &'m Model) -> Result<BTreeMap<&'m str, usize>> {
+        let g = model.graph();
+        let mut out = BTreeMap::new();
+        for (i, node) in g.nodes.iter().enumerate() {
+            if let Some(n) = node.op.norm() {
+                let c = match &node.op {
+                    Op::Norm { .. } => g.values[node.inputs[0]].shape[1],
+                    _ => model.conv_geom(i).map(|g| g.c_out).unwrap_or(0),
+                };
+                out.insert(n.prefix.as_str(), c);
+            }
+        }
+        Ok(out)
+    }
+
     /// Replace one normalization layer's parameters and re-derive the nodes
     /// that read them. On error nothing changes.
     pub fn set_norm(&mut self, model: &Model, prefix: &str, params: NormParams) -> Result<()> {
-        let old = self
-            .norms
-            .get(prefix)
-            .ok_or_else(|| Error::Patch(format!("no normalization layer \"{prefix}\"")))?;
-        let c = old.gamma.len();
-        for (n, v) in [
-            ("gamma", &params.gamma),
-            ("beta", &params.beta),
-            ("mean", &params.mean),
-            ("var", &params.var),
-        ] {
-            if v.len() != c {
-                return Err(Error::Patch(format!(
-                    "{prefix}.{n} has {} values, expected {c}",
-                    v.len()
-                )));
-            }
-            if v.iter().any(|x| !x.is_finite()) {
-                return Err(Error::Patch(format!("{prefix}.{n} holds NaN or infinity")));
-            }
-        }
-        if params.var.iter().any(|&v| v < 0.0) {
-            return Err(Error::Patch(format!("{prefix}.var is negative")));
-        }
+        *self = self.with_norms(model, [(prefix, params)])?;
+        Ok(())
+    }
+
+    /// A copy with several normalization layers replaced, each re-derived
+    /// node derived once (a patch of every layer costs one copy, not one per
+    /// layer). Checks as [`Prepared::set_norm`]; on error `self` is
+    /// untouched and nothing is returned.
+    pub fn with_norms<'p>(
+        &self,
+        model: &Model,
+        updates: impl IntoIterator<Item = (&'p str, NormParams)>,
+    ) -> Result<Prepared> {
         let mut next = self.clone();
-        next.norms.insert(prefix.into(), params);
+        let mut touched = BTreeMap::new();
+        for (prefix, params) in updates {
+            let old = self
+                .norms
+                .get(prefix)
+                .ok_or_else(|| Error::Patch(format!("no normalization layer \"{prefix}\"")))?;
+            let c = old.gamma.len();
+            for (n, v) in [
+                ("gamma", &params.gamma),
+                ("beta", &params.beta),
+                ("mean", &params.mean),
+                ("var", &params.var),
+            ] {
+                if v.len() != c {
+                    return Err(Error::Patch(format!(
+                        "{prefix}.{n} has {} values, expected {c}",
+                        v.len()
+                    )));
+                }
+                if v.iter().any(|x| !x.is_finite()) {
+                    return Err(Error::Patch(format!("{prefix}.{n} holds NaN or infinity")));
+                }
+            }
+            if params.var.iter().any(|&v| v < 0.0) {
+                return Err(Error::Patch(format!("{prefix}.var is negative")));
+            }
+            touched.insert(prefix, ());
+            next.norms.insert(prefix.into(), params);
+        }
         for (i, node) in model.graph().nodes.iter().enumerate() {
-            if node.op.norm().is_some_and(|n| n.prefix == prefix) {
+            if node
+                .op
+                .norm()
+                .is_some_and(|n| touched.contains_key(n.prefix.as_str()))
+            {
                 next.params[i] = next.derive_node(model, i)?;
             }
         }
-        *self = next;
-        Ok(())
+        Ok(next)
     }
 
     fn derive_node(&self, model: &Model, i: usize) -> Result<NodeParams> {

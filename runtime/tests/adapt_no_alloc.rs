@@ -67,7 +67,7 @@ fn shared_session_run_allocates_nothing() {
             mean: None,
             var: None,
         };
-        let blob = build_patch(m.fingerprint(), 1, &[layer], &k).unwrap();
+        let blob = build_patch(&m, 1, &[layer], &k).unwrap();
         shared.apply_patch(&m, &blob).unwrap();
         let before = mine();
         s.run(&[&x], &mut [&mut y]).unwrap();

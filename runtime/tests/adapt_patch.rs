@@ -46,39 +46,28 @@ fn build_verify_apply_round_trip() {
         let m = Model::from_bytes(&bytes).unwrap();
         let base = Prepared::new(&m).unwrap();
         let k = key(1);
-        let mut l1 = layer("bn1", 2.0, 0.3);
-        l1.mean = Some(vec![0.05; C]);
-        l1.var = Some(vec![1.5; C]);
-        let blob = build_patch(
-            m.fingerprint(),
-            3,
-            &[l1.clone(), layer("bn2", 0.7, -0.1)],
-            &k,
-        )
-        .unwrap();
+        let vk = k.verifying_key();
+        let verify =
+            |blob: &[u8]| verify_patch(blob, &m, &base, 0, &vk, DEFAULT_MAX_PATCH_BYTES).unwrap();
+        // Every layer, no statistics: no layer list, a small header.
+        let (l1, l2) = (layer("bn1", 2.0, 0.3), layer("bn2", 0.7, -0.1));
+        let blob = build_patch(&m, 3, &[l2.clone(), l1.clone()], &k).unwrap();
+        assert!(!String::from_utf8_lossy(&blob).contains("\"layers\""));
+        let payload = 4 * 2 * C * 2;
         assert!(
-            blob.len() < 4 * 4 * C * 2 + 1024,
-            "patch of {} bytes",
+            blob.len() <= payload + 512,
+            "patch of {} bytes for {payload} bytes of parameters",
             blob.len()
         );
-        let p = verify_patch(
-            &blob,
-            &m,
-            &base,
-            0,
-            &k.verifying_key(),
-            DEFAULT_MAX_PATCH_BYTES,
-        )
-        .unwrap();
+        let p = verify(&blob);
         assert_eq!(p.version, 3);
-        assert_eq!(p.layers.len(), 2);
-        assert_eq!(p.layers[0], l1);
+        assert_eq!(p.layers, vec![l1.clone(), l2.clone()]);
         let next = apply_patch(&m, &base, &p).unwrap();
         assert_eq!(next.norms["bn1"].gamma, vec![2.0; C]);
-        assert_eq!(next.norms["bn1"].var, vec![1.5; C]);
-        // bn2 sent no statistics: kept.
-        assert_eq!(next.norms["bn2"].mean, base.norms["bn2"].mean);
         assert_eq!(next.norms["bn2"].beta, vec![-0.1; C]);
+        // No statistics sent: kept.
+        assert_eq!(next.norms["bn2"].mean, base.norms["bn2"].mean);
+        assert_eq!(next.norms["bn1"].var, base.norms["bn1"].var);
         // The base is untouched and outputs change.
         assert_eq!(base.norms["bn1"], Prepared::new(&m).unwrap().norms["bn1"]);
         let x = input(5, 0.2, 1.0);
@@ -86,6 +75,34 @@ fn build_verify_apply_round_trip() {
         let before = run(&mut s, &x);
         s.set_prepared(next);
         assert_ne!(before, run(&mut s, &x), "{mode:?}");
+
+        // One layer with statistics: listed by name; the other stays.
+        let mut s1 = layer("bn1", 1.2, 0.1);
+        s1.mean = Some(vec![0.05; C]);
+        s1.var = Some(vec![1.5; C]);
+        let blob = build_patch(&m, 4, &[s1.clone()], &k).unwrap();
+        assert!(String::from_utf8_lossy(&blob).contains("\"layers\":\"bn1\""));
+        let p = verify(&blob);
+        assert_eq!(p.layers, vec![s1]);
+        let next = apply_patch(&m, &base, &p).unwrap();
+        assert_eq!(next.norms["bn1"].var, vec![1.5; C]);
+        assert_eq!(next.norms["bn2"], base.norms["bn2"]);
+        // Statistics for some layers only, unknown or repeated layers,
+        // wrong lengths: refused when building.
+        let mut s2 = l2.clone();
+        s2.mean = Some(vec![0.0; C]);
+        for (bad, want) in [
+            (vec![l1.clone(), s2], "all layers of a patch or for none"),
+            (vec![layer("bnX", 1.0, 0.0)], "unknown normalization layer"),
+            (vec![l1.clone(), l1.clone()], "appears twice"),
+            (vec![], "no layer"),
+        ] {
+            let msg = patch_err(build_patch(&m, 5, &bad, &k));
+            assert!(msg.contains(want), "{msg:?} lacks {want:?}");
+        }
+        let mut short = l1.clone();
+        short.beta.pop();
+        assert!(patch_err(build_patch(&m, 5, &[short], &k)).contains("8 channels"));
     }
 }
 
@@ -93,19 +110,27 @@ fn build_verify_apply_round_trip() {
 fn signed_message_is_canonical() {
     // Layers given in any order sign the same bytes.
     let k = key(2);
-    let a = build_patch(7, 1, &[layer("b", 1.0, 0.0), layer("a", 1.0, 0.0)], &k).unwrap();
-    let b = build_patch(7, 1, &[layer("a", 1.0, 0.0), layer("b", 1.0, 0.0)], &k).unwrap();
+    let bytes = model(Mode::Int8, 1);
+    let m = Model::from_bytes(&bytes).unwrap();
+    let (b1, b2) = (layer("bn1", 1.0, 0.0), layer("bn2", 2.0, 0.5));
+    let a = build_patch(&m, 1, &[b2.clone(), b1.clone()], &k).unwrap();
+    let b = build_patch(&m, 1, &[b1, b2], &k).unwrap();
     assert_eq!(a, b);
     let one = [1.0f32.to_le_bytes(), 1.0f32.to_le_bytes()].concat();
-    let m = signed_message(7, 1, [("a.beta", &one[..])].into_iter());
-    assert_eq!(&m[..24], b"shiftnn-affine-patch/v1\n");
+    let m = signed_message(7, 1, Some("a"), [("beta", &one[..])].into_iter());
+    assert_eq!(&m[..24], b"shiftnn-affine-patch/v2\n");
     assert_eq!(&m[24..32], &7u64.to_le_bytes());
     assert_eq!(&m[32..40], &1u64.to_le_bytes());
     assert_eq!(&m[40..44], &1u32.to_le_bytes());
-    assert_eq!(&m[44..48], &6u32.to_le_bytes());
-    assert_eq!(&m[48..54], b"a.beta");
-    assert_eq!(&m[54..58], &2u32.to_le_bytes());
-    assert_eq!(m.len(), 58 + 8);
+    assert_eq!(&m[44..45], b"a");
+    assert_eq!(&m[45..49], &1u32.to_le_bytes());
+    assert_eq!(&m[49..53], &4u32.to_le_bytes());
+    assert_eq!(&m[53..57], b"beta");
+    assert_eq!(&m[57..61], &2u32.to_le_bytes());
+    assert_eq!(m.len(), 61 + 8);
+    // An absent layer list signs as an empty one.
+    let m = signed_message(7, 1, None, [("beta", &one[..])].into_iter());
+    assert_eq!(&m[40..44], &0u32.to_le_bytes());
 }
 
 /// Replace the bytes of `from` by `to` (same length) in a blob's header.
@@ -144,21 +169,25 @@ fn raw_blob(meta: &str, tensors: &[(&str, &str, &[usize], Vec<u8>)]) -> Vec<u8> 
 fn signed_raw(
     fp: u64,
     version: u64,
+    layers: Option<&str>,
     tensors: &[(&str, &str, &[usize], Vec<u8>)],
     k: &SigningKey,
 ) -> Vec<u8> {
     use ed25519_dalek::Signer;
     let mut sorted: Vec<_> = tensors.iter().collect();
     sorted.sort_by_key(|t| t.0);
-    let msg = signed_message(fp, version, sorted.iter().map(|t| (t.0, &t.3[..])));
+    let msg = signed_message(fp, version, layers, sorted.iter().map(|t| (t.0, &t.3[..])));
     let sig: String = k
         .sign(&msg)
         .to_bytes()
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
+    let list = layers
+        .map(|l| format!(",\"layers\":{l:?}"))
+        .unwrap_or_default();
     let meta = format!(
-        "{{\"format\":\"shiftnn-affine-patch\",\"fingerprint\":\"{fp:016x}\",\"version\":\"{version}\",\"signature\":\"{sig}\"}}"
+        "{{\"format\":\"shiftnn-affine-patch\",\"fingerprint\":\"{fp:016x}\",\"version\":\"{version}\",\"signature\":\"{sig}\"{list}}}"
     );
     raw_blob(&meta, tensors)
 }
@@ -178,7 +207,7 @@ fn every_rejection_has_its_message_and_keeps_parameters() {
     let k = key(1);
     let vk = k.verifying_key();
     let fp = m.fingerprint();
-    let good = build_patch(fp, 5, &[layer("bn1", 1.1, 0.0)], &k).unwrap();
+    let good = build_patch(&m, 5, &[layer("bn1", 1.1, 0.0)], &k).unwrap();
     let check = |blob: &[u8], cur: u64, want: &str| {
         let msg = patch_err(verify_patch(blob, &m, &base, cur, &vk, 4096));
         assert!(msg.contains(want), "{msg:?} lacks {want:?}");
@@ -192,7 +221,7 @@ fn every_rejection_has_its_message_and_keeps_parameters() {
     assert!(verify_patch(&good, &m, &base, 4, &vk, 4096).is_ok());
     // Bad signature: another key, or a flipped data byte.
     check(
-        &build_patch(fp, 5, &[layer("bn1", 1.1, 0.0)], &key(9)).unwrap(),
+        &build_patch(&m, 5, &[layer("bn1", 1.1, 0.0)], &key(9)).unwrap(),
         0,
         "bad signature",
     );
@@ -219,34 +248,46 @@ fn every_rejection_has_its_message_and_keeps_parameters() {
     // Version not above the current one.
     check(&good, 5, "not above the current version 5");
     check(&good, 9, "not above");
-    // Unknown prefix, unknown field.
+    // Layer list: unknown, repeated, out of order. Tensors: unknown name.
     let t = f32s(&[1.0; C]);
+    let t2 = f32s(&[1.0; 2 * C]);
+    let gb = |g: Vec<u8>, b: Vec<u8>| [("gamma", "F32", &[C][..], g), ("beta", "F32", &[C][..], b)];
     check(
-        &signed_raw(
-            fp,
-            5,
-            &[
-                ("bnX.gamma", "F32", &[C], t.clone()),
-                ("bnX.beta", "F32", &[C], t.clone()),
-            ],
-            &k,
-        ),
+        &signed_raw(fp, 5, Some("bnX"), &gb(t.clone(), t.clone()), &k),
         0,
         "unknown normalization layer \"bnX\"",
     );
-    check(
-        &signed_raw(fp, 5, &[("bn1.scale", "F32", &[C], t.clone())], &k),
-        0,
-        "is not PREFIX.gamma",
-    );
-    // Wrong shape, wrong dtype.
+    for list in ["bn1\nbn1", "bn2\nbn1"] {
+        let two = [
+            ("gamma", "F32", &[2 * C][..], t2.clone()),
+            ("beta", "F32", &[2 * C][..], t2.clone()),
+        ];
+        check(
+            &signed_raw(fp, 5, Some(list), &two, &k),
+            0,
+            "out of byte order",
+        );
+    }
     check(
         &signed_raw(
             fp,
             5,
+            Some("bn1"),
+            &[("bn1.gamma", "F32", &[C], t.clone())],
+            &k,
+        ),
+        0,
+        "is not gamma/beta/mean/var",
+    );
+    // Wrong shape (also: all layers need 2C values), wrong dtype.
+    check(
+        &signed_raw(
+            fp,
+            5,
+            Some("bn1"),
             &[
-                ("bn1.gamma", "F32", &[C - 1], f32s(&[1.0; C - 1])),
-                ("bn1.beta", "F32", &[C], t.clone()),
+                ("gamma", "F32", &[C - 1], f32s(&[1.0; C - 1])),
+                ("beta", "F32", &[C], t.clone()),
             ],
             &k,
         ),
@@ -254,12 +295,18 @@ fn every_rejection_has_its_message_and_keeps_parameters() {
         "shape [7], expected [8]",
     );
     check(
+        &signed_raw(fp, 5, None, &gb(t.clone(), t.clone()), &k),
+        0,
+        "expected [16] (the channels of 2 layers)",
+    );
+    check(
         &signed_raw(
             fp,
             5,
+            Some("bn1"),
             &[
-                ("bn1.gamma", "F32", &[1, C], t.clone()),
-                ("bn1.beta", "F32", &[C], t.clone()),
+                ("gamma", "F32", &[1, C], t.clone()),
+                ("beta", "F32", &[C], t.clone()),
             ],
             &k,
         ),
@@ -270,9 +317,10 @@ fn every_rejection_has_its_message_and_keeps_parameters() {
         &signed_raw(
             fp,
             5,
+            Some("bn1"),
             &[
-                ("bn1.gamma", "I32", &[C], t.clone()),
-                ("bn1.beta", "F32", &[C], t.clone()),
+                ("gamma", "I32", &[C], t.clone()),
+                ("beta", "F32", &[C], t.clone()),
             ],
             &k,
         ),
@@ -283,57 +331,42 @@ fn every_rejection_has_its_message_and_keeps_parameters() {
     let mut nan = [1.0f32; C];
     nan[3] = f32::NAN;
     check(
-        &signed_raw(
-            fp,
-            5,
-            &[
-                ("bn1.gamma", "F32", &[C], f32s(&nan)),
-                ("bn1.beta", "F32", &[C], t.clone()),
-            ],
-            &k,
-        ),
+        &signed_raw(fp, 5, Some("bn1"), &gb(f32s(&nan), t.clone()), &k),
         0,
-        "NaN or infinity",
+        "NaN or infinity (value 3)",
     );
     let mut inf = [0.0f32; C];
     inf[0] = f32::NEG_INFINITY;
     check(
-        &signed_raw(
-            fp,
-            5,
-            &[
-                ("bn1.gamma", "F32", &[C], t.clone()),
-                ("bn1.beta", "F32", &[C], f32s(&inf)),
-            ],
-            &k,
-        ),
+        &signed_raw(fp, 5, Some("bn1"), &gb(t.clone(), f32s(&inf)), &k),
         0,
         "NaN or infinity",
     );
     let mut l = layer("bn1", 1.0, 0.0);
     l.var = Some(vec![-0.5; C]);
     check(
-        &build_patch(fp, 5, &[l], &k).unwrap(),
+        &build_patch(&m, 5, &[l], &k).unwrap(),
         0,
         "negative variance",
     );
     // Gamma without beta; an empty patch.
     check(
-        &signed_raw(fp, 5, &[("bn1.gamma", "F32", &[C], t.clone())], &k),
+        &signed_raw(fp, 5, Some("bn1"), &[("gamma", "F32", &[C], t.clone())], &k),
         0,
         "needs both gamma and beta",
     );
-    check(&signed_raw(fp, 5, &[], &k), 0, "no layer");
-    // Oversized.
-    let big: Vec<PatchLayer> = vec![PatchLayer {
-        prefix: "bn1".into(),
-        gamma: vec![1.0; 600],
-        beta: vec![0.0; 600],
-        mean: None,
-        var: None,
-    }];
     check(
-        &build_patch(fp, 5, &big, &k).unwrap(),
+        &signed_raw(fp, 5, None, &[], &k),
+        0,
+        "needs both gamma and beta",
+    );
+    // Oversized.
+    let big = [
+        ("gamma", "F32", &[600][..], f32s(&[1.0; 600])),
+        ("beta", "F32", &[600][..], f32s(&[0.0; 600])),
+    ];
+    check(
+        &signed_raw(fp, 5, Some("bn1"), &big, &k),
         0,
         "exceeds the 4096-byte limit",
     );
@@ -373,7 +406,7 @@ fn malformed_blobs_never_panic() {
     let m = Model::from_bytes(&bytes).unwrap();
     let base = Prepared::new(&m).unwrap();
     let k = key(1);
-    let good = build_patch(m.fingerprint(), 1, &[layer("bn1", 1.1, 0.0)], &k).unwrap();
+    let good = build_patch(&m, 1, &[layer("bn1", 1.1, 0.0)], &k).unwrap();
     let mut r = adapt_common::Rng(99);
     for i in 0..2000 {
         let mut b = good.clone();
@@ -415,7 +448,7 @@ fn shared_params_swap_atomically_under_concurrent_inference() {
     let base = Prepared::new(m).unwrap();
     let orig = expect(&base);
     let kk = k.clone();
-    let blob = move |v: u64| build_patch(m.fingerprint(), v, &set(v), &kk).unwrap();
+    let blob = move |v: u64| build_patch(m, v, &set(v), &kk).unwrap();
     let pa = apply_patch(
         m,
         &base,
@@ -513,7 +546,7 @@ fn session_refresh_and_detach() {
     s.set_shared(shared.clone()).unwrap();
     assert!(!s.refresh());
     // No trusted key yet: rejected.
-    let blob = build_patch(m.fingerprint(), 1, &[layer("bn2", 1.3, 0.1)], &k).unwrap();
+    let blob = build_patch(&m, 1, &[layer("bn2", 1.3, 0.1)], &k).unwrap();
     assert!(matches!(
         shared.apply_patch(&m, &blob),
         Err(Error::Patch(_))
@@ -527,7 +560,7 @@ fn session_refresh_and_detach() {
     shared
         .apply_patch(
             &m,
-            &build_patch(m.fingerprint(), 2, &[layer("bn2", 0.5, 0.1)], &k).unwrap(),
+            &build_patch(&m, 2, &[layer("bn2", 0.5, 0.1)], &k).unwrap(),
         )
         .unwrap();
     assert!(!s.refresh());

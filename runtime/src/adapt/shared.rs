@@ -14,6 +14,9 @@ use crate::model::Model;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+/// Replaced parameter sets kept alive by [`SharedParams::store`].
+const RETIRED: usize = 4;
+
 /// Patch counters of a [`SharedParams`].
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PatchStats {
@@ -32,6 +35,11 @@ pub struct PatchStats {
 pub struct SharedParams {
     fingerprint: u64,
     slot: Mutex<(Arc<Prepared>, u64)>,
+    /// The last few replaced parameters, kept so that a session picking up
+    /// new ones does not free the old ones on the inference thread (it is
+    /// rarely the last holder); freed by later swaps, on the swapping
+    /// thread.
+    retired: Mutex<[Option<Arc<Prepared>>; RETIRED]>,
     generation: AtomicU64,
     patches: Mutex<Option<PatchState>>,
 }
@@ -53,6 +61,7 @@ impl SharedParams {
         SharedParams {
             fingerprint: model.fingerprint(),
             slot: Mutex::new((Arc::new(p), 0)),
+            retired: Mutex::new(Default::default()),
             generation: AtomicU64::new(0),
             patches: Mutex::new(None),
         }
@@ -78,14 +87,21 @@ impl SharedParams {
     /// old ones.
     pub fn store(&self, p: Prepared) {
         let p = Arc::new(p);
-        let old = {
+        let (old, gen) = {
             let mut g = lock(&self.slot);
             let gen = g.1 + 1;
             let old = core::mem::replace(&mut *g, (p, gen));
             self.generation.store(gen, Ordering::Release);
-            old
+            (old.0, gen)
         };
-        drop(old); // freed outside the lock
+        // Sessions still running on `old` drop their reference when they
+        // next refresh; keeping one here makes the oldest retired set the
+        // one freed, here, outside the slot lock.
+        let evicted = {
+            let mut r = lock(&self.retired);
+            r[gen as usize % RETIRED].replace(old)
+        };
+        drop(evicted);
     }
 
     /// Trust `key` for patches, starting at patch version `version`.
