@@ -20,8 +20,8 @@ use shiftnn_converter::{ir, npy};
 use shiftnn_runtime::adapt::mqtt::{EdgeLink, LinkConfig};
 use shiftnn_runtime::adapt::select::{entropy, softmax};
 use shiftnn_runtime::adapt::{
-    encode_sample, SampleInput, SampleMsg, SelectConfig, Selector, SharedParams, SigningKey,
-    UploadQueue, VerifyingKey,
+    build_patch, encode_sample, PatchLayer, SampleInput, SampleMsg, SelectConfig, Selector,
+    SharedParams, SigningKey, UploadQueue, VerifyingKey,
 };
 use shiftnn_runtime::{Model, Op, Session};
 use std::collections::{BTreeMap, HashSet};
@@ -286,9 +286,14 @@ pub struct CloudArgs {
     /// Replay buffer capacity per device.
     #[arg(long)]
     pub replay: Option<usize>,
-    /// Also re-estimate BatchNorm statistics from replayed samples.
+    /// Do not re-estimate BatchNorm statistics from replayed samples (then
+    /// only SGD, with `--lr`, changes the parameters).
     #[arg(long)]
-    pub update_stats: bool,
+    pub no_update_stats: bool,
+    /// Send re-estimated statistics as mean/var tensors instead of folding
+    /// them into gamma/beta (the patch then doubles in size).
+    #[arg(long)]
+    pub no_fold_stats: bool,
     /// Append `device boot seq` per received sample to this file.
     #[arg(long, value_name = "FILE")]
     pub received_log: Option<PathBuf>,
@@ -323,7 +328,8 @@ pub fn cloud_main(a: CloudArgs) -> Result<()> {
     if let Some(v) = a.replay {
         lc.replay_capacity = v;
     }
-    lc.update_stats = a.update_stats;
+    lc.update_stats = !a.no_update_stats;
+    lc.fold_stats = !a.no_fold_stats;
     // With SGD on, a fixed teacher run on shifted inputs is about as wrong
     // as the student and drags it down; the adaptive one re-estimates its
     // statistics from the uploads (cloud/src/teacher.rs).
@@ -410,6 +416,9 @@ pub struct DeviceArgs {
     /// Initial E_max of the selector (units of ln C).
     #[arg(long, default_value_t = 0.4)]
     pub e_max: f32,
+    /// Dynamic E_max = this factor x the running mean entropy.
+    #[arg(long, default_value_t = 1.0)]
+    pub dynamic_scale: f32,
     /// Seconds to wait after the stream for the queue to drain.
     #[arg(long, default_value_t = 30.0)]
     pub drain: f64,
@@ -465,6 +474,7 @@ pub fn device_main(a: DeviceArgs) -> Result<()> {
         SelectConfig {
             e_max: a.e_max,
             redundancy: a.redundancy,
+            dynamic_scale: a.dynamic_scale,
             ..SelectConfig::default()
         },
         classes,
@@ -612,6 +622,10 @@ pub struct DemoArgs {
     /// Selector initial E_max.
     #[arg(long, default_value_t = 0.4)]
     pub e_max: f32,
+    /// Selector: dynamic E_max = this factor x the running mean entropy
+    /// (CEMA: 1; lower uploads fewer samples).
+    #[arg(long, default_value_t = 0.8)]
+    pub dynamic_scale: f32,
     /// Worker: train after this many new samples of a device.
     #[arg(long, default_value_t = 16)]
     pub train_every: usize,
@@ -621,9 +635,10 @@ pub struct DemoArgs {
     /// Worker learning rate (default: the learner's).
     #[arg(long)]
     pub lr: Option<f32>,
-    /// Workers also re-estimate BatchNorm statistics.
+    /// Workers do not re-estimate BatchNorm statistics (they then learn
+    /// only by SGD, with `--lr`).
     #[arg(long)]
-    pub update_stats: bool,
+    pub no_update_stats: bool,
     /// Do not kill and restart the broker and a worker mid-stream.
     #[arg(long)]
     pub no_faults: bool,
@@ -705,8 +720,8 @@ fn spawn_worker(
     if let Some(lr) = a.lr {
         c.arg("--lr").arg(lr.to_string());
     }
-    if a.update_stats {
-        c.arg("--update-stats");
+    if a.no_update_stats {
+        c.arg("--no-update-stats");
     }
     c.spawn().context("starting a cloud worker")
 }
@@ -849,6 +864,8 @@ pub fn demo_main(a: DemoArgs) -> Result<()> {
             .arg(a.redundancy.to_string())
             .arg("--e-max")
             .arg(a.e_max.to_string())
+            .arg("--dynamic-scale")
+            .arg(a.dynamic_scale.to_string())
             .arg("--out")
             .arg(dir.join(format!("{d}.report.json")))
             .env("SHIFTNN_MQTT_PASSWORD", &dev_pw[k])
@@ -906,14 +923,16 @@ pub fn demo_main(a: DemoArgs) -> Result<()> {
             Some(r["queue"]["pushed"].as_u64()? - r["queue"]["dropped"].as_u64()?)
         })
         .sum();
+    // Distinct samples: a worker killed before acknowledging logs a sample
+    // that the broker then delivers again.
     let count = || -> u64 {
-        ["worker0", "worker1"]
-            .iter()
-            .map(|id| {
-                std::fs::read_to_string(dir.join(format!("received-{id}.log")))
-                    .map_or(0, |t| t.lines().count() as u64)
-            })
-            .sum()
+        let mut seen = HashSet::new();
+        for id in ["worker0", "worker1"] {
+            let t =
+                std::fs::read_to_string(dir.join(format!("received-{id}.log"))).unwrap_or_default();
+            seen.extend(t.lines().map(str::to_owned));
+        }
+        seen.len() as u64
     };
     say(
         a.json,
@@ -931,6 +950,11 @@ pub fn demo_main(a: DemoArgs) -> Result<()> {
     std::thread::sleep(Duration::from_secs(1));
     drop(procs);
     broker.stop()?;
+    say(
+        a.json,
+        "measuring inference latency with and without concurrent applies",
+    );
+    let probe = apply_probe(&model, &key, &x.data[..per * 64], per)?;
 
     // Reports.
     let mut received: BTreeMap<String, HashSet<(String, u64)>> = BTreeMap::new();
@@ -1043,6 +1067,7 @@ pub fn demo_main(a: DemoArgs) -> Result<()> {
         "inference_ms": {"n": lat_n.len(), "p50": percentile(&lat_n, 0.5), "p99": p99n},
         "inference_during_apply_ms": {"n": lat_a.len(), "p50": percentile(&lat_a, 0.5), "p99": p99a},
         "faults": faults,
+        "apply_probe": probe,
         "stream_per_device": a.stream, "rate": a.rate,
     });
     std::fs::write(dir.join("result.json"), serde_json::to_string_pretty(&out)?)?;
@@ -1051,6 +1076,169 @@ pub fn demo_main(a: DemoArgs) -> Result<()> {
         return Ok(());
     }
     print_table(&out);
+    Ok(())
+}
+
+/// Inference latency of one session while another thread applies signed
+/// patches, against the same session with no apply, in alternating blocks
+/// (so that drift in machine load hits both alike).
+///
+/// The devices' own split (`inference_during_apply_ms`) rarely catches an
+/// apply: one takes ~0.1 ms every few seconds. This probe runs after the
+/// devices and workers have stopped, in one process, on the same
+/// [`SharedParams`] path a device uses: in the apply blocks a second thread
+/// applies a patch every `GAP` (as a device's link thread does when
+/// patches arrive, only far more often), and an inference counts as
+/// "during an apply" if an apply was running when it started or ended or
+/// completed while it ran (so it includes the first run on freshly swapped
+/// parameters). A third kind of block is the control: the second thread
+/// spins for as long as an apply takes, on the same schedule, touching no
+/// shared state, which measures what any work on another core costs this
+/// machine (on the 2-vCPU VM this was developed on, ~30 % at the median).
+pub fn apply_probe(model: &Model, key: &SigningKey, xs: &[f32], per: usize) -> Result<Value> {
+    use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+    const ROUNDS: usize = 12;
+    const RUNS: usize = 400;
+    const GAP: Duration = Duration::from_micros(1500);
+    const IDLE: u8 = 0;
+    const APPLY: u8 = 1;
+    const SPIN: u8 = 2;
+    let base = shiftnn_runtime::Prepared::new(model).map_err(common::rt)?;
+    let layers = |v: u64| -> Vec<PatchLayer> {
+        let f = 1.0 + 0.01 * (v % 7) as f32;
+        base.norms
+            .iter()
+            .map(|(p, n)| PatchLayer {
+                prefix: p.clone(),
+                gamma: n.gamma.iter().map(|g| g * f).collect(),
+                beta: n.beta.clone(),
+                mean: None,
+                var: None,
+            })
+            .collect()
+    };
+    // Signed ahead of time: signing is the cloud's cost, not the device's.
+    let blobs: Vec<Vec<u8>> = (1..=(ROUNDS * RUNS) as u64)
+        .map(|v| build_patch(model, v, &layers(v), key))
+        .collect::<Result<_, _>>()
+        .map_err(common::rt)?;
+    let shared = Arc::new(SharedParams::new(model).map_err(common::rt)?);
+    shared.trust(key.verifying_key(), 0);
+    let mut session = Session::new(model).map_err(common::rt)?;
+    session.set_shared(shared.clone()).map_err(common::rt)?;
+    let mut out = vec![0f32; model.output_len(0)];
+    let n_in = (xs.len() / per.max(1)).max(1);
+    let (mut normal, mut during, mut control) = (Vec::new(), Vec::new(), Vec::new());
+    let mut apply_ms = Vec::new();
+    let mode = AtomicU8::new(IDLE);
+    let stop = AtomicBool::new(false);
+    let busy = AtomicBool::new(false);
+    let events = AtomicU64::new(0);
+    std::thread::scope(|sc| -> Result<()> {
+        let worker = sc.spawn(|| {
+            let mut ms: Vec<f64> = Vec::new();
+            let mut next = blobs.iter();
+            let mut spin = Duration::from_micros(100);
+            while !stop.load(Ordering::Acquire) {
+                std::thread::sleep(GAP);
+                let m = mode.load(Ordering::Acquire);
+                if m == IDLE {
+                    continue;
+                }
+                busy.store(true, Ordering::Release);
+                let t = Instant::now();
+                if m == APPLY {
+                    let Some(b) = next.next() else { break };
+                    if shared.apply_patch(model, b).is_ok() {
+                        ms.push(t.elapsed().as_secs_f64() * 1e3);
+                        spin = Duration::from_secs_f64(percentile(&ms, 0.5) / 1e3);
+                    }
+                } else {
+                    let mut x = 1u64;
+                    while t.elapsed() < spin {
+                        for _ in 0..64 {
+                            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+                        }
+                    }
+                    std::hint::black_box(x);
+                }
+                busy.store(false, Ordering::Release);
+                events.fetch_add(1, Ordering::AcqRel);
+            }
+            ms
+        });
+        let mut run = |i: usize| -> Result<(f64, bool)> {
+            let x = &xs[(i % n_in) * per..(i % n_in + 1) * per];
+            let (e0, b0) = (events.load(Ordering::Acquire), busy.load(Ordering::Acquire));
+            let t = Instant::now();
+            session.run(&[x], &mut [&mut out]).map_err(common::rt)?;
+            let dt = t.elapsed().as_secs_f64() * 1e3;
+            let overlap =
+                b0 || busy.load(Ordering::Acquire) || events.load(Ordering::Acquire) != e0;
+            Ok((dt, overlap))
+        };
+        for i in 0..50 {
+            run(i)?; // warm-up
+        }
+        for r in 0..ROUNDS {
+            for (m, into) in [
+                (IDLE, &mut normal),
+                (APPLY, &mut during),
+                (SPIN, &mut control),
+            ] {
+                mode.store(m, Ordering::Release);
+                std::thread::sleep(GAP * 2);
+                for i in 0..RUNS {
+                    let (dt, overlap) = run(r * RUNS + i)?;
+                    if m == IDLE || overlap {
+                        into.push(dt);
+                    }
+                }
+            }
+        }
+        mode.store(IDLE, Ordering::Release);
+        stop.store(true, Ordering::Release);
+        apply_ms = worker
+            .join()
+            .map_err(|_| anyhow!("apply thread panicked"))?;
+        Ok(())
+    })?;
+    let p99 = |v: &[f64]| percentile(v, 0.99);
+    let block = |v: &[f64]| json!({"n": v.len(), "p50": percentile(v, 0.5), "p99": p99(v)});
+    Ok(json!({
+        "normal": block(&normal),
+        "during": block(&during),
+        "control_spin": block(&control),
+        "p99_ratio": p99(&during) / p99(&normal),
+        "p99_ratio_vs_control": p99(&during) / p99(&control),
+        "applies": apply_ms.len(),
+        "apply_ms": {"p50": percentile(&apply_ms, 0.5), "p99": percentile(&apply_ms, 0.99)},
+        "blocks": ROUNDS, "runs_per_block": RUNS, "gap_ms": GAP.as_secs_f64() * 1e3,
+    }))
+}
+
+/// Arguments of `shiftnn adapt-probe`.
+#[derive(clap::Args, Debug)]
+pub struct ProbeArgs {
+    /// The model.
+    #[arg(long, value_name = "M.shift")]
+    pub model: PathBuf,
+    /// Inputs (.npz with x).
+    #[arg(long, default_value = "examples/fmnist/data/test.npz")]
+    pub data: PathBuf,
+}
+
+/// Run [`apply_probe`] alone, with a fresh key; prints its JSON.
+pub fn probe_main(a: ProbeArgs) -> Result<()> {
+    let model = common::open_model(&a.model)?;
+    let per = model.input_len(0);
+    let x = npy::Npz::open(&a.data)?.f32("x")?;
+    if x.data.len() < per {
+        bail!("{}: fewer values than one input", a.data.display());
+    }
+    let n = (x.data.len() / per).min(64);
+    let key = SigningKey::from_bytes(&random_bytes::<32>()?);
+    outln!("{}", apply_probe(&model, &key, &x.data[..n * per], per)?);
     Ok(())
 }
 
@@ -1122,6 +1310,21 @@ fn print_table(o: &Value) {
         o["inference_during_apply_ms"]["n"],
         o["inference_during_apply_ms"]["p50"].as_f64().unwrap_or(f64::NAN),
         o["inference_during_apply_ms"]["p99"].as_f64().unwrap_or(f64::NAN),
+    );
+    let p = &o["apply_probe"];
+    let f = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
+    outln!(
+        "apply probe (one session; another thread applies a patch every {} ms): inference p99 \
+         {:.3} ms overlapping an apply ({} runs, {} applies), {:.3} ms with no apply: {:.2}x; \
+         {:.3} ms overlapping a spin of the same length (control): {:.2}x",
+        p["gap_ms"],
+        f(&p["during"]["p99"]),
+        p["during"]["n"],
+        p["applies"],
+        f(&p["normal"]["p99"]),
+        f(&p["p99_ratio"]),
+        f(&p["control_spin"]["p99"]),
+        f(&p["p99_ratio_vs_control"]),
     );
     outln!(
         "uploads lost beyond the drop-oldest policy: {} (dropped by the policy: {})",

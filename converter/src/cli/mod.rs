@@ -68,6 +68,10 @@ pub enum Command {
     /// One demo device (started by adapt-demo).
     #[command(hide = true)]
     AdaptDevice(adapt::DeviceArgs),
+    /// Inference latency with and without concurrent patch applies (the
+    /// last step of adapt-demo, alone).
+    #[command(hide = true)]
+    AdaptProbe(adapt::ProbeArgs),
 }
 
 /// Run a parsed command line.
@@ -83,5 +87,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Cloud(a) => adapt::cloud_main(a),
         Command::AdaptDemo(a) => adapt::demo_main(a),
         Command::AdaptDevice(a) => adapt::device_main(a),
+        Command::AdaptProbe(a) => adapt::probe_main(a),
     }
 }
