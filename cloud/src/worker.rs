@@ -328,7 +328,9 @@ impl State {
     }
 
     fn run(&mut self) {
-        let (min, max) = (Duration::from_millis(100), Duration::from_secs(5));
+        // Capped at 1 s: after a broker restart the workers must be back
+        // before the devices resume publishing (LinkConfig::resume_delay).
+        let (min, max) = (Duration::from_millis(100), Duration::from_secs(1));
         let mut backoff = min;
         while !self.stopped() {
             if self.connection() {

@@ -72,6 +72,18 @@ pub struct LinkConfig {
     pub backoff_min: Duration,
     /// Largest reconnect delay (default 5 s).
     pub backoff_max: Duration,
+    /// After each CONNACK, samples wait this long before being published
+    /// (default 1 s; they stay queued, inference is not affected). A
+    /// mosquitto that has just restarted restores persistent sessions but
+    /// drops what arrives for them before their clients reconnect
+    /// (eclipse-mosquitto/mosquitto#769; reproduced with 2.0.11 for plain
+    /// and shared subscriptions): in one `shiftnn adapt-demo` run its
+    /// `log_type all` log shows 159 samples PUBACKed and never delivered.
+    /// The device cannot see that loss, so it gives the cloud workers,
+    /// which retry at least every second, time to come back first. This
+    /// narrows the window; only an end-to-end acknowledgement from the
+    /// cloud would close it.
+    pub resume_delay: Duration,
     /// Samples published and not yet acknowledged, at most (default 32).
     pub max_inflight: usize,
     /// Largest MQTT packet sent or received (default 8 MiB).
@@ -102,6 +114,7 @@ impl LinkConfig {
             keep_alive: Duration::from_secs(5),
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
+            resume_delay: Duration::from_secs(1),
             max_inflight: 32,
             max_packet: 8 << 20,
             log: true,
@@ -306,6 +319,7 @@ impl Ctx {
         // Queued in the client; sent right after the CONNACK.
         let _ = client.try_subscribe(self.affine.clone(), QoS::AtLeastOnce);
         let mut connected = false;
+        let mut resume_at = Instant::now();
         // Published, waiting for the client to number them (in order).
         let mut unnumbered: VecDeque<u64> = VecDeque::new();
         // Packet id -> queue sequence number, waiting for PUBACK.
@@ -324,7 +338,7 @@ impl Ctx {
                 self.shared.stats().connected = false;
                 return End::Stopped;
             }
-            if connected {
+            if connected && Instant::now() >= resume_at {
                 self.publish_more(&client, &mut unnumbered, &inflight, &mut sent);
             }
             // Connecting may take a while on a loaded machine: do not cut it
@@ -350,6 +364,7 @@ impl Ctx {
                     // rumqttc turns a refused CONNACK into an error, so this
                     // one was accepted.
                     connected = true;
+                    resume_at = Instant::now() + self.cfg.resume_delay;
                     let mut s = self.shared.stats();
                     s.connected = true;
                     s.connects += 1;
