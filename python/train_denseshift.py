@@ -3,6 +3,8 @@
 
     nice -n 19 /work/venv/bin/python python/train_denseshift.py --bits 3 --epochs 15
     nice -n 19 /work/venv/bin/python python/train_denseshift.py --bits 3 --epochs 15 --naive-ste
+    nice -n 10 /work/venv/bin/python python/train_denseshift.py --bits 3 --epochs 8 --lr 1e-3 \
+        --init-from examples/fmnist/fmnist_fp32.onnx --init-mag 1e-2     # transfer setting
 
 Same network as the FP32 example (shiftnn_train.models.FmnistResNet). All inner convolutions
 (3x3 and 1x1 shortcuts) are shift layers (shiftnn_train.denseshift); the first conv and the
@@ -11,6 +13,11 @@ BatchNormalization separate and every shift weight is exactly s*2^p (times a per
 float scale where one is used: --channel-scale, the naive baseline, or a quantized classifier).
 The graph's metadata_props["shiftnn.shift_layers"] is JSON: {initializer name: {"bits": b,
 "scale": [per-output-channel float32 values] or null}}.
+
+--init-from starts from the trained FP32 network (DenseShift's transfer setting): stem, head and
+BatchNorms are copied, each shift layer's codes are the per-output-channel least-squares fit
+s*2^p of the FP32 weights (the scale goes into the following BatchNorm's statistics), encoded in
+latents of magnitude --init-mag, and the BatchNorm statistics are re-estimated on training images.
 
 Each run appends a JSON line to python/results/runs.jsonl and re-renders python/RESULTS.md.
 """
@@ -42,6 +49,82 @@ def build(args):
     first = conv if args.quantize_first_last else default_conv
     last = linear if args.quantize_first_last else default_linear
     return FmnistResNet(conv=conv, stem_conv=first, head_linear=last)
+
+
+@torch.no_grad()
+def following_bn(model, name):
+    """The BatchNorm2d that directly follows shift conv `name` in FmnistResNet (conv1->bn1,
+    conv2->bn2, shortcut.0->shortcut.1, stem.0->stem.1), or None."""
+    mods = dict(model.named_modules())
+    parent, _, leaf = name.rpartition(".")
+    cand = {"conv1": "bn1", "conv2": "bn2", "0": "1"}.get(leaf)
+    if cand is None:
+        return None
+    bn = mods.get(f"{parent}.{cand}" if parent else cand)
+    return bn if isinstance(bn, torch.nn.BatchNorm2d) else None
+
+
+@torch.no_grad()
+def init_from_float(model, path, magnitude, seed=0):
+    """DenseShift transfer setting: start from a trained FP32 FmnistResNet (ONNX).
+
+    Stem, head, every BatchNorm (parameters and running statistics) are copied. Each shift layer
+    gets, per output channel c, the scale a_c and codes (s, p) minimising ||w_c - a_c s 2^p||
+    (ds.fit_codes), encoded in latents of size ~magnitude (ds.set_codes). The shift layer then
+    computes about (FP32 conv output) / a_c, so the following BatchNorm's running mean and
+    variance are divided by a_c and a_c^2 (batch statistics in train mode are invariant to it);
+    with a per-channel scale (--channel-scale, or a shift classifier) a_c goes there instead.
+    Returns {layer: relative weight error ||w - a q|| / ||w||}."""
+    fp = load_onnx_weights(FmnistResNet(), path)
+    fsd = fp.state_dict()
+    shift = dict(ds.shift_modules(model))
+    sd = model.state_dict()
+    n_copied = 0
+    for k in sd:
+        mod = k.rsplit(".", 1)[0]
+        if mod in shift or any(k.startswith(m + ".") for m in shift):
+            continue
+        sd[k] = fsd[k].clone()
+        n_copied += 1
+    model.load_state_dict(sd, strict=True)
+    g = torch.Generator().manual_seed(seed)
+    rel = {}
+    for name, m in shift.items():
+        w = fsd[name + ".weight"].float()
+        if isinstance(m, ds._NaiveMixin):
+            m.weight.copy_(w)
+            rel[name] = float((m.export_weight() - w).norm() / w.norm())
+            continue
+        a, s, p = ds.fit_codes(w, m.bits)
+        ds.set_codes(m, s, p, magnitude=magnitude, generator=g)
+        av = a.view(-1, *([1] * (w.dim() - 1)))
+        rel[name] = float((w - av * s * torch.pow(2.0, p)).norm() / w.norm())
+        if m.log_scale is not None:
+            m.log_scale.copy_(a.log())
+        else:
+            bn = following_bn(model, name)
+            assert bn is not None, f"{name}: no per-channel scale and no BatchNorm after it"
+            bn.running_mean.div_(a)
+            bn.running_var.div_(a * a)
+    print(f"init from {path}: {n_copied} float tensors copied; shift layers' relative weight error "
+          + ", ".join(f"{k} {v:.3f}" for k, v in rel.items()))
+    return rel
+
+
+@torch.no_grad()
+def reestimate_bn(model, x, n=10240, batch=256):
+    """Replace every BatchNorm's running statistics by their average over the first n training
+    images (no augmentation, train-mode forward passes, no parameter update)."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average
+    model.train()
+    for i in range(0, min(n, x.shape[0]), batch):
+        model(x[i:i + batch].contiguous(memory_format=torch.channels_last))
+    for m, mom in zip(bns, saved):
+        m.momentum = mom
 
 
 @torch.no_grad()
@@ -154,6 +237,15 @@ def main():
     ap.add_argument("--channel-scale", action="store_true", help="learnable per-channel scale in shift convs")
     ap.add_argument("--quantize-first-last", action="store_true")
     ap.add_argument("--init-std", type=float, default=1e-3)
+    ap.add_argument("--init-from", default=None,
+                    help="trained FP32 FmnistResNet ONNX (e.g. examples/fmnist/fmnist_fp32.onnx): copy its "
+                         "stem, head and BatchNorms, set the shift codes to its per-channel best fit")
+    ap.add_argument("--init-mag", type=float, default=None,
+                    help="with --init-from: latent magnitude encoding the fitted codes (default --init-std)")
+    ap.add_argument("--no-bn-reestimate", action="store_true",
+                    help="with --init-from: keep the rescaled FP32 BN statistics (default: re-estimate them "
+                         "on 10240 training images before training)")
+    ap.add_argument("--pct-start", type=float, default=0.2, help="one-cycle warm-up share")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--lr", type=float, default=2e-3, help="Adam(W) peak LR, one-cycle schedule")
     ap.add_argument("--wd", type=float, default=1e-4, help="weight decay on full-precision weights only")
@@ -184,13 +276,17 @@ def run(args):
     method = "naive-STE" if args.naive_ste else f"DenseShift ({args.encoding})"
     if args.channel_scale and not args.naive_ste:
         method += " + channel scale"
+    if args.init_from:
+        method += ", init from FP32"
     if args.teacher:
         method += f" + KD (a={args.kd_alpha}, T={args.kd_temp})"
     tag = args.tag or (f"b{args.bits}-" + ("naive" if args.naive_ste else "denseshift")
-                       + ("-scale" if args.channel_scale else "") + ("-binenc" if args.encoding == "binary" else "") + ("-kd" if args.teacher else ""))
+                       + ("-scale" if args.channel_scale else "") + ("-binenc" if args.encoding == "binary" else "") + ("-ft" if args.init_from else "")
+                       + ("-kd" if args.teacher else ""))
     if args.out is None:
         default_variant = args.bits == 3 and not args.naive_ste and not args.channel_scale \
-            and args.encoding == "recursive" and not args.quantize_first_last
+            and args.encoding == "recursive" and not args.quantize_first_last \
+            and not args.init_from and not args.teacher
         args.out = (os.path.join(REPO, f"examples/fmnist/fmnist_denseshift_b{args.bits}.onnx") if default_variant
                     else os.path.join(RESULTS_DIR, f"fmnist_{tag}.onnx"))
 
@@ -200,6 +296,17 @@ def run(args):
     trx, try_, tex, tey = load_fmnist(args.src)
     model = build(args).to(memory_format=torch.channels_last)
     print(model)
+    init = None
+    if args.init_from:
+        rel = init_from_float(model, args.init_from, args.init_std if args.init_mag is None else args.init_mag,
+                              seed=args.seed)
+        init = {"rel_weight_error": rel, "top1_rescaled_bn": evaluate_torch(model, tex, tey)}
+        if not args.no_bn_reestimate:
+            reestimate_bn(model, trx)
+        init["top1"] = evaluate_torch(model, tex, tey)
+        init_codes = [m.codes() for _, m in ds.shift_modules(model)]
+        print(f"after init from FP32, before training: torch top-1 {init['top1_rescaled_bn']:.4f} with the FP32 "
+              f"BN statistics divided by a_c, {init['top1']:.4f} after BN re-estimation", flush=True)
     teacher = None
     if args.teacher:
         teacher = load_onnx_weights(FmnistResNet(), args.teacher).eval().to(memory_format=torch.channels_last)
@@ -215,7 +322,7 @@ def run(args):
                              {"params": no_decay, "weight_decay": 0.0},
                              {"params": lat, "weight_decay": 0.0}], lr=args.lr)
     steps = args.epochs * ((trx.shape[0] + args.batch - 1) // args.batch)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=steps, pct_start=0.2)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=steps, pct_start=args.pct_start)
 
     tracker = CodeTracker(model)
     print(f"{tag}: {tracker.total} shift weights in {len(tracker.mods)} layers")
@@ -233,6 +340,10 @@ def run(args):
               f"codes changed: {100 * any_c:.2f}% any-step, {100 * net_c:.2f}% net [{timer():.0f}s]", flush=True)
     train_time = timer()
     torch_acc = evaluate_torch(model, tex, tey)
+    if init is not None:
+        fin = [m.codes() for _, m in ds.shift_modules(model)]
+        init["codes_changed_since_init"] = sum(int((a != b).sum()) for a, b in zip(fin, init_codes)) / tracker.total
+        print(f"codes different from the FP32 fit at the end: {100 * init['codes_changed_since_init']:.2f}%")
 
     model = model.to(memory_format=torch.contiguous_format).eval()
     plain, meta = to_plain(model)
@@ -253,7 +364,7 @@ def run(args):
                "last_epoch_changed_any": per_epoch[-1]["changed_any"],
                "last_epoch_changed_net": per_epoch[-1]["changed_net"],
                "n_shift_weights": tracker.total, "code_histogram": hist, "onnx": args.out,
-               "per_epoch": per_epoch, "args": vars(args), "date": time.strftime("%Y-%m-%d %H:%M")}
+               "per_epoch": per_epoch, "init": init, "args": vars(args), "date": time.strftime("%Y-%m-%d %H:%M")}
         with open(os.path.join(RESULTS_DIR, "runs.jsonl"), "a") as f:
             f.write(json.dumps(rec) + "\n")
         render_results(os.path.join(REPO, "python", "RESULTS.md"))

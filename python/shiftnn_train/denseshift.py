@@ -237,3 +237,77 @@ def factories(bits, naive=False, encoding="recursive", channel_scale=False, init
                 channel_scale=channel_scale, init_std=init_std),
             lambda cin, cout: DenseShiftLinear(cin, cout, bits=bits, encoding=encoding,
                                                channel_scale=True, init_std=init_std))
+
+
+# ---------------------------------------------------------------------------------------------
+# Transfer setting: initialise shift layers from a trained full-precision weight.
+
+@torch.no_grad()
+def fit_codes(w, bits, grid=81, lloyd_iters=4):
+    """Per output channel, find a > 0, s in {-1,+1}, p in 0..pmax minimising ||w - a*s*2^p||^2.
+
+    Returns (a [C], s, p) with s, p shaped like w. For a fixed a the best code is the nearest
+    of the zero-free levels a*{1,2,..,2^pmax} in the linear domain (thresholds at the
+    midpoints 1.5*2^(k-1)); a is searched on a log grid from max|w|/2^pmax * 2^-4 to
+    max|w|/2^pmax * 2, then refined by a few Lloyd steps (a = <|w|,2^p> / <2^p,2^p>).
+    """
+    pmax = 2 ** (bits - 1) - 1
+    c = w.shape[0]
+    wf = w.reshape(c, -1).double()
+    aw = wf.abs()
+    s = torch.where(wf >= 0, 1.0, -1.0).double()
+
+    def quant(a):  # a: [..., C, 1] -> p
+        x = aw / a
+        p = torch.zeros_like(x)
+        for k in range(1, pmax + 1):
+            p = p + (x > 1.5 * 2.0 ** (k - 1)).double()
+        return p
+
+    def err(a, p):
+        return ((aw - a * torch.pow(2.0, p)) ** 2).sum(-1)
+
+    a0 = aw.amax(1, keepdim=True).clamp_min(1e-12) / 2.0 ** pmax  # [C,1]
+    mult = torch.pow(2.0, torch.linspace(-4.0, 1.0, grid, dtype=torch.float64)).view(-1, 1, 1)
+    cand = a0.unsqueeze(0) * mult  # [G,C,1]
+    pc = quant(cand)
+    e = err(cand, pc)  # [G,C]
+    best = e.argmin(0)
+    a = cand[best, torch.arange(c)]  # [C,1]
+    p = quant(a)
+    be = err(a, p)
+    for _ in range(lloyd_iters):
+        l = torch.pow(2.0, p)
+        a_new = ((aw * l).sum(1, keepdim=True) / (l * l).sum(1, keepdim=True)).clamp_min(1e-12)
+        p_new = quant(a_new)
+        e_new = err(a_new, p_new)
+        better = (e_new < be).view(-1, 1)
+        a = torch.where(better, a_new, a)
+        p = torch.where(better, p_new, p)
+        be = torch.minimum(e_new, be)
+    return a.view(-1).float(), s.view_as(w).float(), p.view_as(w).float()
+
+
+@torch.no_grad()
+def set_codes(m, s, p, magnitude=1e-3, noise=0.1, generator=None):
+    """Set a DenseShift module's latents so that it encodes exactly the codes (s, p), with small
+    magnitudes: each latent = (needed sign) * magnitude * (1 + noise*|N(0,1)|), i.e. every
+    latent sits just on the required side of 0 (the low-variance spirit of the DenseShift init).
+    Recursive encoding: c_i = 1 iff i > n - p (the last p bits set, the free ones 0, so that one
+    flip moves p to a neighbour); binary encoding: c_i = bit i-1 of p."""
+    def lat(sign_pos):
+        r = torch.randn(sign_pos.shape, generator=generator).abs()
+        mag = magnitude * (1 + noise * r)
+        return torch.where(sign_pos, mag, -mag)
+
+    m.t_sign.copy_(lat(s > 0))
+    n = len(m.t_exp)
+    pi = p.round().long()
+    for i, t in enumerate(m.t_exp, start=1):
+        if m.encoding == "recursive":
+            bit = pi > (n - i)
+        else:
+            bit = ((pi >> (i - 1)) & 1) == 1
+        t.copy_(lat(bit))
+    s2, p2 = m._s_p()
+    assert torch.equal(s2, s) and torch.equal(p2, p.round()), "latent encoding does not reproduce the codes"
