@@ -190,6 +190,7 @@ fn parse() -> Result<Args> {
             "--alpha" => a.cfg.stats_alpha = val()?.parse()?,
             "--no-stats" => a.cfg.update_stats = false,
             "--no-fold" => a.cfg.fold_stats = false,
+            "--stats-min" => a.cfg.stats_min_samples = val()?.parse()?,
             "--no-fake-quant" => a.cfg.fake_quant = false,
             "--dynamic-scale" => a.sel.dynamic_scale = val()?.parse()?,
             "--redundancy" => a.sel.redundancy = val()?.parse()?,
