@@ -151,6 +151,7 @@ struct Args {
     onnx: String,
     data: String,
     n: usize,
+    start: usize,
     every: usize,
     steps: usize,
     cfg: LearnerConfig,
@@ -170,6 +171,7 @@ fn parse() -> Result<Args> {
         onnx: String::new(),
         data: String::new(),
         n: 10000,
+        start: 0,
         every: 250,
         steps: 20,
         cfg: LearnerConfig::default(),
@@ -183,6 +185,7 @@ fn parse() -> Result<Args> {
         let mut val = || it.next().ok_or_else(|| anyhow!("{s} needs a value"));
         match s.as_str() {
             "--n" => a.n = val()?.parse()?,
+            "--start" => a.start = val()?.parse()?,
             "--every" => a.every = val()?.parse()?,
             "--steps" => a.steps = val()?.parse()?,
             "--lr" => a.cfg.lr = val()?.parse()?,
@@ -194,6 +197,8 @@ fn parse() -> Result<Args> {
             "--no-fake-quant" => a.cfg.fake_quant = false,
             "--dynamic-scale" => a.sel.dynamic_scale = val()?.parse()?,
             "--redundancy" => a.sel.redundancy = val()?.parse()?,
+            "--m-init" => a.sel.m_init = val()?.parse()?,
+            "--m-momentum" => a.sel.m_momentum = val()?.parse()?,
             "--teacher-shift" => a.teacher_shift = Some(val()?),
             "--corruptions" => a.corruptions = val()?.split(',').map(String::from).collect(),
             _ if s.starts_with("--") => bail!("unknown option {s}"),
@@ -217,7 +222,9 @@ fn main() -> Result<()> {
     let y = npz.i64("y")?;
     let per = model.input_len(0);
     let classes = model.output_len(0);
-    let n = a.n.min(y.data.len());
+    let n = a.n.min(y.data.len().saturating_sub(a.start));
+    // Labels of the stream: `y[i]` is stream image `i` (test image `start + i`).
+    let y = &y.data[a.start..a.start + n];
     let w = *x.shape.last().unwrap_or(&28);
     let key = SigningKey::from_bytes(&[7u8; 32]);
     let teacher_model = match &a.teacher_shift {
@@ -244,12 +251,12 @@ fn main() -> Result<()> {
             let mut ok = 0usize;
             for (i, xi) in xs.iter().enumerate() {
                 s.run(&[xi], &mut [&mut out])?;
-                ok += (argmax(&out) as i64 == y.data[first + i]) as usize;
+                ok += (argmax(&out) as i64 == y[first + i]) as usize;
             }
             Ok(ok as f64 / xs.len() as f64)
         };
     let clean: Vec<Vec<f32>> = (0..n)
-        .map(|i| x.data[i * per..(i + 1) * per].to_vec())
+        .map(|i| x.data[(a.start + i) * per..(a.start + i + 1) * per].to_vec())
         .collect();
     let acc_clean = accuracy(&clean, 0, None)?;
     println!("clean accuracy {:.2}%", 100.0 * acc_clean);
@@ -286,7 +293,7 @@ fn main() -> Result<()> {
         // The fixed FP32 teacher's accuracy on the corrupted stream.
         let mut t_ok = 0usize;
         for (i, xi) in xs.iter().enumerate() {
-            t_ok += (argmax(&onnx_teacher.logits(xi)?) as i64 == y.data[i]) as usize;
+            t_ok += (argmax(&onnx_teacher.logits(xi)?) as i64 == y[i]) as usize;
         }
         let acc_teacher = t_ok as f64 / n as f64;
         let teacher: Box<dyn Teacher> = match &teacher_model {
@@ -306,7 +313,7 @@ fn main() -> Result<()> {
         let mut train_s = 0f64;
         for (i, xi) in xs.iter().enumerate() {
             sess.run(&[xi], &mut [&mut out])?;
-            ok += (argmax(&out) as i64 == y.data[i]) as usize;
+            ok += (argmax(&out) as i64 == y[i]) as usize;
             let mut p = out.clone();
             softmax(&mut p);
             let v = sel.observe(&p);
@@ -335,7 +342,7 @@ fn main() -> Result<()> {
                     let refs: Vec<&[f32]> = chunk.iter().map(|v| &v[..]).collect();
                     let ts = learner.teacher_mut().logits_batch(&refs)?;
                     for (j, t) in ts.iter().enumerate() {
-                        ok2 += (argmax(t) as i64 == y.data[half + ci * 256 + j]) as usize;
+                        ok2 += (argmax(t) as i64 == y[half + ci * 256 + j]) as usize;
                     }
                 }
                 acc_teacher_2nd = ok2 as f64 / (n - half) as f64;
@@ -358,6 +365,7 @@ fn main() -> Result<()> {
             100.0 * uploaded as f64 / n as f64,
             train_s
         );
+        eprintln!("{c}: {:?}", sel.stats());
     }
     Ok(())
 }

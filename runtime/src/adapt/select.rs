@@ -14,9 +14,19 @@
 //! 2. **low-informative**: `E < E_min` ([`SelectConfig::e_min`], 0.02).
 //! 3. **redundant** (EATA): `|cos(p, m)| >= d` ([`SelectConfig::redundancy`],
 //!    0.05), where `m` is a moving average of the *selected* predictions:
-//!    the first selected sample sets `m = p`, each later one
+//!    the first [`SelectConfig::m_init`] selected samples set `m` to their
+//!    plain mean (nothing is redundant until then), each later one
 //!    `m = (1 - mu) m + mu p` with `mu` = [`SelectConfig::m_momentum`] (0.1,
-//!    EATA's 0.9/0.1 update). While `m` is unset nothing is redundant.
+//!    EATA's 0.9/0.1 update).
+//!
+//! EATA starts `m` from the mean of a first batch (64 images), not from
+//! one prediction. A stream has no batches; starting `m` from one sample
+//! (`m_init = 1`) locks the rule when a shift makes the model predict one
+//! class for most inputs: the first such prediction becomes `m`, every
+//! later one is redundant, `m` never moves again (only selected samples
+//! update it), and the device uploads almost nothing. Seen in
+//! `shiftnn adapt-demo` on the contrast stream: 2.5 % uploaded, no
+//! adaptation.
 //!
 //! Selecting allocates nothing; [`Selector::new`] allocates `m` once.
 
@@ -43,6 +53,9 @@ pub struct SelectConfig {
     pub redundancy: f32,
     /// Weight of a new selected prediction in `m`.
     pub m_momentum: f32,
+    /// Selected samples whose plain mean initializes `m` (at least 1; EATA
+    /// initializes from a batch of 64).
+    pub m_init: u64,
 }
 
 impl Default for SelectConfig {
@@ -56,6 +69,7 @@ impl Default for SelectConfig {
             mean_window: 0,
             redundancy: 0.05,
             m_momentum: 0.1,
+            m_init: 64,
         }
     }
 }
@@ -153,7 +167,8 @@ pub struct Selector {
     cfg: SelectConfig,
     classes: usize,
     m: Vec<f32>,
-    has_m: bool,
+    /// Selected samples averaged into `m` so far (saturates at `m_init`).
+    m_count: u64,
     mean_entropy: f64,
     /// Valid samples that fed the running mean.
     counted: u64,
@@ -167,7 +182,7 @@ impl Selector {
             cfg,
             classes,
             m: vec![0.0; classes],
-            has_m: false,
+            m_count: 0,
             mean_entropy: 0.0,
             counted: 0,
             stats: SelectStats::default(),
@@ -191,7 +206,7 @@ impl Selector {
 
     /// The moving average of selected predictions, once set.
     pub fn moving_average(&self) -> Option<&[f32]> {
-        self.has_m.then_some(&self.m[..])
+        (self.m_count > 0).then_some(&self.m[..])
     }
 
     /// The `E_max` the next sample will be judged against.
@@ -239,7 +254,7 @@ impl Selector {
             verdict.decision = Decision::LowInformative;
             return verdict;
         }
-        if self.has_m {
+        if self.m_count >= self.cfg.m_init.max(1) {
             let c = libm::fabsf(cosine(p, &self.m));
             verdict.cos = Some(c);
             if c >= self.cfg.redundancy {
@@ -252,8 +267,11 @@ impl Selector {
                 *m = (1.0 - mu) * *m + mu * x;
             }
         } else {
-            self.m.copy_from_slice(p);
-            self.has_m = true;
+            self.m_count += 1;
+            let w = 1.0 / self.m_count as f32;
+            for (m, &x) in self.m.iter_mut().zip(p) {
+                *m += w * (x - *m);
+            }
         }
         self.stats.selected += 1;
         verdict
@@ -342,6 +360,7 @@ mod tests {
     fn redundancy_rule_and_moving_average() {
         let c = SelectConfig {
             redundancy: 0.05,
+            m_init: 1,
             ..cfg()
         };
         let mut s = Selector::new(c, 4);
@@ -368,6 +387,40 @@ mod tests {
         assert_eq!(v.decision, Decision::Redundant);
         let st = s.stats();
         assert_eq!((st.seen, st.selected, st.redundant), (4, 2, 2));
+    }
+
+    #[test]
+    fn m_starts_from_the_mean_of_the_first_selected_samples() {
+        let c = SelectConfig {
+            redundancy: 0.95,
+            m_init: 4,
+            ..cfg()
+        };
+        let mut s = Selector::new(c, 4);
+        // A stream dominated by class 0: with m_init = 1 the first sample
+        // would make every later class-0 prediction redundant.
+        let a = [0.9, 0.1, 0.0, 0.0];
+        let b = [0.0, 0.1, 0.9, 0.0];
+        for p in [a, a, a, b] {
+            assert_eq!(s.observe(&p).decision, Decision::Selected);
+        }
+        let want = [0.675, 0.1, 0.225, 0.0];
+        let m = s.moving_average().unwrap();
+        for (x, y) in m.iter().zip(want) {
+            assert!((x - y).abs() < 1e-6, "{m:?}");
+        }
+        // cos(a, m) = 0.6175 / (0.905539 * 0.718506) = 0.949 < 0.95: still
+        // selected, so the dominant class keeps reaching the cloud.
+        let v = s.observe(&a);
+        assert!((v.cos.unwrap() - 0.949075).abs() < 1e-4, "{:?}", v.cos);
+        assert_eq!(v.decision, Decision::Selected);
+
+        // The same stream with m_init = 1 locks after one sample.
+        let mut s1 = Selector::new(SelectConfig { m_init: 1, ..c }, 4);
+        assert_eq!(s1.observe(&a).decision, Decision::Selected);
+        for _ in 0..3 {
+            assert_eq!(s1.observe(&a).decision, Decision::Redundant);
+        }
     }
 
     #[test]
