@@ -210,6 +210,16 @@ fn check_f32(c: &Case, xf: &[f32]) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// `c` without activations of -128 (they become -127; 127 stays one time
+/// in eight): the patches on which `dot` drops its correction sum and
+/// applies signs with `vpsignb`.
+fn no_min(mut c: Case) -> Case {
+    for v in &mut c.x {
+        *v = (*v).max(-127);
+    }
+    c
+}
+
 /// Random int8 weights for `c`'s geometry, extremes one time in four.
 fn w8_weights(c: &Case, seed: u64) -> Vec<i8> {
     let mut r = Rng(seed | 1);
@@ -276,6 +286,22 @@ proptest! {
     }
 
     #[test]
+    fn int8_no_min_linear_kernels_equal_scalar(g in linear(), b in 2u32..5, seed in any::<u64>()) {
+        check_i8(&no_min(case(g, b, seed)))?;
+    }
+
+    #[test]
+    fn int8_no_min_conv_kernels_equal_scalar(g in geom(), b in 2u32..5, seed in any::<u64>()) {
+        check_i8(&no_min(case(g, b, seed)))?;
+    }
+
+    #[test]
+    fn w8_no_min_linear_kernels_equal_scalar(g in linear(), seed in any::<u64>()) {
+        let c = no_min(case(g, 4, seed));
+        check_w8(&c, &w8_weights(&c, seed ^ 0x4321))?;
+    }
+
+    #[test]
     fn float_conv_kernels_within_bound(g in geom(), b in 2u32..5, seed in any::<u64>()) {
         let c = case(g, b, seed);
         let mut r = Rng(seed ^ 0x5555);
@@ -302,6 +328,7 @@ fn long_k_multi_chunk() {
     for b in 2..=4 {
         for k in [4095usize, 4096, 4097, 9001] {
             check_i8(&case(Conv2dGeom::linear(k, 5), b, 77 + k as u64)).unwrap();
+            check_i8(&no_min(case(Conv2dGeom::linear(k, 9), b, 7 + k as u64))).unwrap();
             let c = case(Conv2dGeom::linear(k, 3), b, 99 + k as u64);
             let xf: Vec<f32> = c.x.iter().map(|&v| v as f32 / 8.0).collect();
             check_f32(&c, &xf).unwrap();
@@ -323,24 +350,30 @@ fn long_k_multi_chunk() {
     }
 }
 
-/// b = 4 weights of ±128 with activations of -128 and 127: the extremes of
-/// every term and pair sum.
+/// b = 4 weights of ±128 with activations of -128, -127 and 127: the
+/// extremes of every term and pair sum. 3 rows take the single-row path of
+/// `dot`, 6 rows a block of 4 and a tail.
 #[test]
 fn extreme_codes_and_activations() {
-    for k in [1usize, 31, 32, 33, 64, 100, 1000] {
+    for (k, n) in [1usize, 31, 32, 33, 64, 100, 1000]
+        .into_iter()
+        .flat_map(|k| [(k, 3usize), (k, 6)])
+    {
         for (code, xv) in [
             (0b0111u8, -128i8),
             (0b1111, -128),
+            (0b0111, -127),
+            (0b1111, -127),
             (0b0111, 127),
             (0b1111, 127),
         ] {
-            let g = Conv2dGeom::linear(k, 3);
+            let g = Conv2dGeom::linear(k, n);
             let bits = Bits::B4;
-            let codes = vec![code; 3 * k];
-            let mut packed = vec![0u8; 3 * bits.row_bytes(k)];
-            pack(&codes, bits, 3, k, &mut packed);
+            let codes = vec![code; n * k];
+            let mut packed = vec![0u8; n * bits.row_bytes(k)];
+            pack(&codes, bits, n, k, &mut packed);
             let x = vec![xv; k];
-            let rq = vec![Requant::from_real(1.0 / 16384.0 / k as f64 * 100.0, 0.0, -128, 127); 3];
+            let rq = vec![Requant::from_real(1.0 / 16384.0 / k as f64 * 100.0, 0.0, -128, 127); n];
             let c = Case {
                 g,
                 bits,
@@ -354,13 +387,42 @@ fn extreme_codes_and_activations() {
     }
 }
 
+/// Linear layers around `dot`'s blocks: row counts around its 4-row block,
+/// `k` around its 64-code step (partial last byte, partial last step), all
+/// b, with and without -128 in the input; and a -128 in only one chunk of
+/// a long row, so the chunks of one call take different paths.
+#[test]
+fn gemv_row_blocks_and_tails() {
+    for b in 2..=4 {
+        for n in 1..=9 {
+            for k in [1usize, 2, 3, 63, 64, 65, 127, 128, 129, 200] {
+                let seed = (b as u64) << 32 | (n as u64) << 16 | k as u64;
+                check_i8(&case(Conv2dGeom::linear(k, n), b, seed)).unwrap();
+                check_i8(&no_min(case(Conv2dGeom::linear(k, n), b, seed))).unwrap();
+            }
+        }
+        for at in [0usize, 4095, 4096, 8191, 8999] {
+            let mut c = no_min(case(Conv2dGeom::linear(9000, 6), b, at as u64));
+            c.x[at] = -128;
+            check_i8(&c).unwrap();
+        }
+    }
+}
+
 /// Int8 weights and activations at the extremes everywhere: every
 /// `vpmaddubsw` pair sum at its limit (-128 * -128 twice is 32768, which
 /// saturates i16 if computed naively), long rows so i32 sums grow.
 #[test]
 fn w8_extremes() {
     for k in [1usize, 2, 31, 32, 33, 64, 100, 1000, 4099] {
-        for (wv, xv) in [(-128i8, -128i8), (-128, 127), (127, -128), (127, 127)] {
+        for (wv, xv) in [
+            (-128i8, -128i8),
+            (-128, 127),
+            (127, -128),
+            (127, 127),
+            (-128, -127),
+            (127, -127),
+        ] {
             let g = Conv2dGeom::linear(k, 3);
             let mut c = case(g, 4, k as u64);
             c.x = vec![xv; k];

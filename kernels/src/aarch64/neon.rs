@@ -157,6 +157,7 @@ unsafe impl RowKernel for Shift {
         xs: &[i16],
         stride: usize,
         out: &mut [[i32; NP]],
+        _mode: u32,
     ) {
         // SAFETY: NEON is available on every aarch64 CPU.
         each_row(rows, out, |c| unsafe {
@@ -272,6 +273,7 @@ unsafe impl RowKernel for SDot {
         xs: &[i8],
         stride: usize,
         out: &mut [[i32; NP]],
+        _mode: u32,
     ) {
         // SAFETY: the caller guarantees dotprod.
         each_row(rows, out, |c| unsafe {
@@ -340,6 +342,7 @@ unsafe impl RowKernel for Fexp {
         xs: &[u32],
         stride: usize,
         out: &mut [[f32; NP]],
+        _mode: u32,
     ) {
         // SAFETY: NEON is available on every aarch64 CPU.
         each_row(rows, out, |c| unsafe {
@@ -390,6 +393,7 @@ unsafe impl RowKernel for W8 {
         xs: &[i8],
         stride: usize,
         out: &mut [[i32; NP]],
+        _mode: u32,
     ) {
         debug_assert_eq!(B, 8);
         // SAFETY: NEON is available on every aarch64 CPU.
@@ -546,6 +550,7 @@ unsafe impl RowKernel for Lut {
         xs: &[u128],
         stride: usize,
         out: &mut [[i32; NP]],
+        _mode: u32,
     ) {
         // SAFETY: NEON is available on every aarch64 CPU.
         unsafe { lut_rows::<B, NP>(rows, kc, xs, stride, out) }

@@ -68,11 +68,32 @@ pub(crate) unsafe trait RowKernel {
     /// `false` when this activation needs the exact scalar path.
     fn put(slot: &mut [Self::X], len: usize, i: usize, v: Self::In) -> bool;
 
+    /// Called once on each gathered chunk (`np` patches of `kc` elements
+    /// at `xs[j * stride]`) before the chunk's [`RowKernel::dot`] calls,
+    /// whose cost it shares over all rows: a kernel may reorder each patch
+    /// within blocks of [`KALIGN`] elements to match its decode order, and
+    /// tell the row kernel (the returned `mode`) a property of the
+    /// activations, e.g. that a faster exact path applies.
+    ///
+    /// # Safety
+    /// The CPU runs the kernel's ISA.
+    #[inline]
+    unsafe fn prepare<const B: u32>(
+        xs: &mut [Self::X],
+        np: usize,
+        stride: usize,
+        kc: usize,
+    ) -> u32 {
+        let _ = (xs, np, stride, kc);
+        0
+    }
+
     /// Add the sums over one chunk for `NP` pixels and `rows.len() <=
     /// ROWS` rows to `out`: `rows[r]` holds the chunk's bytes of one row
     /// (`ceil(kc * B / 8)` bytes; `B = 8`: int8 weights), pixel `j`'s patch
     /// starts at `xs[j * stride]` (planes of `stride / PLANES` elements,
-    /// zero beyond `kc` up to a multiple of [`KALIGN`]).
+    /// zero beyond `kc` up to a multiple of [`KALIGN`]), as
+    /// [`RowKernel::prepare`] left it and returned `mode` for.
     ///
     /// # Safety
     /// The CPU runs the kernel's ISA; `xs` holds `NP` patches as described.
@@ -82,6 +103,7 @@ pub(crate) unsafe trait RowKernel {
         xs: &[Self::X],
         stride: usize,
         out: &mut [[Self::Acc; NP]],
+        mode: u32,
     );
 }
 
@@ -439,22 +461,28 @@ impl<In: Copy> Driver<'_, '_, In> {
         let b = B as usize;
         let rb = self.w.rb;
         let mut ok = [true; NP];
+        let mut mode = 0;
         if self.nchunks == 1 {
             ok = self.gather::<K, NP>(xs, grp, q0, 0);
+            // SAFETY: the ISA is available (this function's contract).
+            mode = unsafe { K::prepare::<B>(xs, NP, self.stride, self.k) };
         }
         let mut rs = r0;
         while rs < r1 {
             let re = r1.min(rs + CB);
             let mut acc = [[K::Acc::default(); NP]; CB];
             for c in 0..self.nchunks {
+                let c0 = c * self.kc_max;
+                let kc = self.kc_max.min(self.k - c0);
                 if self.nchunks > 1 {
                     let o = self.gather::<K, NP>(xs, grp, q0, c);
                     for j in 0..NP {
                         ok[j] = (c == 0 || ok[j]) && o[j];
                     }
+                    // SAFETY: the ISA is available (this function's
+                    // contract).
+                    mode = unsafe { K::prepare::<B>(xs, NP, self.stride, kc) };
                 }
-                let c0 = c * self.kc_max;
-                let kc = self.kc_max.min(self.k - c0);
                 let b0 = c0 * b / 8;
                 let b1 = ((c0 + kc) * b).div_ceil(8).min(rb);
                 let mut r = rs;
@@ -474,6 +502,7 @@ impl<In: Copy> Driver<'_, '_, In> {
                             xs,
                             self.stride,
                             &mut acc[r - rs..r - rs + rn],
+                            mode,
                         )
                     };
                     r += rn;

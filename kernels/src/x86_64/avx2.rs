@@ -18,6 +18,13 @@
 //! * `dot`: `vpshufb` table `code -> |w|`, `vpmaddubsw` + `vpmaddwd`.
 //!   The same kernel runs int8 weights (`w8`, kept layers; `B = 8`):
 //!   `|w|` by `vpabsb` (128 for -128, still a valid unsigned operand).
+//!   When a chunk's patch holds no -128 (checked once per chunk, shared by
+//!   all rows), the sign goes on `x` by `vpsignb` (`-x` fits int8), so the
+//!   correction sum drops out; pair sums stay within +-32512. With b = 4
+//!   each 64-block of the patch is split once into even and odd
+//!   activations, so 64 codes decode from one 32-byte load (low and high
+//!   nibbles) with no byte interleave. At one pixel (linear layers) four
+//!   rows run per loop.
 //! * `shift`: `vpsllvd` on i32 lanes, XOR, add: no multiply.
 //! * `lut`: lanes are 16 output channels; per activation a 16-byte table
 //!   of `x << p` (i16 split in low/high bytes, built once per pixel tile
@@ -148,50 +155,205 @@ fn abs_table(b: u32) -> [i8; 32] {
 
 struct Dot;
 
+/// [`RowKernel::prepare`] mode of `dot`: the chunk holds no activation of
+/// -128, so `vpsignb` applies a weight's sign to `x` exactly (`-x` fits
+/// int8) and no correction sum is needed.
+const NO_MIN: u32 = 1;
+
+/// Rows per `dot_group` call at one pixel (a linear layer): the rows share
+/// each activation load and the loop overhead, and their accumulators are
+/// independent chains.
+const GEMV_ROWS: usize = 4;
+
+/// Decode the 64 codes of `8 * B` bytes at `p` into two vectors that go
+/// with activations `0 .. 32` and `32 .. 64` of a 64-block of the patch as
+/// [`Dot::prepare`] left it: b = 4 from one 32-byte load, low nibbles
+/// (even codes) then high nibbles (odd codes), matching the patch that
+/// `prepare` split into even and odd halves; other widths in natural order.
+///
+/// # Safety
+/// AVX2 and BMI2 available; `p .. p + 8 * B` readable.
+#[target_feature(enable = "avx2,bmi2")]
+#[inline]
+unsafe fn decode64<const B: u32>(p: *const u8) -> [__m256i; 2] {
+    if B == 4 {
+        // SAFETY: 32 readable bytes (caller).
+        let v = unsafe { _mm256_loadu_si256(p.cast()) };
+        let m = _mm256_set1_epi8(0x0f);
+        [
+            _mm256_and_si256(v, m),
+            _mm256_and_si256(_mm256_srli_epi16::<4>(v), m),
+        ]
+    } else {
+        // SAFETY: `8 * B` readable bytes (caller), two halves of `4 * B`.
+        unsafe { [decode32::<B>(p), decode32::<B>(p.add(4 * B as usize))] }
+    }
+}
+
+/// Split each 64-block of `n` activations at `p` into its 32 even-indexed
+/// then its 32 odd-indexed ones (the order `decode64::<4>` yields codes).
+///
+/// # Safety
+/// AVX2 available; `p .. p + n` writable, `n` a multiple of 64.
+#[target_feature(enable = "avx2")]
+unsafe fn split_even_odd(p: *mut i8, n: usize) {
+    // Per 128-bit lane: even bytes to the low half, odd to the high half.
+    let sh = _mm256_setr_epi8(
+        0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15, 0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5,
+        7, 9, 11, 13, 15,
+    );
+    for o in (0..n).step_by(64) {
+        // SAFETY: `o + 64 <= n` bytes are writable (caller).
+        unsafe {
+            let a = _mm256_shuffle_epi8(_mm256_loadu_si256(p.add(o).cast()), sh);
+            let b = _mm256_shuffle_epi8(_mm256_loadu_si256(p.add(o + 32).cast()), sh);
+            // Quadwords (even 0-7, even 16-23 | even 8-15, even 24-31) put
+            // in order by 0, 2, 1, 3.
+            let ev = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_unpacklo_epi64(a, b));
+            let od = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_unpackhi_epi64(a, b));
+            _mm256_storeu_si256(p.add(o).cast(), ev);
+            _mm256_storeu_si256(p.add(o + 32).cast(), od);
+        }
+    }
+}
+
+/// `R` rows against `NP` patches over one chunk, 64 codes per step. With
+/// `SIGN` (the chunk has no -128) the term is `|w| * sign(x, w)`; without,
+/// `|w| * (x ^ m)` plus the correction `sum_neg |w|` (module docs).
+///
+/// # Safety
+/// AVX2, FMA and BMI2 available; `xs` as [`RowKernel::dot`] describes,
+/// after [`Dot::prepare`]; `rows.len() == out.len() == R`, rows of equal
+/// length `ceil(kc * B / 8)`.
 #[target_feature(enable = "avx2,fma,bmi2")]
-unsafe fn dot_rows<const B: u32, const NP: usize>(
-    codes: &[u8],
+unsafe fn dot_group<const B: u32, const NP: usize, const R: usize, const SIGN: bool>(
+    rows: &[&[u8]],
     kc: usize,
     xs: &[i8],
     stride: usize,
-) -> [i32; NP] {
-    let tabv = abs_table(B.min(4));
-    // SAFETY: 32 readable bytes.
-    let tab = unsafe { _mm256_loadu_si256(tabv.as_ptr().cast()) };
-    let sbit = _mm256_set1_epi8((1u8 << (B.min(4) - 1)) as i8);
+    out: &mut [[i32; NP]],
+) {
+    let bb = B.min(4);
+    let tabv = abs_table(bb);
+    // Per code: -1 for a negative weight; with SIGN +1 otherwise (the
+    // `vpsignb` operand must not be 0), without SIGN 0 (an XOR mask).
+    let mut sgnv = [0i8; 32];
+    for (i, v) in sgnv.iter_mut().enumerate() {
+        *v = if (i % 16) >> (bb - 1) & 1 == 1 {
+            -1
+        } else {
+            SIGN as i8
+        };
+    }
+    // SAFETY: 32 readable bytes each.
+    let (tab, tsg) = unsafe {
+        (
+            _mm256_loadu_si256(tabv.as_ptr().cast()),
+            _mm256_loadu_si256(sgnv.as_ptr().cast()),
+        )
+    };
     let ones = _mm256_set1_epi16(1);
     let zero = _mm256_setzero_si256();
-    let mut acc = [zero; NP];
-    let mut corr = zero;
-    let nblk = kc.div_ceil(32);
-    assert!(xs.len() >= (NP - 1) * stride + nblk * 32);
+    let nb = 8 * B as usize;
+    let nblk = kc.div_ceil(64);
+    assert!(rows.len() == R && out.len() == R);
+    assert!(xs.len() >= (NP - 1) * stride + nblk * 64);
+    let len = rows[0].len();
+    assert!(rows.iter().all(|r| r.len() == len) && len <= nblk * nb);
+    // Whole blocks read the rows in place; the last, partial one (if
+    // any) goes through zeroed copies, once, outside the hot loop.
+    let nfull = len / nb;
     let xp = xs.as_ptr();
-    for blk in 0..nblk {
-        // SAFETY: AVX2/BMI2 available (caller).
-        let c = unsafe { block::<B>(codes, blk) };
-        let (absw, sm) = if B == 8 {
-            (
-                _mm256_abs_epi8(c),
-                _mm256_cmpgt_epi8(_mm256_setzero_si256(), c),
-            )
+    let mut acc = [[zero; NP]; R];
+    let mut corr = [zero; R];
+    let mut step = |cs: [*const u8; R], blk: usize| {
+        for r in 0..R {
+            // SAFETY: `cs[r]` has `nb` readable bytes (callers below).
+            let cv = unsafe { decode64::<B>(cs[r]) };
+            for (h, &c) in cv.iter().enumerate() {
+                let (absw, s) = if B == 8 {
+                    let m = if SIGN { c } else { _mm256_cmpgt_epi8(zero, c) };
+                    (_mm256_abs_epi8(c), m)
+                } else {
+                    (_mm256_shuffle_epi8(tab, c), _mm256_shuffle_epi8(tsg, c))
+                };
+                if !SIGN {
+                    corr[r] =
+                        _mm256_add_epi64(corr[r], _mm256_sad_epu8(_mm256_and_si256(absw, s), zero));
+                }
+                for (j, a) in acc[r].iter_mut().enumerate() {
+                    // SAFETY: `j * stride + blk * 64 + 64 <= xs.len()`
+                    // (assert above; `blk < nblk`).
+                    let xv = unsafe {
+                        _mm256_loadu_si256(xp.add(j * stride + blk * 64 + h * 32).cast())
+                    };
+                    let xv = if SIGN {
+                        _mm256_sign_epi8(xv, s)
+                    } else {
+                        _mm256_xor_si256(xv, s)
+                    };
+                    let m = _mm256_maddubs_epi16(absw, xv);
+                    *a = _mm256_add_epi32(*a, _mm256_madd_epi16(m, ones));
+                }
+            }
+        }
+    };
+    for blk in 0..nfull {
+        // SAFETY: `(blk + 1) * nb <= len`: in bounds of every row.
+        let cs = core::array::from_fn(|r| unsafe { rows[r].as_ptr().add(blk * nb) });
+        step(cs, blk);
+    }
+    if nfull * nb < len {
+        let mut t = [[0u8; 64]; R];
+        for (t, row) in t.iter_mut().zip(rows) {
+            let rest = &row[nfull * nb..];
+            t[..rest.len()].copy_from_slice(rest);
+        }
+        // Zero codes decode to weight +1 against zero padding of `xs`.
+        step(core::array::from_fn(|r| t[r].as_ptr()), nfull);
+    }
+    for ((o, a), c) in out.iter_mut().zip(acc.iter()).zip(corr.iter()) {
+        // SAFETY: AVX2 available (caller).
+        let neg = if SIGN {
+            0
         } else {
-            (
-                _mm256_shuffle_epi8(tab, c),
-                _mm256_cmpeq_epi8(_mm256_and_si256(c, sbit), sbit),
-            )
+            (unsafe { hsum_epi64(*c) }) as i32
         };
-        corr = _mm256_add_epi64(corr, _mm256_sad_epu8(_mm256_and_si256(absw, sm), zero));
-        for (j, a) in acc.iter_mut().enumerate() {
-            // SAFETY: `j * stride + blk * 32 + 32 <= xs.len()` (assert above).
-            let xv = unsafe { _mm256_loadu_si256(xp.add(j * stride + blk * 32).cast()) };
-            let m = _mm256_maddubs_epi16(absw, _mm256_xor_si256(xv, sm));
-            *a = _mm256_add_epi32(*a, _mm256_madd_epi16(m, ones));
+        for j in 0..NP {
+            // SAFETY: as above.
+            o[j] = o[j].wrapping_add(unsafe { hsum_epi32(a[j]) }.wrapping_add(neg));
         }
     }
-    // SAFETY: AVX2 available (caller).
-    let neg = unsafe { hsum_epi64(corr) } as i32;
-    // SAFETY: as above.
-    acc.map(|a| unsafe { hsum_epi32(a) }.wrapping_add(neg))
+}
+
+/// [`dot_group`] over any number of rows: groups of [`GEMV_ROWS`] at one
+/// pixel, single rows at several (their accumulators fill the registers).
+///
+/// # Safety
+/// As [`dot_group`] without the row count.
+#[target_feature(enable = "avx2,fma,bmi2")]
+unsafe fn dot_rows<const B: u32, const NP: usize, const SIGN: bool>(
+    rows: &[&[u8]],
+    kc: usize,
+    xs: &[i8],
+    stride: usize,
+    out: &mut [[i32; NP]],
+) {
+    let mut r = 0;
+    if NP == 1 {
+        while r + GEMV_ROWS <= rows.len() {
+            let (rs, os) = (&rows[r..r + GEMV_ROWS], &mut out[r..r + GEMV_ROWS]);
+            // SAFETY: forwarded from this function's contract.
+            unsafe { dot_group::<B, NP, GEMV_ROWS, SIGN>(rs, kc, xs, stride, os) };
+            r += GEMV_ROWS;
+        }
+    }
+    while r < rows.len() {
+        let (rs, os) = (&rows[r..r + 1], &mut out[r..r + 1]);
+        // SAFETY: forwarded from this function's contract.
+        unsafe { dot_group::<B, NP, 1, SIGN>(rs, kc, xs, stride, os) };
+        r += 1;
+    }
 }
 
 // SAFETY: X = i8, a primitive integer.
@@ -200,10 +362,29 @@ unsafe impl RowKernel for Dot {
     type X = i8;
     type Acc = i32;
     const PLANES: usize = 1;
+    const ROWS: usize = GEMV_ROWS;
     #[inline]
     fn put(slot: &mut [i8], _len: usize, i: usize, v: i8) -> bool {
         slot[i] = v;
         true
+    }
+    unsafe fn prepare<const B: u32>(xs: &mut [i8], np: usize, stride: usize, kc: usize) -> u32 {
+        let n = kc.div_ceil(64) * 64;
+        let mut no_min = true;
+        for j in 0..np {
+            let patch = &mut xs[j * stride..j * stride + n];
+            no_min &= !patch.contains(&i8::MIN);
+            if B == 4 {
+                // SAFETY: AVX2 available (caller); `n` bytes writable, a
+                // multiple of 64.
+                unsafe { split_even_odd(patch.as_mut_ptr(), n) };
+            }
+        }
+        if no_min {
+            NO_MIN
+        } else {
+            0
+        }
     }
     unsafe fn dot<const B: u32, const NP: usize>(
         rows: &[&[u8]],
@@ -211,11 +392,15 @@ unsafe impl RowKernel for Dot {
         xs: &[i8],
         stride: usize,
         out: &mut [[i32; NP]],
+        mode: u32,
     ) {
-        // SAFETY: the caller guarantees AVX2/FMA/BMI2.
-        each_row(rows, out, |c| unsafe {
-            dot_rows::<B, NP>(c, kc, xs, stride)
-        })
+        // SAFETY (both): the caller guarantees AVX2/FMA/BMI2 and a patch
+        // that `prepare` returned `mode` for.
+        if mode & NO_MIN != 0 {
+            unsafe { dot_rows::<B, NP, true>(rows, kc, xs, stride, out) }
+        } else {
+            unsafe { dot_rows::<B, NP, false>(rows, kc, xs, stride, out) }
+        }
     }
 }
 
@@ -281,6 +466,7 @@ unsafe impl RowKernel for Shift {
         xs: &[i32],
         stride: usize,
         out: &mut [[i32; NP]],
+        _mode: u32,
     ) {
         // SAFETY: the caller guarantees AVX2/FMA/BMI2.
         each_row(rows, out, |c| unsafe {
@@ -352,6 +538,7 @@ unsafe impl RowKernel for Fexp {
         xs: &[u32],
         stride: usize,
         out: &mut [[f32; NP]],
+        _mode: u32,
     ) {
         // SAFETY: the caller guarantees AVX2/FMA/BMI2.
         each_row(rows, out, |c| unsafe {
@@ -522,6 +709,7 @@ unsafe impl RowKernel for Lut {
         xs: &[u128],
         stride: usize,
         out: &mut [[i32; NP]],
+        _mode: u32,
     ) {
         // SAFETY: the caller guarantees AVX2/FMA/BMI2.
         unsafe { lut_rows::<B, NP>(rows, kc, xs, stride, out) }
