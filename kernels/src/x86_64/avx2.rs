@@ -301,6 +301,19 @@ unsafe fn dot_group<const B: u32, const NP: usize, const R: usize, const SIGN: b
     for blk in 0..nfull {
         // SAFETY: `(blk + 1) * nb <= len`: in bounds of every row.
         let cs = core::array::from_fn(|r| unsafe { rows[r].as_ptr().add(blk * nb) });
+        if R > 1 {
+            // Rows of a layer lie back to back, so the next group's
+            // codes follow this group's last row. Its R short streams
+            // would each have to train the hardware prefetcher (a
+            // 4096-code row is 32 cache lines at b = 4); fetching them as
+            // one sequential stream during this group keeps layers beyond
+            // the cache at memory speed. A hint: wrong addresses (chunks
+            // of longer rows, the layer's end) cost nothing but bandwidth.
+            let next = rows[R - 1].as_ptr().wrapping_add(len + blk * R * nb);
+            for o in (0..R * nb).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(o).cast());
+            }
+        }
         step(cs, blk);
     }
     if nfull * nb < len {
