@@ -59,11 +59,12 @@ SHIFTNN_REQUIRE_DATA=1 cargo test -q -p shiftnn-capi --test firmware_fixtures
 # prints the arena size the firmware declares.
 FIX=tests/fixtures/firmware
 cargo build -q -p shiftnn-converter --bin shiftnn
+shiftnn="${CARGO_TARGET_DIR:-target}/debug/shiftnn"
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-target/debug/shiftnn convert examples/fmnist/fmnist_fp32.onnx -o "$tmp/m.shift" \
+"$shiftnn" convert examples/fmnist/fmnist_fp32.onnx -o "$tmp/m.shift" \
   --bits 4 --mode int8 --calib "$DATA/calib.npy" >/dev/null
 cmp "$tmp/m.shift" "$FIX/fmnist_b4_int8.shift"
-arena=$(target/debug/shiftnn inspect --json "$FIX/fmnist_b4_int8.shift" |
+arena=$("$shiftnn" inspect --json "$FIX/fmnist_b4_int8.shift" |
   /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["arena_bytes"])')
 grep -q "ARENA_BYTES: usize = $arena;" "$FIX/model_consts.rs"
 echo "shiftnn convert output identical; shiftnn inspect: arena $arena bytes (= firmware ARENA_BYTES)"
