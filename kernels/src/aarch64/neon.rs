@@ -25,7 +25,7 @@
 
 use core::arch::aarch64::*;
 
-use crate::dispatch::tile::{self, each_row, fexp_put, RowKernel, LUT_TABLES};
+use crate::dispatch::tile::{self, copy_run, each_row, fexp_put, RowKernel, LUT_TABLES};
 use crate::dispatch::Isa;
 use crate::scalar::Affine;
 use crate::{Conv2dGeom, PackedRows, Requant};
@@ -267,6 +267,11 @@ unsafe impl RowKernel for SDot {
         slot[i] = v;
         true
     }
+    #[inline(always)]
+    fn put_run(slot: &mut [i8], len: usize, i: usize, src: &[i8], n: usize) -> bool {
+        copy_run(slot, len, i, src, n);
+        true
+    }
     unsafe fn dot<const B: u32, const NP: usize>(
         rows: &[&[u8]],
         kc: usize,
@@ -385,6 +390,11 @@ unsafe impl RowKernel for W8 {
     #[inline]
     fn put(slot: &mut [i8], _len: usize, i: usize, v: i8) -> bool {
         slot[i] = v;
+        true
+    }
+    #[inline(always)]
+    fn put_run(slot: &mut [i8], len: usize, i: usize, src: &[i8], n: usize) -> bool {
+        copy_run(slot, len, i, src, n);
         true
     }
     unsafe fn dot<const B: u32, const NP: usize>(

@@ -38,7 +38,7 @@
 
 use core::arch::x86_64::*;
 
-use crate::dispatch::tile::{self, each_row, fexp_put, RowKernel, LUT_TABLES};
+use crate::dispatch::tile::{self, copy_run, each_row, fexp_put, RowKernel, LUT_TABLES};
 use crate::dispatch::Isa;
 use crate::scalar::Affine;
 use crate::{Conv2dGeom, PackedRows, Requant};
@@ -141,11 +141,30 @@ unsafe fn hsum_ps(v: __m256) -> f32 {
 }
 
 /// `|w|` for every code (16 entries, both lanes).
-fn abs_table(b: u32) -> [i8; 32] {
+const fn abs_table(b: u32) -> [i8; 32] {
     let maxp = (1u32 << (b - 1)) - 1;
     let mut t = [0i8; 32];
-    for (i, v) in t.iter_mut().enumerate() {
-        *v = (1u32 << ((i as u32 % 16) & maxp)) as u8 as i8;
+    let mut i = 0;
+    while i < 32 {
+        t[i] = (1u32 << ((i as u32 % 16) & maxp)) as u8 as i8;
+        i += 1;
+    }
+    t
+}
+
+/// The sign operand of every code (16 entries, both lanes): -1 for a
+/// negative weight; `pos` otherwise (+1 for `vpsignb`, which must not see
+/// 0; 0 for an XOR mask).
+const fn sign_table(b: u32, pos: i8) -> [i8; 32] {
+    let mut t = [0i8; 32];
+    let mut i = 0;
+    while i < 32 {
+        t[i] = if (i as u32 % 16) >> (b - 1) & 1 == 1 {
+            -1
+        } else {
+            pos
+        };
+        i += 1;
     }
     t
 }
@@ -233,18 +252,9 @@ unsafe fn dot_group<const B: u32, const NP: usize, const R: usize, const SIGN: b
     stride: usize,
     out: &mut [[i32; NP]],
 ) {
-    let bb = B.min(4);
-    let tabv = abs_table(bb);
-    // Per code: -1 for a negative weight; with SIGN +1 otherwise (the
-    // `vpsignb` operand must not be 0), without SIGN 0 (an XOR mask).
-    let mut sgnv = [0i8; 32];
-    for (i, v) in sgnv.iter_mut().enumerate() {
-        *v = if (i % 16) >> (bb - 1) & 1 == 1 {
-            -1
-        } else {
-            SIGN as i8
-        };
-    }
+    // Built at compile time: this runs once per row and pixel tile.
+    let tabv = const { abs_table(if B < 4 { B } else { 4 }) };
+    let sgnv = const { sign_table(if B < 4 { B } else { 4 }, SIGN as i8) };
     // SAFETY: 32 readable bytes each.
     let (tab, tsg) = unsafe {
         (
@@ -320,7 +330,7 @@ unsafe fn dot_group<const B: u32, const NP: usize, const R: usize, const SIGN: b
         let mut t = [[0u8; 64]; R];
         for (t, row) in t.iter_mut().zip(rows) {
             let rest = &row[nfull * nb..];
-            t[..rest.len()].copy_from_slice(rest);
+            tile::copy_short(&mut t[..rest.len()], rest);
         }
         // Zero codes decode to weight +1 against zero padding of `xs`.
         step(core::array::from_fn(|r| t[r].as_ptr()), nfull);
@@ -379,6 +389,11 @@ unsafe impl RowKernel for Dot {
     #[inline]
     fn put(slot: &mut [i8], _len: usize, i: usize, v: i8) -> bool {
         slot[i] = v;
+        true
+    }
+    #[inline(always)]
+    fn put_run(slot: &mut [i8], len: usize, i: usize, src: &[i8], n: usize) -> bool {
+        copy_run(slot, len, i, src, n);
         true
     }
     unsafe fn prepare<const B: u32>(xs: &mut [i8], np: usize, stride: usize, kc: usize) -> u32 {
