@@ -47,7 +47,7 @@ pub struct Session<'m, 'b> {
     prepared: Arc<Prepared>,
     arena: Arena<'b>,
     #[cfg(feature = "std")]
-    pool: Option<rayon::ThreadPool>,
+    pool: Option<crate::parallel::Threads>,
     /// Shared parameters and the generation last loaded from them.
     #[cfg(feature = "std")]
     shared: Option<(Arc<crate::adapt::SharedParams>, u64)>,
@@ -102,12 +102,12 @@ impl<'m, 'b> Session<'m, 'b> {
         self.pool = if n <= 1 {
             None
         } else {
-            Some(
+            Some(crate::parallel::Threads::new(
                 rayon::ThreadPoolBuilder::new()
                     .num_threads(n)
                     .build()
                     .map_err(|e| Error::Os(format!("{e}")))?,
-            )
+            ))
         };
         Ok(())
     }
@@ -230,7 +230,7 @@ impl<'m, 'b> Session<'m, 'b> {
         #[cfg(feature = "std")]
         self.refresh();
         #[cfg(feature = "std")]
-        let pool = self.pool.take();
+        let mut pool = self.pool.take();
         let r = (|| {
             let plan = model.plan();
             let range = |v: usize| {
@@ -243,9 +243,9 @@ impl<'m, 'b> Session<'m, 'b> {
             }
             for i in 0..g.nodes.len() {
                 #[cfg(feature = "std")]
-                let threads = pool.as_ref();
+                let threads = pool.as_mut();
                 #[cfg(not(feature = "std"))]
-                let threads: Option<&()> = None;
+                let threads: Option<&mut ()> = None;
                 self.exec_node(i, &range, threads)?;
                 if let Some(obs) = observer.as_mut() {
                     let node = &g.nodes[i];
@@ -275,7 +275,7 @@ impl<'m, 'b> Session<'m, 'b> {
         &mut self,
         i: usize,
         range: &dyn Fn(usize) -> Range<usize>,
-        pool: Option<&rayon::ThreadPool>,
+        pool: Option<&mut crate::parallel::Threads>,
     ) -> Result<()> {
         self.exec_node_inner(i, range, pool)
     }
@@ -285,7 +285,7 @@ impl<'m, 'b> Session<'m, 'b> {
         &mut self,
         i: usize,
         range: &dyn Fn(usize) -> Range<usize>,
-        _pool: Option<&()>,
+        _pool: Option<&mut ()>,
     ) -> Result<()> {
         self.exec_node_inner(i, range, None)
     }
@@ -294,7 +294,7 @@ impl<'m, 'b> Session<'m, 'b> {
         &mut self,
         i: usize,
         range: &dyn Fn(usize) -> Range<usize>,
-        pool: Option<&Pool>,
+        mut pool: Option<&mut Pool>,
     ) -> Result<()> {
         let model = self.model;
         let g = model.graph();
@@ -352,9 +352,9 @@ impl<'m, 'b> Session<'m, 'b> {
                             let w = model.shift_rows(i)?;
                             let x = &i8s(x0)[xo..xo + in_len];
                             let o = &mut i8s_mut(out)[yo..yo + out_len];
-                            par_channels(pool, &geom, o, |oc0, n, o| {
+                            par_conv(pool.as_deref_mut(), &geom, x, o, |geom, x, oc0, n, o| {
                                 dispatch::conv_shift_i8(
-                                    &geom,
+                                    geom,
                                     x,
                                     &w.sub_rows(oc0, n),
                                     oc0,
@@ -368,9 +368,9 @@ impl<'m, 'b> Session<'m, 'b> {
                             let x = &i8s(x0)[xo..xo + in_len];
                             let o = &mut i8s_mut(out)[yo..yo + out_len];
                             let k = geom.k();
-                            par_channels(pool, &geom, o, |oc0, n, o| {
+                            par_conv(pool.as_deref_mut(), &geom, x, o, |geom, x, oc0, n, o| {
                                 dispatch::conv_w8_i8(
-                                    &geom,
+                                    geom,
                                     x,
                                     &w[oc0 * k..(oc0 + n) * k],
                                     oc0,
@@ -383,9 +383,9 @@ impl<'m, 'b> Session<'m, 'b> {
                             let w = model.shift_rows(i)?;
                             let x = &f32s(x0)?[xo..xo + in_len];
                             let o = &mut f32s_mut(out)?[yo..yo + out_len];
-                            par_channels(pool, &geom, o, |oc0, n, o| {
+                            par_conv(pool.as_deref_mut(), &geom, x, o, |geom, x, oc0, n, o| {
                                 dispatch::conv_shift_f32(
-                                    &geom,
+                                    geom,
                                     x,
                                     &w.sub_rows(oc0, n),
                                     oc0,
@@ -399,9 +399,9 @@ impl<'m, 'b> Session<'m, 'b> {
                             let x = &f32s(x0)?[xo..xo + in_len];
                             let o = &mut f32s_mut(out)?[yo..yo + out_len];
                             let k = geom.k();
-                            par_channels(pool, &geom, o, |oc0, n, o| {
+                            par_conv(pool.as_deref_mut(), &geom, x, o, |geom, x, oc0, n, o| {
                                 dispatch::conv_f32(
-                                    &geom,
+                                    geom,
                                     x,
                                     &w[oc0 * k..(oc0 + n) * k],
                                     oc0,
@@ -462,15 +462,29 @@ impl<'m, 'b> Session<'m, 'b> {
                     xval.map(|v| v.shape.as_slice()).unwrap_or(&[]),
                     &y.shape,
                 );
+                let (ip, op) = (pg.h * pg.w, pg.out_h * pg.out_w);
+                let at = |c| PoolGeom { c, ..pg };
                 match (&node.op, y.dtype) {
                     (Op::MaxPool { .. }, DType::I8) => {
-                        scalar::maxpool(&pg, i8s(x0), i8::MIN, i8s_mut(out))
+                        par_planes(pool, pg.c, ip, op, i8s(x0), i8s_mut(out), |c, x, o| {
+                            scalar::maxpool(&at(c), x, i8::MIN, o)
+                        })
                     }
                     (Op::MaxPool { .. }, DType::F32) => {
-                        scalar::maxpool(&pg, f32s(x0)?, f32::NEG_INFINITY, f32s_mut(out)?)
+                        par_planes(pool, pg.c, ip, op, f32s(x0)?, f32s_mut(out)?, |c, x, o| {
+                            scalar::maxpool(&at(c), x, f32::NEG_INFINITY, o)
+                        })
                     }
-                    (_, DType::I8) => scalar::avgpool_i8(&pg, i8s(x0), i8s_mut(out)),
-                    (_, DType::F32) => scalar::avgpool_f32(&pg, f32s(x0)?, f32s_mut(out)?),
+                    (_, DType::I8) => {
+                        par_planes(pool, pg.c, ip, op, i8s(x0), i8s_mut(out), |c, x, o| {
+                            scalar::avgpool_i8(&at(c), x, o)
+                        })
+                    }
+                    (_, DType::F32) => {
+                        par_planes(pool, pg.c, ip, op, f32s(x0)?, f32s_mut(out)?, |c, x, o| {
+                            scalar::avgpool_f32(&at(c), x, o)
+                        })
+                    }
                 }
             }
             (Op::Concat { axis }, p) => {
@@ -532,42 +546,46 @@ impl<'m, 'b> Session<'m, 'b> {
 }
 
 #[cfg(feature = "std")]
-type Pool = rayon::ThreadPool;
+type Pool = crate::parallel::Threads;
 #[cfg(not(feature = "std"))]
 type Pool = ();
 
-/// Split a conv/linear output by channel ranges across the pool's threads.
-/// Channels are contiguous in NCHW, so each thread writes its own slice.
-fn par_channels<T: Send>(
-    pool: Option<&Pool>,
-    geom: &Conv2dGeom,
-    out: &mut [T],
-    f: impl Fn(usize, usize, &mut [T]) + Sync,
+/// A per-channel op over the pool's threads (`crate::parallel`), or on
+/// this thread.
+fn par_planes<X: Sync, Y: Send>(
+    pool: Option<&mut Pool>,
+    c: usize,
+    in_plane: usize,
+    out_plane: usize,
+    x: &[X],
+    out: &mut [Y],
+    f: impl Fn(usize, &[X], &mut [Y]) + Sync,
 ) {
-    let c = geom.c_out;
     #[cfg(feature = "std")]
-    if let Some(pool) = pool {
-        let plane = out.len() / c.max(1);
-        let t = pool.current_num_threads();
-        // Small layers are not worth waking threads for. Each chunk of
-        // channels gathers the layer's input patches again, so chunks are
-        // one per thread and at least MIN_SPLIT_ROWS channels: more,
-        // smaller chunks measured slower (ResNet-20's 16-channel layers ran
-        // slower on 2 threads than on 1 with 4 chunks).
-        const MIN_SPLIT_ROWS: usize = 16;
-        if t > 1 && geom.macs() >= 1 << 16 && c >= 2 * MIN_SPLIT_ROWS {
-            let per = c.div_ceil(t).max(MIN_SPLIT_ROWS);
-            use rayon::prelude::*;
-            pool.install(|| {
-                out.par_chunks_mut(per * plane)
-                    .enumerate()
-                    .for_each(|(j, o)| f(j * per, o.len() / plane, o));
-            });
-            return;
-        }
+    crate::parallel::par_planes(pool, c, in_plane, out_plane, x, out, f);
+    #[cfg(not(feature = "std"))]
+    {
+        let _ = (pool, in_plane, out_plane);
+        f(c, x, out)
     }
-    let _ = pool;
-    f(0, c, out);
+}
+
+/// A conv/linear layer over the pool's threads (`crate::parallel`), or on
+/// this thread.
+fn par_conv<T: bytemuck::Pod + Send + Sync>(
+    pool: Option<&mut Pool>,
+    geom: &Conv2dGeom,
+    x: &[T],
+    out: &mut [T],
+    f: impl Fn(&Conv2dGeom, &[T], usize, usize, &mut [T]) + Sync,
+) {
+    #[cfg(feature = "std")]
+    crate::parallel::par_conv(pool, geom, x, out, f);
+    #[cfg(not(feature = "std"))]
+    {
+        let _ = pool;
+        f(geom, x, 0, geom.c_out, out)
+    }
 }
 
 fn pool_geom(op: &Op, xs: &[usize], ys: &[usize]) -> PoolGeom {

@@ -29,6 +29,8 @@ mod exec;
 pub mod format;
 pub mod graph;
 mod model;
+#[cfg(feature = "std")]
+mod parallel;
 pub mod planner;
 
 pub use derive::{NodeParams, Prepared};
