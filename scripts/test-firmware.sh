@@ -89,9 +89,12 @@ step "firmware: fmt and clippy"
 step "firmware: Fashion-MNIST under qemu-system-arm"
 declare -A MACHINE=([thumbv7em-none-eabihf]=mps2-an386 [thumbv8m.main-none-eabihf]=mps3-an547)
 sizes=()
+# The firmware workspace's cargo output (an absolute $CARGO_TARGET_DIR wins,
+# as it does for cargo).
+fwt="${CARGO_TARGET_DIR:-firmware/target}"
 for t in $THUMBS; do
   (cd firmware && cargo build --release --target "$t")
-  elf=firmware/target/$t/release/fmnist-test
+  elf=$fwt/$t/release/fmnist-test
   m=${MACHINE[$t]}
   echo "--- $m ($t)"
   # -icount shift=0: one virtual ns per instruction, so the firmware can
@@ -108,12 +111,12 @@ for t in $THUMBS; do
   # Every Cortex-M kernel against scalar on random shapes, and instructions
   # per call on the model's layer shapes.
   timeout 300 qemu-system-arm -machine "$m" -nographic -icount shift=0 \
-    -semihosting-config enable=on,target=native -kernel "firmware/target/$t/release/kernel-test"
+    -semihosting-config enable=on,target=native -kernel "$fwt/$t/release/kernel-test"
   # The minimal firmware (runtime + model + one inference) must run too.
   timeout 120 qemu-system-arm -machine "$m" -nographic \
-    -semihosting-config enable=on,target=native -kernel "firmware/target/$t/release/minimal"
+    -semihosting-config enable=on,target=native -kernel "$fwt/$t/release/minimal"
   for b in minimal fmnist-test; do
-    sizes+=("$(arm-none-eabi-size -A "firmware/target/$t/release/$b" |
+    sizes+=("$(arm-none-eabi-size -A "$fwt/$t/release/$b" |
       awk -v b="$b" -v t="$t" '$1 ~ /^\.(vector_table|text|rodata|data)$/ {f+=$2} $1 ~ /^\.(data|bss|uninit)$/ {r+=$2}
         END {printf "%-12s %-28s flash %7d B  static RAM %7d B", b, t, f, r}')")
   done
