@@ -298,7 +298,7 @@ fn int8<K: RowKernel<In = i8, Acc = i32>>(
             x,
             w,
             oc0,
-            |r, q, a| out[r * plane + q] = rq[r].apply(a),
+            |r, q, a| rq[r].apply_run(a, &mut out[r * plane + q..][..a.len()]),
             |_, _| 0,
         )
     }
@@ -328,14 +328,18 @@ pub(crate) fn shift_f32<K: RowKernel<In = f32, Acc = f32>>(
             x,
             rows,
             oc0,
-            |r, q, a| out[r * plane + q] = ep[r].apply(a),
+            |r, q, a| {
+                for (o, &v) in out[r * plane + q..][..a.len()].iter_mut().zip(a) {
+                    *o = ep[r].apply(v);
+                }
+            },
             |r, q| fexp_slow(g, x, w, oc0 + r, r, q),
         )
     }
 }
 
 /// Run kernel `K` over output channels `oc0 .. oc0 + w.n`: calls
-/// `finish(r, q, acc)` for row `r` (relative to `oc0`) and output pixel `q`
+/// `finish(r, q, accs)` for row `r` (relative to `oc0`) and the run of output pixels from `q`
 /// (`oy * out_w + ox`). Pixels with an activation that `K::put` refused
 /// get `slow(r, q)` instead.
 ///
@@ -346,7 +350,7 @@ unsafe fn conv<K: RowKernel>(
     x: &[K::In],
     w: Rows,
     oc0: usize,
-    mut finish: impl FnMut(usize, usize, K::Acc),
+    mut finish: impl FnMut(usize, usize, &[K::Acc]),
     slow: impl Fn(usize, usize) -> K::Acc,
 ) {
     let n = w.n;
@@ -548,7 +552,7 @@ impl<In: Copy> Driver<'_, '_, In> {
         r0: usize,
         r1: usize,
         q0: usize,
-        finish: &mut impl FnMut(usize, usize, K::Acc),
+        finish: &mut impl FnMut(usize, usize, &[K::Acc]),
         slow: &impl Fn(usize, usize) -> K::Acc,
     ) {
         // One monomorphization per code width, so row kernels see `B` as a
@@ -574,7 +578,7 @@ impl<In: Copy> Driver<'_, '_, In> {
         r0: usize,
         r1: usize,
         q0: usize,
-        finish: &mut impl FnMut(usize, usize, K::Acc),
+        finish: &mut impl FnMut(usize, usize, &[K::Acc]),
         slow: &impl Fn(usize, usize) -> K::Acc,
     ) {
         let b = B as usize;
@@ -627,10 +631,18 @@ impl<In: Copy> Driver<'_, '_, In> {
                     r += rn;
                 }
             }
+            let all_ok = ok.iter().all(|&o| o);
             for (r, a) in (rs..re).zip(acc.iter()) {
-                for j in 0..NP {
-                    let v = if ok[j] { a[j] } else { slow(r, q0 + j) };
-                    finish(r, q0 + j, v);
+                if all_ok {
+                    finish(r, q0, a);
+                } else {
+                    let mut v = *a;
+                    for (j, vj) in v.iter_mut().enumerate() {
+                        if !ok[j] {
+                            *vj = slow(r, q0 + j);
+                        }
+                    }
+                    finish(r, q0, &v);
                 }
             }
             rs = re;
