@@ -260,6 +260,9 @@ pub enum Layers {
     /// Only depthwise layers ([`crate::depthwise::applies`]); listed before
     /// the general kernels so it wins on them.
     Depthwise,
+    /// Only pointwise layers ([`crate::pointwise::applies`]); listed before
+    /// the general kernels so it wins on them.
+    Pointwise,
 }
 
 impl Layers {
@@ -268,6 +271,7 @@ impl Layers {
         match self {
             Layers::All => true,
             Layers::Depthwise => crate::depthwise::applies(g),
+            Layers::Pointwise => crate::pointwise::applies(g),
         }
     }
 }
@@ -289,6 +293,7 @@ macro_rules! registry {
 #[cfg(target_arch = "x86_64")]
 registry! { SIMD:
     "avx2/dw-shift" => Avx2, Shift, Depthwise, ShiftI8(crate::x86_64::avx2::dw::conv_shift_i8);
+    "avx2/pw-dot" => Avx2, Dot, Pointwise, ShiftI8(crate::x86_64::pointwise::conv_dot_i8);
     "avx2/dot" => Avx2, Dot, All, ShiftI8(crate::x86_64::avx2::conv_dot_i8);
     "avx2/lut" => Avx2, Lut, All, ShiftI8(crate::x86_64::avx2::conv_lut_i8);
     "avx2/shift" => Avx2, Shift, All, ShiftI8(crate::x86_64::avx2::conv_shift_i8);
@@ -504,8 +509,10 @@ pub fn forced_family() -> Option<Family> {
 /// [`crate::depthwise`] kernel (`avx2/dw-shift`, `neon/dw-shift`): same
 /// bench, later run (load ~4), b = 2 / 3: avx2/dw-shift 1.6 / 2.6 G,
 /// scalar 225 / 200 M, avx2/shift 138 / 145 M, avx2/dot 134 / 144 M MACs/s.
-/// Float depthwise layers run `scalar` (200 M against avx2/fexp's 97 M in
-/// that run). `lut` never won on AVX2 (one
+/// Pointwise layers (1x1, stride 1, unpadded) take `dot`'s pixel-lane
+/// kernel `avx2/pw-dot` ([`crate::pointwise`], where its measurements and
+/// limits are). Float depthwise layers run `scalar` (200 M against
+/// avx2/fexp's 97 M in that run). `lut` never won on AVX2 (one
 /// `vpshufb` gives 16 MACs against 32 for `vpmaddubsw`, and the code
 /// transpose is paid per pixel tile), so it runs only when forced. On NEON
 /// without `dotprod` the order falls to `shift`; qemu timings mean nothing,

@@ -25,6 +25,7 @@ pub mod depthwise;
 pub mod dispatch;
 pub mod fexp;
 pub mod geom;
+pub mod pointwise;
 pub mod requant;
 pub mod scalar;
 #[cfg(target_arch = "x86_64")]

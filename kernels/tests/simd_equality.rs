@@ -586,3 +586,63 @@ fn wide_depthwise_rows() {
         }
     }
 }
+
+fn pointwise() -> impl Strategy<Value = Conv2dGeom> {
+    (1usize..100, 1usize..40, 8usize..20, 8usize..20).prop_map(|(c_in, c_out, h, w)| Conv2dGeom {
+        c_in,
+        h,
+        w,
+        c_out,
+        kh: 1,
+        kw: 1,
+        stride: [1, 1],
+        pads: [0; 4],
+        dilation: [1, 1],
+        groups: 1,
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+    /// Pointwise layers (the pixel-lane kernels' own layout): odd channel
+    /// counts, pixel tails, -128 and 127 activations, every code width.
+    #[test]
+    fn pointwise_kernels_equal_scalar(g in pointwise(), b in 2u32..5, seed in any::<u64>()) {
+        prop_assert!(shiftnn_kernels::pointwise::applies(&g));
+        check_i8(&case(g, b, seed))?;
+    }
+}
+
+/// Pointwise layers at the kernels' limits: `k` = `MAX_K`, more rows than
+/// one weight-table block, a plane just at `MIN_PLANE`, the widest small
+/// map and a large odd one.
+#[test]
+fn pointwise_limits() {
+    use shiftnn_kernels::pointwise::{applies, MAX_K, MAX_K_SMALL_MAP, MIN_PLANE};
+    let mut seed = 11u64;
+    for (c_in, c_out, h, w) in [
+        (MAX_K, 19, 8, 9),
+        (MAX_K - 1, 40, 3, 23),
+        (16, 300, 1, MIN_PLANE),
+        (MAX_K_SMALL_MAP, 33, 7, 7),
+        (3, 5, 37, 41),
+    ] {
+        let g = Conv2dGeom {
+            c_in,
+            h,
+            w,
+            c_out,
+            kh: 1,
+            kw: 1,
+            stride: [1, 1],
+            pads: [0; 4],
+            dilation: [1, 1],
+            groups: 1,
+        };
+        assert!(applies(&g), "{g:?}");
+        for b in 2..5 {
+            seed += 1;
+            check_i8(&case(g, b, seed)).unwrap();
+        }
+    }
+}

@@ -8,3 +8,4 @@
 //! tested; CPUs with AVX-512 run the AVX2 kernels.
 
 pub mod avx2;
+pub mod pointwise;

@@ -1,0 +1,159 @@
+//! `avx2/pw-dot`: the pointwise kernel of [`crate::pointwise`] on AVX2.
+//!
+//! Per block of [`PX`] output pixels the input channels are interleaved in
+//! pairs as `i16` (`vpunpcklbw` + `vpmovsxbw`: pixel `j`'s lane holds
+//! `(x[2t][j], x[2t+1][j])`), once for all rows. Each row pair then runs
+//! over the channel pairs: one broadcast of the row's two weights (an
+//! `i32` from [`crate::pointwise::weight_pairs`]) and, per 8 pixels, one
+//! `vpmaddwd` + `vpaddd`: 2 instructions per 16 MACs, no padding of `k`,
+//! no gather, no horizontal sums. Exact: `|w * x| <= 2^14`, pairs and sums
+//! in `i32`.
+
+use core::arch::x86_64::*;
+
+use crate::dispatch::Isa;
+use crate::pointwise::{applies, weight_pairs, MAX_K};
+use crate::{Conv2dGeom, PackedRows, Requant};
+
+/// Output pixels per block: four vectors of 8 `i32` per row.
+const PX: usize = 32;
+/// Entries of the stack weight-pair table (16 KB): rows per block is
+/// `WT / ceil(k / 2)`, at least 16 at [`MAX_K`].
+const WT: usize = 4096;
+
+#[repr(C, align(32))]
+struct PackBuf([i16; MAX_K * PX]);
+
+/// Interleave input channels `2t, 2t + 1` of pixels `q .. q + PX` (zero
+/// past the plane or past channel `k - 1`) into `pk[t * 2 * PX ..]`: four
+/// vectors of 8 pixels' `(x_even, x_odd)` pairs.
+///
+/// # Safety
+/// AVX2 available.
+#[target_feature(enable = "avx2")]
+unsafe fn pack(x: &[i8], k: usize, plane: usize, q: usize, pk: &mut [i16]) {
+    let n = PX.min(plane - q);
+    let chan = |c: usize| -> [i8; PX] {
+        let mut v = [0i8; PX];
+        if c < k {
+            v[..n].copy_from_slice(&x[c * plane + q..c * plane + q + n]);
+        }
+        v
+    };
+    for t in 0..k.div_ceil(2) {
+        let (a, b) = (chan(2 * t), chan(2 * t + 1));
+        let dst = &mut pk[t * 2 * PX..(t + 1) * 2 * PX];
+        for h in 0..2 {
+            // SAFETY: `a`, `b` hold 32 bytes, `dst` 64 i16 (128 bytes):
+            // every access below is in bounds; AVX2 is available.
+            unsafe {
+                let va = _mm_loadu_si128(a.as_ptr().add(16 * h).cast());
+                let vb = _mm_loadu_si128(b.as_ptr().add(16 * h).cast());
+                let lo = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(va, vb));
+                let hi = _mm256_cvtepi8_epi16(_mm_unpackhi_epi8(va, vb));
+                _mm256_storeu_si256(dst.as_mut_ptr().add(32 * h).cast(), lo);
+                _mm256_storeu_si256(dst.as_mut_ptr().add(32 * h + 16).cast(), hi);
+            }
+        }
+    }
+}
+
+/// Sums of `R` rows (weight pairs `wt[r * kp ..]`) over the packed block.
+///
+/// # Safety
+/// AVX2 available; `pk` holds `kp` packed pairs, `wt` `R * kp` entries.
+#[target_feature(enable = "avx2")]
+unsafe fn rows<const R: usize>(wt: &[u32], kp: usize, pk: &[i16]) -> [[i32; PX]; R] {
+    assert!(wt.len() >= R * kp && pk.len() >= kp * 2 * PX);
+    let mut acc = [[_mm256_setzero_si256(); 4]; R];
+    for t in 0..kp {
+        let mut xv = [_mm256_setzero_si256(); 4];
+        for (v, x) in xv.iter_mut().enumerate() {
+            // SAFETY: `(t * 2 * PX + 16 * v) + 16 <= kp * 2 * PX` i16
+            // (asserted above).
+            *x = unsafe { _mm256_loadu_si256(pk.as_ptr().add(t * 2 * PX + 16 * v).cast()) };
+        }
+        for (r, a) in acc.iter_mut().enumerate() {
+            let w = _mm256_set1_epi32(wt[r * kp + t] as i32);
+            for (av, &x) in a.iter_mut().zip(&xv) {
+                *av = _mm256_add_epi32(*av, _mm256_madd_epi16(x, w));
+            }
+        }
+    }
+    let mut out = [[0i32; PX]; R];
+    for (o, a) in out.iter_mut().zip(&acc) {
+        for (v, &av) in a.iter().enumerate() {
+            // SAFETY: `o` has room for 8 i32 at `8 * v` (v < 4).
+            unsafe { _mm256_storeu_si256(o.as_mut_ptr().add(8 * v).cast(), av) };
+        }
+    }
+    out
+}
+
+/// The kernel body.
+///
+/// # Safety
+/// AVX2 available; arguments checked by [`conv_dot_i8`].
+#[target_feature(enable = "avx2")]
+unsafe fn conv(g: &Conv2dGeom, x: &[i8], w: &PackedRows, rq: &[Requant], out: &mut [i8]) {
+    let (k, n, plane) = (g.c_in, w.rows(), g.h * g.w);
+    let kp = k.div_ceil(2);
+    let mut pk = PackBuf([0; MAX_K * PX]);
+    let mut wt = [0u32; WT];
+    // Rows per block of the weight table (even, so row pairs never split;
+    // at least 16 since kp <= MAX_K / 2).
+    let rb = WT / kp / 2 * 2;
+    let mut r0 = 0;
+    while r0 < n {
+        let nr = rb.min(n - r0);
+        weight_pairs(w, r0, &mut wt[..nr * kp]);
+        let mut q = 0;
+        while q < plane {
+            let valid = PX.min(plane - q);
+            // SAFETY: AVX2 available (this function's contract).
+            unsafe { pack(x, k, plane, q, &mut pk.0) };
+            let mut r = 0;
+            while r < nr {
+                let (sums, m) = if nr - r >= 2 {
+                    // SAFETY: AVX2; `wt` holds rows `r, r + 1` of the block.
+                    let s = unsafe { rows::<2>(&wt[r * kp..(r + 2) * kp], kp, &pk.0) };
+                    (s, 2)
+                } else {
+                    // SAFETY: as above, one row.
+                    let [s] = unsafe { rows::<1>(&wt[r * kp..(r + 1) * kp], kp, &pk.0) };
+                    ([s, [0; PX]], 1)
+                };
+                for (i, s) in sums.iter().take(m).enumerate() {
+                    let row = r0 + r + i;
+                    rq[row].apply_run(&s[..valid], &mut out[row * plane + q..][..valid]);
+                }
+                r += m;
+            }
+            q += PX;
+        }
+        r0 += nr;
+    }
+}
+
+/// `avx2/pw-dot`: equal to [`crate::scalar::conv_shift_i8`] on pointwise
+/// layers ([`crate::pointwise::applies`]). Panics if the CPU lacks AVX2 or
+/// the layer is not pointwise.
+pub fn conv_dot_i8(
+    g: &Conv2dGeom,
+    x: &[i8],
+    w: &PackedRows,
+    oc0: usize,
+    rq: &[Requant],
+    out: &mut [i8],
+) {
+    assert!(Isa::Avx2.available(), "avx2/pw-dot needs AVX2");
+    assert!(applies(g), "avx2/pw-dot: not a pointwise layer");
+    let n = w.rows();
+    assert_eq!(w.k(), g.k());
+    assert!(oc0 + n <= g.c_out, "channel range out of bounds");
+    assert_eq!(rq.len(), n);
+    assert_eq!(x.len(), g.in_len());
+    assert_eq!(out.len(), n * g.out_plane(), "output length");
+    // SAFETY: AVX2 is available and the arguments were checked above.
+    unsafe { conv(g, x, w, rq, out) }
+}
