@@ -457,10 +457,10 @@ impl<In: Copy> Driver<'_, '_, In> {
                 // the patch end to end, so each may overrun into the next
                 // and no tap needs a check.
                 let row_step = g.dilation[0] * g.w;
-                let ic_step = plane - kh * row_step;
-                let mut at = (grp * cig * g.h + y0 - g.pads[0]) * g.w + x0 - g.pads[1];
+                let start = (y0 - g.pads[0]) * g.w + x0 - g.pads[1];
                 let mut ki = 0;
-                for _ in 0..cig {
+                for ic in 0..cig {
+                    let mut at = (grp * cig + ic) * plane + start;
                     for _ in 0..kh {
                         // A run may spill 8 elements only where later
                         // runs overwrite them: not past the patch.
@@ -473,7 +473,6 @@ impl<In: Copy> Driver<'_, '_, In> {
                         ki += kw;
                         at += row_step;
                     }
-                    at += ic_step;
                 }
                 continue;
             }
