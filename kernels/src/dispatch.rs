@@ -263,6 +263,8 @@ pub enum Layers {
     /// Only pointwise layers ([`crate::pointwise::applies`]); listed before
     /// the general kernels so it wins on them.
     Pointwise,
+    /// Only dense convs of small `k` ([`crate::pointwise::small_k`]).
+    SmallK,
 }
 
 impl Layers {
@@ -272,6 +274,7 @@ impl Layers {
             Layers::All => true,
             Layers::Depthwise => crate::depthwise::applies(g),
             Layers::Pointwise => crate::pointwise::applies(g),
+            Layers::SmallK => crate::pointwise::small_k(g),
         }
     }
 }
@@ -294,6 +297,7 @@ macro_rules! registry {
 registry! { SIMD:
     "avx2/dw-shift" => Avx2, Shift, Depthwise, ShiftI8(crate::x86_64::avx2::dw::conv_shift_i8);
     "avx2/pw-dot" => Avx2, Dot, Pointwise, ShiftI8(crate::x86_64::pointwise::conv_dot_i8);
+    "avx2/px-dot" => Avx2, Dot, SmallK, ShiftI8(crate::x86_64::pointwise::conv_small_k_i8);
     "avx2/dot" => Avx2, Dot, All, ShiftI8(crate::x86_64::avx2::conv_dot_i8);
     "avx2/lut" => Avx2, Lut, All, ShiftI8(crate::x86_64::avx2::conv_lut_i8);
     "avx2/shift" => Avx2, Shift, All, ShiftI8(crate::x86_64::avx2::conv_shift_i8);

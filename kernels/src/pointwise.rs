@@ -55,6 +55,22 @@ pub const fn applies(g: &Conv2dGeom) -> bool {
         && (g.h * g.w >= 64 || g.c_in <= MAX_K_SMALL_MAP)
 }
 
+/// True when `g` is a dense conv other than pointwise with a `k` small
+/// enough for the pixel-lane kernels (a network's stem: 3 input channels,
+/// `k` = 27 or 147), which the tiled `dot` kernel pads to a multiple of 64
+/// codes and finishes with a horizontal sum per output.
+pub const fn small_k(g: &Conv2dGeom) -> bool {
+    g.groups == 1 && !applies(g) && g.k() <= MAX_K_STEM && g.out_h() * g.out_w() >= 64
+}
+
+/// Largest `k` of [`small_k`] layers. Per layer (int8, 4-bit, one thread,
+/// same session, against `avx2/dot`): stems of k = 27 ran 3-5x faster,
+/// ResNet-18's 7x7 stem (k = 147) 1.4x, 1x1 stride-2 shortcuts (k =
+/// 16-128) 1.4-6x, ResNet-20's k = 144 convs 1.0-1.4x, but its k = 288
+/// convs 0.55-0.6x: the per-pixel tap gather costs as much as `dot`'s once
+/// `k` fills its 64-code blocks.
+pub const MAX_K_STEM: usize = 160;
+
 /// The `i32` holding two weights as `i16` (low half: the even channel),
 /// for every pair of `b`-bit codes `c0 | c1 << b`.
 const fn pair_table<const N: usize>(b: u32) -> [u32; N] {

@@ -646,3 +646,62 @@ fn pointwise_limits() {
         }
     }
 }
+
+fn small_k_conv() -> impl Strategy<Value = Conv2dGeom> {
+    (
+        (1usize..9, 1usize..8, 1usize..8, 1usize..40),
+        (1usize..4, 0usize..4, 1usize..3, 8usize..40, 8usize..40),
+    )
+        .prop_map(|((c_in, kh, kw, c_out), (s, p, d, h, w))| Conv2dGeom {
+            c_in,
+            h: h + kh * d,
+            w: w + kw * d,
+            c_out,
+            kh,
+            kw,
+            stride: [s, 1 + s % 2],
+            pads: [p, p / 2, (p + 1) % 4, p],
+            dilation: [d, 1],
+            groups: 1,
+        })
+        .prop_filter("a small-k layer", |g| {
+            g.validate().is_ok() && shiftnn_kernels::pointwise::small_k(g)
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+    /// Stem-like convs (few input channels, any kernel size, strides,
+    /// padding, dilation) for the pixel-lane kernel's tap gather.
+    #[test]
+    fn small_k_kernels_equal_scalar(g in small_k_conv(), b in 2u32..5, seed in any::<u64>()) {
+        check_i8(&case(g, b, seed))?;
+    }
+}
+
+/// Dilated kernels taller than the input (`kh * d > h`, but interior
+/// pixels still exist thanks to padding): the gather's channel stepping
+/// once underflowed here (caught by a debug build).
+#[test]
+fn dilated_kernels_taller_than_the_input() {
+    let mut seed = 23u64;
+    for (h, kh, d, p) in [(3, 2, 2, 1), (4, 3, 2, 2), (5, 2, 4, 0), (2, 2, 1, 1)] {
+        let g = Conv2dGeom {
+            c_in: 4,
+            h,
+            w: 13,
+            c_out: 6,
+            kh,
+            kw: 3,
+            stride: [1, 1],
+            pads: [p, 1, p, 1],
+            dilation: [d, 1],
+            groups: 1,
+        };
+        assert!(g.validate().is_ok(), "{g:?}");
+        for b in 2..5 {
+            seed += 1;
+            check_i8(&case(g, b, seed)).unwrap();
+        }
+    }
+}

@@ -12,7 +12,7 @@
 use core::arch::x86_64::*;
 
 use crate::dispatch::Isa;
-use crate::pointwise::{applies, weight_pairs, MAX_K};
+use crate::pointwise::{applies, small_k, weight_pairs, MAX_K};
 use crate::{Conv2dGeom, PackedRows, Requant};
 
 /// Output pixels per block: four vectors of 8 `i32` per row.
@@ -58,6 +58,42 @@ unsafe fn pack(x: &[i8], k: usize, plane: usize, q: usize, pk: &mut [i16]) {
     }
 }
 
+/// [`pack`] for a general conv (the stem, small `k`): tap pairs of the
+/// `(ic, ky, kx)` order, gathered per output pixel. `offs[t]` is tap `t`'s
+/// input offset from an interior pixel's top-left input element.
+fn pack_taps(g: &Conv2dGeom, x: &[i8], offs: &[u32], q: usize, pk: &mut [i16]) {
+    let k = g.k();
+    pk[..k.div_ceil(2) * 2 * PX].fill(0);
+    let (ow, plane) = (g.out_w(), g.out_plane());
+    let (kh, kw) = (g.kh, g.kw);
+    let (s0, s1, d0, d1) = (g.stride[0], g.stride[1], g.dilation[0], g.dilation[1]);
+    for j in 0..PX.min(plane - q) {
+        let (oy, ox) = ((q + j) / ow, (q + j) % ow);
+        let iy0 = (oy * s0) as isize - g.pads[0] as isize;
+        let ix0 = (ox * s1) as isize - g.pads[1] as isize;
+        let at = |t: usize| (t >> 1) * 2 * PX + 2 * j + (t & 1);
+        if iy0 >= 0
+            && ix0 >= 0
+            && iy0 as usize + (kh - 1) * d0 < g.h
+            && ix0 as usize + (kw - 1) * d1 < g.w
+        {
+            let base = iy0 as usize * g.w + ix0 as usize;
+            for (t, &o) in offs[..k].iter().enumerate() {
+                pk[at(t)] = x[base + o as usize] as i16;
+            }
+        } else {
+            for t in 0..k {
+                let (ic, ky, kx) = (t / (kh * kw), t / kw % kh, t % kw);
+                let iy = iy0 + (ky * d0) as isize;
+                let ix = ix0 + (kx * d1) as isize;
+                if iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w {
+                    pk[at(t)] = x[(ic * g.h + iy as usize) * g.w + ix as usize] as i16;
+                }
+            }
+        }
+    }
+}
+
 /// Sums of `R` rows (weight pairs `wt[r * kp ..]`) over the packed block.
 ///
 /// # Safety
@@ -96,8 +132,17 @@ unsafe fn rows<const R: usize>(wt: &[u32], kp: usize, pk: &[i16]) -> [[i32; PX];
 /// AVX2 available; arguments checked by [`conv_dot_i8`].
 #[target_feature(enable = "avx2")]
 unsafe fn conv(g: &Conv2dGeom, x: &[i8], w: &PackedRows, rq: &[Requant], out: &mut [i8]) {
-    let (k, n, plane) = (g.c_in, w.rows(), g.h * g.w);
+    let (k, n, plane) = (g.k(), w.rows(), g.out_plane());
     let kp = k.div_ceil(2);
+    let pointwise = applies(g);
+    // Input offset of each tap from an interior pixel's first input.
+    let mut offs = [0u32; MAX_K];
+    if !pointwise {
+        for (t, o) in offs[..k].iter_mut().enumerate() {
+            let (ic, ky, kx) = (t / (g.kh * g.kw), t / g.kw % g.kh, t % g.kw);
+            *o = ((ic * g.h + ky * g.dilation[0]) * g.w + kx * g.dilation[1]) as u32;
+        }
+    }
     let mut pk = PackBuf([0; MAX_K * PX]);
     let mut wt = [0u32; WT];
     // Rows per block of the weight table (even, so row pairs never split;
@@ -110,8 +155,12 @@ unsafe fn conv(g: &Conv2dGeom, x: &[i8], w: &PackedRows, rq: &[Requant], out: &m
         let mut q = 0;
         while q < plane {
             let valid = PX.min(plane - q);
-            // SAFETY: AVX2 available (this function's contract).
-            unsafe { pack(x, k, plane, q, &mut pk.0) };
+            if pointwise {
+                // SAFETY: AVX2 available (this function's contract).
+                unsafe { pack(x, k, plane, q, &mut pk.0) };
+            } else {
+                pack_taps(g, x, &offs, q, &mut pk.0);
+            }
             let mut r = 0;
             while r < nr {
                 let (sums, m) = if nr - r >= 2 {
@@ -148,6 +197,40 @@ pub fn conv_dot_i8(
 ) {
     assert!(Isa::Avx2.available(), "avx2/pw-dot needs AVX2");
     assert!(applies(g), "avx2/pw-dot: not a pointwise layer");
+    // SAFETY: as in `conv_small_k_i8`.
+    unsafe { checked(g, x, w, oc0, rq, out) }
+}
+
+/// `avx2/px-dot`: equal to [`crate::scalar::conv_shift_i8`] on the dense
+/// small-`k` convs of [`crate::pointwise::small_k`] (a stem). Panics if
+/// the CPU lacks AVX2 or the layer does not qualify.
+pub fn conv_small_k_i8(
+    g: &Conv2dGeom,
+    x: &[i8],
+    w: &PackedRows,
+    oc0: usize,
+    rq: &[Requant],
+    out: &mut [i8],
+) {
+    assert!(Isa::Avx2.available(), "avx2/px-dot needs AVX2");
+    assert!(small_k(g), "avx2/px-dot: not a small-k dense conv");
+    // SAFETY: AVX2 is available (checked above).
+    unsafe { checked(g, x, w, oc0, rq, out) }
+}
+
+/// The argument checks shared by both entry points, then the kernel.
+///
+/// # Safety
+/// AVX2 available; `g` qualifies for one of the entry points.
+#[target_feature(enable = "avx2")]
+unsafe fn checked(
+    g: &Conv2dGeom,
+    x: &[i8],
+    w: &PackedRows,
+    oc0: usize,
+    rq: &[Requant],
+    out: &mut [i8],
+) {
     let n = w.rows();
     assert_eq!(w.k(), g.k());
     assert!(oc0 + n <= g.c_out, "channel range out of bounds");
