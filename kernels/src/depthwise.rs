@@ -138,9 +138,7 @@ pub(crate) fn shift_i8(
                         );
                     }
                 }
-                for (y, &v) in o[oy * ow + x0..oy * ow + x1].iter_mut().zip(a.iter()) {
-                    *y = rq[r].apply(v);
-                }
+                rq[r].apply_run(a, &mut o[oy * ow + x0..oy * ow + x1]);
                 x0 = x1;
             }
         }
