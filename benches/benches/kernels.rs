@@ -10,7 +10,9 @@
 //! Shapes: GEMV 4096x4096 (batch-1 linear), conv-as-GEMM 784x1152x128 (a
 //! 1x1 conv: 784 pixels, k = 1152, 128 channels), a 3x3 conv of the same
 //! GEMM size (128x28x28, k = 1152, patches gathered with padding), a
-//! ResNet-18 layer1 3x3 conv and a depthwise 3x3. Int8-weight kernels
+//! ResNet-18 layer1 3x3 conv, a depthwise 3x3, a pointwise expansion and a
+//! 7x7 stride-2 stem. Kernels run only on the layers they are registered
+//! for (`Kernel::layers`). Int8-weight kernels
 //! (`*/w8`, kept layers) run on the same shapes with random int8 weights.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -38,6 +40,10 @@ fn shapes() -> Vec<(&'static str, Conv2dGeom)> {
         ("conv3x3_128x28x28", conv(128, 28, 128, 3, 1, 1)),
         ("conv3x3_64x56x56", conv(64, 56, 64, 3, 1, 1)),
         ("dw3x3_64x56x56", conv(64, 56, 64, 3, 1, 64)),
+        // MobileNetV2's first expansion and ResNet-18's stem: the
+        // pixel-lane kernels' layers (`avx2/pw-dot`, `avx2/px-dot`).
+        ("pw1x1_16x112x112_96", conv(16, 112, 96, 1, 1, 1)),
+        ("stem7x7s2_3x224x224_64", conv(3, 224, 64, 7, 2, 1)),
     ]
 }
 
@@ -77,7 +83,10 @@ fn bench(c: &mut Criterion) {
             pack(&codes, bits, g.c_out, g.k(), &mut packed);
             let w = PackedRows::new(&packed, bits, g.c_out, g.k()).unwrap();
             for k in dispatch::kernels() {
-                if !k.isa.available() || (k.isa == dispatch::Isa::Scalar && !with_scalar) {
+                if !k.isa.available()
+                    || !k.layers.fits(&g)
+                    || (k.isa == dispatch::Isa::Scalar && !with_scalar)
+                {
                     continue;
                 }
                 let id = BenchmarkId::new(k.name, format!("{name}/b{b}"));
@@ -99,7 +108,10 @@ fn bench(c: &mut Criterion) {
             .collect();
         for k in dispatch::kernels() {
             let KernelFn::W8I8(f) = k.f else { continue };
-            if !k.isa.available() || (k.isa == dispatch::Isa::Scalar && !with_scalar) {
+            if !k.isa.available()
+                || !k.layers.fits(&g)
+                || (k.isa == dispatch::Isa::Scalar && !with_scalar)
+            {
                 continue;
             }
             group.bench_function(BenchmarkId::new(k.name, name), |bn| {
