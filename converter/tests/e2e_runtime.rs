@@ -208,3 +208,42 @@ fn int8_needs_calibration_and_bad_keep_is_named() {
     .unwrap_err();
     assert!(format!("{e:#}").contains("nope"), "{e:#}");
 }
+
+/// Threads change nothing: the bundled model (int8 and float, 3 and 4
+/// bits) gives the same outputs on 1, 2 and 3 threads, where conv layers
+/// are split by output-row bands or channels and pooling by channels.
+/// Int8 is bit-identical; float is identical too (each output's sum is
+/// computed by the same kernel code whatever the split), checked exactly.
+#[test]
+fn threads_change_no_output() {
+    let (g, x, _) = fmnist();
+    let n = x.shape[0];
+    let xl = x.data.len() / n;
+    let calib = CalibData {
+        x: x.data.clone(),
+        n,
+    };
+    for (bits, mode) in [
+        (Bits::B4, Mode::Int8),
+        (Bits::B3, Mode::Int8),
+        (Bits::B3, Mode::Float),
+    ] {
+        let (bytes, _) = convert(&g, &opts(bits, mode, None, Some(calib.clone()))).unwrap();
+        let m = Model::from_vec(&bytes).unwrap();
+        let mut outs: Vec<Vec<f32>> = vec![];
+        for t in [1, 2, 3] {
+            let mut s = Session::new(&m).unwrap();
+            s.set_threads(t).unwrap();
+            let mut all = vec![];
+            for i in 0..n.min(6) {
+                let mut y = vec![0f32; m.output_len(0)];
+                s.run(&[&x.data[i * xl..(i + 1) * xl]], &mut [&mut y])
+                    .unwrap();
+                all.extend(y);
+            }
+            outs.push(all);
+        }
+        assert_eq!(outs[1], outs[0], "{bits:?} {mode:?}: 2 threads");
+        assert_eq!(outs[2], outs[0], "{bits:?} {mode:?}: 3 threads");
+    }
+}

@@ -329,7 +329,12 @@ impl<'m, 'b> Session<'m, 'b> {
         let xval = node.inputs.first().map(|&v| &g.values[v]);
         let y = &g.values[node.output];
         match (&node.op, params) {
-            (Op::Quantize, _) => scalar::quantize_i8(f32s(x0)?, 1.0 / y.scale, i8s_mut(out)),
+            (Op::Quantize, _) => {
+                let (x, s) = (f32s(x0)?, 1.0 / y.scale);
+                par_elementwise(pool.as_deref_mut(), i8s_mut(out), |at, o| {
+                    scalar::quantize_i8(&x[at..at + o.len()], s, o)
+                })
+            }
             (Op::Dequantize, _) => {
                 scalar::dequantize_i8(i8s(x0), xval.map_or(1.0, |v| v.scale), f32s_mut(out)?)
             }
@@ -438,8 +443,11 @@ impl<'m, 'b> Session<'m, 'b> {
                 }
             }
             (Op::Add { .. }, NodeParams::Add(rq)) => {
-                let x1 = input(&in_r[1])?;
-                scalar::add_i8(i8s(x0), i8s(x1), rq, i8s_mut(out));
+                let (a, b) = (i8s(x0), i8s(input(&in_r[1])?));
+                par_elementwise(pool.as_deref_mut(), i8s_mut(out), |at, o| {
+                    let n = o.len();
+                    scalar::add_i8(&a[at..at + n], &b[at..at + n], rq, o)
+                })
             }
             (Op::Add { act }, NodeParams::None) => {
                 let x1 = f32s(input(&in_r[1])?)?;
@@ -549,6 +557,22 @@ impl<'m, 'b> Session<'m, 'b> {
 type Pool = crate::parallel::Threads;
 #[cfg(not(feature = "std"))]
 type Pool = ();
+
+/// An elementwise op over the pool's threads (`crate::parallel`), or on
+/// this thread.
+fn par_elementwise<Y: Send>(
+    pool: Option<&mut Pool>,
+    out: &mut [Y],
+    f: impl Fn(usize, &mut [Y]) + Sync,
+) {
+    #[cfg(feature = "std")]
+    crate::parallel::par_elementwise(pool, out, f);
+    #[cfg(not(feature = "std"))]
+    {
+        let _ = pool;
+        f(0, out)
+    }
+}
 
 /// A per-channel op over the pool's threads (`crate::parallel`), or on
 /// this thread.

@@ -207,6 +207,29 @@ pub(crate) fn par_planes<X: Sync, Y: Send>(
     }
 }
 
+/// Run an elementwise op `f(start, out_chunk)` (the chunk holds outputs
+/// `start ..`) split into one contiguous chunk per thread when `out` is
+/// big enough: the residual adds and the input quantize, which stayed on
+/// one thread and were ~3% of ResNet-18's 2-thread time.
+pub(crate) fn par_elementwise<Y: Send>(
+    threads: Option<&mut Threads>,
+    out: &mut [Y],
+    f: impl Fn(usize, &mut [Y]) + Sync,
+) {
+    use rayon::prelude::*;
+    match threads {
+        Some(th) if th.pool.current_num_threads() > 1 && out.len() >= MIN_MACS => {
+            let per = out.len().div_ceil(th.pool.current_num_threads());
+            th.pool.install(|| {
+                out.par_chunks_mut(per)
+                    .enumerate()
+                    .for_each(|(j, o)| f(j * per, o));
+            });
+        }
+        _ => f(0, out),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -326,6 +349,29 @@ mod tests {
             pads,
             dilation: [d, 1],
             groups: 1,
+        }
+    }
+
+    #[test]
+    fn elementwise_chunks_see_their_offsets() {
+        for t in [2, 3] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(t)
+                .build()
+                .unwrap();
+            let mut th = Threads::new(pool);
+            for len in [1, MIN_MACS - 1, MIN_MACS, MIN_MACS + 7, 3 * MIN_MACS + 1] {
+                let mut out = vec![0u32; len];
+                par_elementwise(Some(&mut th), &mut out, |at, o| {
+                    for (i, v) in o.iter_mut().enumerate() {
+                        *v += (at + i) as u32 + 1;
+                    }
+                });
+                assert!(
+                    out.iter().enumerate().all(|(i, &v)| v == i as u32 + 1),
+                    "{t} {len}"
+                );
+            }
         }
     }
 
