@@ -94,12 +94,8 @@ pub(crate) fn shift_i8(
 ) {
     assert!(applies(g), "not a depthwise layer");
     let n = w.rows();
-    assert!(oc0 + n <= g.c_out, "channel range out of bounds");
-    assert_eq!(w.k(), g.k());
-    assert_eq!(rq.len(), n);
-    assert_eq!(x.len(), g.in_len());
+    crate::dispatch::check_call(g, x.len(), w.k(), n, oc0, rq.len(), out.len());
     let (oh, ow) = (g.out_h(), g.out_w());
-    assert_eq!(out.len(), n * oh * ow, "output length");
     let (h, wd) = (g.h, g.w);
     let bits = w.bits();
     let mut acc = [0i32; CHUNK];

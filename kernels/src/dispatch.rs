@@ -193,6 +193,25 @@ pub enum Op {
     F32,
 }
 
+/// The argument checks every conv kernel shares with the scalar ones: `n`
+/// weight rows of `k` for channels `oc0 ..`, one epilogue per row, the
+/// input and output lengths of `g`.
+pub(crate) fn check_call(
+    g: &Conv2dGeom,
+    in_len: usize,
+    k: usize,
+    n: usize,
+    oc0: usize,
+    ep: usize,
+    out: usize,
+) {
+    assert_eq!(k, g.k());
+    assert!(oc0 + n <= g.c_out, "channel range out of bounds");
+    assert_eq!(out, n * g.out_plane(), "output length");
+    assert_eq!(ep, n);
+    assert_eq!(in_len, g.in_len());
+}
+
 /// Int8 kernel signature (that of [`scalar::conv_shift_i8`]).
 pub type I8Fn = fn(&Conv2dGeom, &[i8], &PackedRows, usize, &[Requant], &mut [i8]);
 /// Float kernel signature (that of [`scalar::conv_shift_f32`]).

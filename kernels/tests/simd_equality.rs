@@ -587,19 +587,18 @@ fn wide_depthwise_rows() {
     }
 }
 
-fn pointwise() -> impl Strategy<Value = Conv2dGeom> {
-    (1usize..100, 1usize..40, 8usize..20, 8usize..20).prop_map(|(c_in, c_out, h, w)| Conv2dGeom {
-        c_in,
+/// A pointwise (1x1, stride 1, unpadded) layer on an `h x w` map.
+fn pointwise_geom(c_in: usize, c_out: usize, h: usize, w: usize) -> Conv2dGeom {
+    Conv2dGeom {
         h,
         w,
-        c_out,
-        kh: 1,
-        kw: 1,
-        stride: [1, 1],
-        pads: [0; 4],
-        dilation: [1, 1],
-        groups: 1,
-    })
+        ..Conv2dGeom::linear(c_in, c_out)
+    }
+}
+
+fn pointwise() -> impl Strategy<Value = Conv2dGeom> {
+    (1usize..100, 1usize..40, 8usize..20, 8usize..20)
+        .prop_map(|(c_in, c_out, h, w)| pointwise_geom(c_in, c_out, h, w))
 }
 
 proptest! {
@@ -627,18 +626,7 @@ fn pointwise_limits() {
         (MAX_K_SMALL_MAP, 33, 7, 7),
         (3, 5, 37, 41),
     ] {
-        let g = Conv2dGeom {
-            c_in,
-            h,
-            w,
-            c_out,
-            kh: 1,
-            kw: 1,
-            stride: [1, 1],
-            pads: [0; 4],
-            dilation: [1, 1],
-            groups: 1,
-        };
+        let g = pointwise_geom(c_in, c_out, h, w);
         assert!(applies(&g), "{g:?}");
         for b in 2..5 {
             seed += 1;

@@ -5,12 +5,12 @@ use crate::derive::{NodeParams, Prepared};
 use crate::error::{Error, Result};
 use crate::graph::{DType, Mode, Op, WeightKind};
 use crate::model::Model;
+use crate::parallel::{par_conv, par_elementwise, par_planes, Threads};
 use crate::planner::ALIGN;
 use alloc::{format, sync::Arc, vec, vec::Vec};
 use core::ops::Range;
 use shiftnn_kernels::dispatch;
 use shiftnn_kernels::scalar::{self, PoolGeom};
-use shiftnn_kernels::Conv2dGeom;
 
 /// Called after each node with the node index and its output, for
 /// calibration, per-layer diffs and profiling.
@@ -47,7 +47,7 @@ pub struct Session<'m, 'b> {
     prepared: Arc<Prepared>,
     arena: Arena<'b>,
     #[cfg(feature = "std")]
-    pool: Option<crate::parallel::Threads>,
+    pool: Option<Threads>,
     /// Shared parameters and the generation last loaded from them.
     #[cfg(feature = "std")]
     shared: Option<(Arc<crate::adapt::SharedParams>, u64)>,
@@ -102,12 +102,7 @@ impl<'m, 'b> Session<'m, 'b> {
         self.pool = if n <= 1 {
             None
         } else {
-            Some(crate::parallel::Threads::new(
-                rayon::ThreadPoolBuilder::new()
-                    .num_threads(n)
-                    .build()
-                    .map_err(|e| Error::Os(format!("{e}")))?,
-            ))
+            Some(Threads::new(n).map_err(|e| Error::Os(format!("{e}")))?)
         };
         Ok(())
     }
@@ -245,7 +240,7 @@ impl<'m, 'b> Session<'m, 'b> {
                 #[cfg(feature = "std")]
                 let threads = pool.as_mut();
                 #[cfg(not(feature = "std"))]
-                let threads: Option<&mut ()> = None;
+                let threads: Option<&mut Threads> = None;
                 self.exec_node(i, &range, threads)?;
                 if let Some(obs) = observer.as_mut() {
                     let node = &g.nodes[i];
@@ -270,31 +265,11 @@ impl<'m, 'b> Session<'m, 'b> {
         r
     }
 
-    #[cfg(feature = "std")]
     fn exec_node(
         &mut self,
         i: usize,
         range: &dyn Fn(usize) -> Range<usize>,
-        pool: Option<&mut crate::parallel::Threads>,
-    ) -> Result<()> {
-        self.exec_node_inner(i, range, pool)
-    }
-
-    #[cfg(not(feature = "std"))]
-    fn exec_node(
-        &mut self,
-        i: usize,
-        range: &dyn Fn(usize) -> Range<usize>,
-        _pool: Option<&mut ()>,
-    ) -> Result<()> {
-        self.exec_node_inner(i, range, None)
-    }
-
-    fn exec_node_inner(
-        &mut self,
-        i: usize,
-        range: &dyn Fn(usize) -> Range<usize>,
-        mut pool: Option<&mut Pool>,
+        mut pool: Option<&mut Threads>,
     ) -> Result<()> {
         let model = self.model;
         let g = model.graph();
@@ -550,65 +525,6 @@ impl<'m, 'b> Session<'m, 'b> {
             }
         }
         Ok(())
-    }
-}
-
-#[cfg(feature = "std")]
-type Pool = crate::parallel::Threads;
-#[cfg(not(feature = "std"))]
-type Pool = ();
-
-/// An elementwise op over the pool's threads (`crate::parallel`), or on
-/// this thread.
-fn par_elementwise<Y: Send>(
-    pool: Option<&mut Pool>,
-    out: &mut [Y],
-    f: impl Fn(usize, &mut [Y]) + Sync,
-) {
-    #[cfg(feature = "std")]
-    crate::parallel::par_elementwise(pool, out, f);
-    #[cfg(not(feature = "std"))]
-    {
-        let _ = pool;
-        f(0, out)
-    }
-}
-
-/// A per-channel op over the pool's threads (`crate::parallel`), or on
-/// this thread.
-fn par_planes<X: Sync, Y: Send>(
-    pool: Option<&mut Pool>,
-    c: usize,
-    in_plane: usize,
-    out_plane: usize,
-    x: &[X],
-    out: &mut [Y],
-    f: impl Fn(usize, &[X], &mut [Y]) + Sync,
-) {
-    #[cfg(feature = "std")]
-    crate::parallel::par_planes(pool, c, in_plane, out_plane, x, out, f);
-    #[cfg(not(feature = "std"))]
-    {
-        let _ = (pool, in_plane, out_plane);
-        f(c, x, out)
-    }
-}
-
-/// A conv/linear layer over the pool's threads (`crate::parallel`), or on
-/// this thread.
-fn par_conv<T: bytemuck::Pod + Send + Sync>(
-    pool: Option<&mut Pool>,
-    geom: &Conv2dGeom,
-    x: &[T],
-    out: &mut [T],
-    f: impl Fn(&Conv2dGeom, &[T], usize, usize, &mut [T]) + Sync,
-) {
-    #[cfg(feature = "std")]
-    crate::parallel::par_conv(pool, geom, x, out, f);
-    #[cfg(not(feature = "std"))]
-    {
-        let _ = pool;
-        f(geom, x, 0, geom.c_out, out)
     }
 }
 

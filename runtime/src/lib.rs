@@ -29,7 +29,6 @@ mod exec;
 pub mod format;
 pub mod graph;
 mod model;
-#[cfg(feature = "std")]
 mod parallel;
 pub mod planner;
 

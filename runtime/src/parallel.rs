@@ -14,25 +14,45 @@
 //!   gathers every patch again, which is cheap only when a thread's range
 //!   has many channels per patch: linear layers (one pixel) and small maps.
 //!
-//! Measured on ResNet-18 (2 threads, this machine): the channel split
-//! scaled 1.35x because the gather (a third of the time) ran twice; see the
-//! closing notes of issue 3 for the row split's figures.
+//! Pooling splits by channels, elementwise ops by contiguous chunks.
+//!
+//! Measured on ResNet-18 int8 (2 threads against 1, `benches/peers/run.py`,
+//! 2026-11-28): the channel split scaled 1.34x because the gather (a third
+//! of the time) ran twice; the row split scales 1.73x, its conv layers
+//! 1.7-2.2x each.
+//!
+//! Without `std` there are no worker threads ([`Threads`] is `()`): every
+//! function here then runs its op on the calling thread.
+
+// Without `std` only the single-thread fallbacks remain.
+#![cfg_attr(not(feature = "std"), allow(dead_code, unused_variables))]
 
 use crate::kernels::Conv2dGeom;
+#[cfg(feature = "std")]
+use alloc::vec::Vec;
+#[cfg(feature = "std")]
+use rayon::prelude::*;
+
+/// Without `std`: no worker threads.
+#[cfg(not(feature = "std"))]
+pub(crate) type Threads = ();
 
 /// A session's worker threads and the scratch their row bands use.
+#[cfg(feature = "std")]
 pub(crate) struct Threads {
     pub(crate) pool: rayon::ThreadPool,
     /// Input and output bands of every thread (grown, never shrunk).
     scratch: Vec<u64>,
 }
 
+#[cfg(feature = "std")]
 impl Threads {
-    pub(crate) fn new(pool: rayon::ThreadPool) -> Threads {
-        Threads {
-            pool,
+    /// A pool of `n` worker threads, with no scratch yet.
+    pub(crate) fn new(n: usize) -> Result<Threads, rayon::ThreadPoolBuildError> {
+        Ok(Threads {
+            pool: rayon::ThreadPoolBuilder::new().num_threads(n).build()?,
             scratch: Vec::new(),
-        }
+        })
     }
 }
 
@@ -76,6 +96,7 @@ pub(crate) fn par_conv<T: bytemuck::Pod + Send + Sync>(
     f: impl Fn(&Conv2dGeom, &[T], usize, usize, &mut [T]) + Sync,
 ) {
     match threads {
+        #[cfg(feature = "std")]
         Some(th) if th.pool.current_num_threads() > 1 && g.macs() >= MIN_MACS => {
             split(th, g, x, out, f);
         }
@@ -84,6 +105,7 @@ pub(crate) fn par_conv<T: bytemuck::Pod + Send + Sync>(
 }
 
 /// How [`split`] ran a layer.
+#[cfg(feature = "std")]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Split {
     Rows,
@@ -92,6 +114,7 @@ enum Split {
 }
 
 /// [`par_conv`] on the pool, whatever the layer's size.
+#[cfg(feature = "std")]
 fn split<T: bytemuck::Pod + Send + Sync>(
     th: &mut Threads,
     g: &Conv2dGeom,
@@ -99,32 +122,23 @@ fn split<T: bytemuck::Pod + Send + Sync>(
     out: &mut [T],
     f: impl Fn(&Conv2dGeom, &[T], usize, usize, &mut [T]) + Sync,
 ) -> Split {
-    use rayon::prelude::*;
     let c = g.c_out;
     let t = th.pool.current_num_threads();
     let (out_h, out_w) = (g.out_h(), g.out_w());
     let plane = out_h * out_w;
     let band_rows = out_h.div_ceil(t);
-    // Rows split evenly enough (at most an eighth idle) and every band
-    // reads at least one input row.
-    let rows_ok = out_h >= t && (out_h % t == 0 || out_h >= 8 * t);
     let bands = out_h.div_ceil(band_rows.max(1));
-    let fits = (0..bands).all(|b| {
-        let (band, _, _) = row_band(g, b * band_rows, out_h.min((b + 1) * band_rows));
-        band.h > 0 && band.validate().is_ok()
+    let band = |b: usize| row_band(g, b * band_rows, out_h.min((b + 1) * band_rows));
+    // Rows split evenly enough (at most an eighth idle), and every band
+    // reads at least one input row: then the tallest band's input rows.
+    let rows_ok = out_h >= t && (out_h % t == 0 || out_h >= 8 * t) && bands > 1;
+    let tallest = (0..bands).try_fold(0, |m, b| {
+        let (bg, _, _) = band(b);
+        (bg.h > 0 && bg.validate().is_ok()).then_some(m.max(bg.h))
     });
-    if rows_ok && fits && bands > 1 {
+    if let (true, Some(tallest)) = (rows_ok, tallest) {
         // Per band: the input band, then the output band.
-        let in_max = g.c_in
-            * g.w
-            * (0..bands)
-                .map(|b| {
-                    row_band(g, b * band_rows, out_h.min((b + 1) * band_rows))
-                        .0
-                        .h
-                })
-                .max()
-                .unwrap_or(0);
+        let in_max = g.c_in * g.w * tallest;
         let per = in_max + c * band_rows * out_w;
         let words = (bands * per * core::mem::size_of::<T>()).div_ceil(8);
         if th.scratch.len() < words {
@@ -138,7 +152,7 @@ fn split<T: bytemuck::Pod + Send + Sync>(
                 .enumerate()
                 .for_each(|(b, buf)| {
                     let (oy0, oy1) = (b * band_rows, out_h.min((b + 1) * band_rows));
-                    let (band, iy0, iy1) = row_band(g, oy0, oy1);
+                    let (bg, iy0, iy1) = band(b);
                     let (xin, yout) = buf.split_at_mut(in_max);
                     let rows = iy1 - iy0;
                     let xin = &mut xin[..g.c_in * rows * g.w];
@@ -147,7 +161,7 @@ fn split<T: bytemuck::Pod + Send + Sync>(
                         dst.copy_from_slice(&x[at..at + rows * g.w]);
                     }
                     let bp = (oy1 - oy0) * out_w;
-                    f(&band, xin, 0, c, &mut yout[..c * bp]);
+                    f(&bg, xin, 0, c, &mut yout[..c * bp]);
                 });
             // Back into NCHW, a channel per task.
             let scratch = &*scratch;
@@ -187,8 +201,8 @@ pub(crate) fn par_planes<X: Sync, Y: Send>(
     out: &mut [Y],
     f: impl Fn(usize, &[X], &mut [Y]) + Sync,
 ) {
-    use rayon::prelude::*;
     match threads {
+        #[cfg(feature = "std")]
         Some(th)
             if th.pool.current_num_threads() > 1
                 && c > 1
@@ -216,8 +230,8 @@ pub(crate) fn par_elementwise<Y: Send>(
     out: &mut [Y],
     f: impl Fn(usize, &mut [Y]) + Sync,
 ) {
-    use rayon::prelude::*;
     match threads {
+        #[cfg(feature = "std")]
         Some(th) if th.pool.current_num_threads() > 1 && out.len() >= MIN_MACS => {
             let per = out.len().div_ceil(th.pool.current_num_threads());
             th.pool.install(|| {
@@ -257,11 +271,7 @@ mod tests {
     fn split_layers_equal_one_call() {
         let mut seen = [0usize; 3];
         for t in [2, 3] {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(t)
-                .build()
-                .unwrap();
-            let mut th = Threads::new(pool);
+            let mut th = Threads::new(t).unwrap();
             let mut r = Rng(0x9e37_79b9_7f4a_7c15 + t as u64);
             for case in 0..160 {
                 let dw = case % 5 == 0;
@@ -355,11 +365,7 @@ mod tests {
     #[test]
     fn elementwise_chunks_see_their_offsets() {
         for t in [2, 3] {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(t)
-                .build()
-                .unwrap();
-            let mut th = Threads::new(pool);
+            let mut th = Threads::new(t).unwrap();
             for len in [1, MIN_MACS - 1, MIN_MACS, MIN_MACS + 7, 3 * MIN_MACS + 1] {
                 let mut out = vec![0u32; len];
                 par_elementwise(Some(&mut th), &mut out, |at, o| {

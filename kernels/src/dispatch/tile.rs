@@ -229,13 +229,8 @@ impl<'a> Rows<'a> {
 
 /// The argument checks of the scalar kernels (same panics).
 fn check(g: &Conv2dGeom, in_len: usize, w: &Rows, oc0: usize, ep: usize, out: usize) {
-    let n = w.n;
-    assert_eq!(w.k, g.k());
-    assert_eq!(w.data.len(), n * w.rb);
-    assert!(oc0 + n <= g.c_out, "channel range out of bounds");
-    assert_eq!(out, n * g.out_plane(), "output length");
-    assert_eq!(ep, n);
-    assert_eq!(in_len, g.in_len());
+    assert_eq!(w.data.len(), w.n * w.rb);
+    crate::dispatch::check_call(g, in_len, w.k, w.n, oc0, ep, out);
 }
 
 fn require(isa: Isa) {

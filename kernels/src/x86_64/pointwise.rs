@@ -11,7 +11,7 @@
 
 use core::arch::x86_64::*;
 
-use crate::dispatch::Isa;
+use crate::dispatch::{check_call, Isa};
 use crate::pointwise::{applies, small_k, weight_pairs, MAX_K};
 use crate::{Conv2dGeom, PackedRows, Requant};
 
@@ -129,7 +129,7 @@ unsafe fn rows<const R: usize>(wt: &[u32], kp: usize, pk: &[i16]) -> [[i32; PX];
 /// The kernel body.
 ///
 /// # Safety
-/// AVX2 available; arguments checked by [`conv_dot_i8`].
+/// AVX2 available; arguments checked by [`entry`].
 #[target_feature(enable = "avx2")]
 unsafe fn conv(g: &Conv2dGeom, x: &[i8], w: &PackedRows, rq: &[Requant], out: &mut [i8]) {
     let (k, n, plane) = (g.k(), w.rows(), g.out_plane());
@@ -195,10 +195,8 @@ pub fn conv_dot_i8(
     rq: &[Requant],
     out: &mut [i8],
 ) {
-    assert!(Isa::Avx2.available(), "avx2/pw-dot needs AVX2");
     assert!(applies(g), "avx2/pw-dot: not a pointwise layer");
-    // SAFETY: as in `conv_small_k_i8`.
-    unsafe { checked(g, x, w, oc0, rq, out) }
+    entry(g, x, w, oc0, rq, out)
 }
 
 /// `avx2/px-dot`: equal to [`crate::scalar::conv_shift_i8`] on the dense
@@ -212,31 +210,18 @@ pub fn conv_small_k_i8(
     rq: &[Requant],
     out: &mut [i8],
 ) {
-    assert!(Isa::Avx2.available(), "avx2/px-dot needs AVX2");
     assert!(small_k(g), "avx2/px-dot: not a small-k dense conv");
-    // SAFETY: AVX2 is available (checked above).
-    unsafe { checked(g, x, w, oc0, rq, out) }
+    entry(g, x, w, oc0, rq, out)
 }
 
-/// The argument checks shared by both entry points, then the kernel.
-///
-/// # Safety
-/// AVX2 available; `g` qualifies for one of the entry points.
-#[target_feature(enable = "avx2")]
-unsafe fn checked(
-    g: &Conv2dGeom,
-    x: &[i8],
-    w: &PackedRows,
-    oc0: usize,
-    rq: &[Requant],
-    out: &mut [i8],
-) {
-    let n = w.rows();
-    assert_eq!(w.k(), g.k());
-    assert!(oc0 + n <= g.c_out, "channel range out of bounds");
-    assert_eq!(rq.len(), n);
-    assert_eq!(x.len(), g.in_len());
-    assert_eq!(out.len(), n * g.out_plane(), "output length");
-    // SAFETY: AVX2 is available and the arguments were checked above.
+/// The checks both entry points share, then the kernel.
+fn entry(g: &Conv2dGeom, x: &[i8], w: &PackedRows, oc0: usize, rq: &[Requant], out: &mut [i8]) {
+    assert!(
+        Isa::Avx2.available(),
+        "avx2 pixel-lane kernel on a CPU without AVX2"
+    );
+    check_call(g, x.len(), w.k(), w.rows(), oc0, rq.len(), out.len());
+    // SAFETY: AVX2 is available and the arguments were checked above
+    // (the layer qualifies: the callers asserted it).
     unsafe { conv(g, x, w, rq, out) }
 }
