@@ -137,7 +137,7 @@ fn nonnull<T>(p: *const T, what: &str) -> Result<(), Fail> {
 /// Checks a float buffer: non-null, 4-byte aligned, byte size representable.
 fn check_f32(p: *const f32, len: usize, what: &str) -> Result<(usize, usize), Fail> {
     nonnull(p, what)?;
-    if (p as usize) % core::mem::align_of::<f32>() != 0 {
+    if !(p as usize).is_multiple_of(core::mem::align_of::<f32>()) {
         return fail(
             ShiftnnStatus::Misaligned,
             format!("{what} is not 4-byte aligned"),

@@ -428,7 +428,7 @@ pub fn quantize_shift_calibrated(
     assert_eq!(w.len(), rows * k);
     assert_eq!(stats.k, k);
     let groups = stats.cov.len();
-    assert!(groups > 0 && rows % groups == 0);
+    assert!(groups > 0 && rows.is_multiple_of(groups));
     let base = quantize_shift(w, rows, k, bits);
     if base.lossless {
         return CalibratedShift {

@@ -157,7 +157,7 @@ pub fn output_shape(op: &Op, inputs: &[&[usize]]) -> Result<Vec<usize>, String> 
                 return Err(format!("expected a 4-D NCHW input, got shape {x:?}"));
             }
             let g = *groups;
-            if g == 0 || x[1] % g != 0 || ws[0] % g != 0 {
+            if g == 0 || !x[1].is_multiple_of(g) || ws[0] % g != 0 {
                 return Err(format!(
                     "group {g} must divide input channels {} and output channels {}",
                     x[1], ws[0]

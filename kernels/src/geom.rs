@@ -74,7 +74,7 @@ impl Conv2dGeom {
         if all.contains(&0) {
             return Err(GeomError::Zero);
         }
-        if self.c_in % self.groups != 0 || self.c_out % self.groups != 0 {
+        if !self.c_in.is_multiple_of(self.groups) || !self.c_out.is_multiple_of(self.groups) {
             return Err(GeomError::Groups);
         }
         let ph = self

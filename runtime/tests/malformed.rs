@@ -198,7 +198,7 @@ fn misaligned_buffer_is_an_error_not_a_bad_read() {
     let mut buf = vec![0u8; v.len() + 8];
     buf[start..start + v.len()].copy_from_slice(&v);
     let slice = &buf[start..start + v.len()];
-    if (slice.as_ptr() as usize) % 4 != 0 {
+    if !(slice.as_ptr() as usize).is_multiple_of(4) {
         let e = Model::from_bytes(slice).unwrap_err();
         assert!(matches!(e, Error::Misaligned { .. }), "{e}");
     }

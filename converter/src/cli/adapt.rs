@@ -50,7 +50,7 @@ fn parse_broker(s: &str) -> Result<(String, u16)> {
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
     let s = s.trim();
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())
