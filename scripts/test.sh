@@ -31,6 +31,14 @@ cargo build -p shiftnn-kernels --no-default-features
 cargo build -p shiftnn-runtime --no-default-features
 
 step "tests"
+# The kernel tests run every registered kernel whose ISA level this CPU
+# has, and cap the level to each lower one in turn; say which x86 levels
+# that covers, since a CI machine without AVX-512 cannot test those kernels.
+if grep -qw avx512vbmi /proc/cpuinfo && grep -qw avx512_vnni /proc/cpuinfo; then
+  echo "x86 levels tested: scalar, avx2, avx512 (this CPU has AVX-512 VBMI and VNNI)"
+else
+  echo "x86 levels tested: scalar, avx2 (NOT avx512: this CPU lacks AVX-512 VBMI/VNNI)"
+fi
 cargo test --workspace
 
 step "aarch64 kernels under qemu-user (cortex-a72: NEON; max: dotprod)"

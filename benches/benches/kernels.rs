@@ -100,6 +100,17 @@ fn bench(c: &mut Criterion) {
                     _ => continue,
                 };
             }
+            // The FMA baseline of the `fexp` target: same driver, layout
+            // and decode as `avx512/fexp`, a multiply-add per weight.
+            #[cfg(target_arch = "x86_64")]
+            if dispatch::Isa::Avx512.available() && !shiftnn_kernels::depthwise::applies(&g) {
+                let id = BenchmarkId::new("avx512/fma-baseline", format!("{name}/b{b}"));
+                group.bench_function(id, |bn| {
+                    bn.iter(|| {
+                        shiftnn_kernels::x86_64::avx512::conv_fma_f32(&g, &xf, &w, 0, &ep, &mut of)
+                    })
+                });
+            }
         }
         // Int8 weights (kept layers): the registered w8 kernels, and the
         // multiply-based float reference.

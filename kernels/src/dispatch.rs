@@ -38,10 +38,9 @@ pub enum Isa {
     Scalar = 1,
     /// x86-64 with AVX2, FMA and BMI2 (Haswell, Zen and later).
     Avx2 = 2,
-    /// x86-64 with AVX-512 F/BW/VL/VBMI/VNNI (Ice Lake, Zen4). Detected and
-    /// selectable, but no kernel is registered at this level yet: the
-    /// development machine has no AVX-512, so nothing here could be tested.
-    /// Layers run the AVX2 kernels.
+    /// x86-64 with AVX-512 F/BW/VL/VBMI/VNNI (Ice Lake, Sapphire Rapids,
+    /// Zen4): the `crate::x86_64::avx512` kernels (`dot` by `vpdpbusd`,
+    /// `shift` by `vpsllvw`, `fexp`) and `vpdpwssd` pixel-lane kernels.
     Avx512 = 3,
     /// aarch64 Advanced SIMD (baseline on every aarch64 CPU).
     Neon = 4,
@@ -314,13 +313,20 @@ macro_rules! registry {
 // Listed best first: selection takes the first entry that fits.
 #[cfg(target_arch = "x86_64")]
 registry! { SIMD:
+    "avx512/dw-shift" => Avx512, Shift, Depthwise, ShiftI8(crate::x86_64::avx512::dw::conv_shift_i8);
     "avx2/dw-shift" => Avx2, Shift, Depthwise, ShiftI8(crate::x86_64::avx2::dw::conv_shift_i8);
+    "avx512/pw-dot" => Avx512, Dot, Pointwise, ShiftI8(crate::x86_64::pointwise::conv_dot_i8_vnni);
+    "avx512/px-dot" => Avx512, Dot, SmallK, ShiftI8(crate::x86_64::pointwise::conv_small_k_i8_vnni);
     "avx2/pw-dot" => Avx2, Dot, Pointwise, ShiftI8(crate::x86_64::pointwise::conv_dot_i8);
     "avx2/px-dot" => Avx2, Dot, SmallK, ShiftI8(crate::x86_64::pointwise::conv_small_k_i8);
+    "avx512/dot" => Avx512, Dot, All, ShiftI8(crate::x86_64::avx512::conv_dot_i8);
     "avx2/dot" => Avx2, Dot, All, ShiftI8(crate::x86_64::avx2::conv_dot_i8);
     "avx2/lut" => Avx2, Lut, All, ShiftI8(crate::x86_64::avx2::conv_lut_i8);
+    "avx512/shift" => Avx512, Shift, All, ShiftI8(crate::x86_64::avx512::conv_shift_i8);
     "avx2/shift" => Avx2, Shift, All, ShiftI8(crate::x86_64::avx2::conv_shift_i8);
+    "avx512/fexp" => Avx512, Fexp, All, ShiftF32(crate::x86_64::avx512::conv_fexp_f32);
     "avx2/fexp" => Avx2, Fexp, All, ShiftF32(crate::x86_64::avx2::conv_fexp_f32);
+    "avx512/w8" => Avx512, Dot, All, W8I8(crate::x86_64::avx512::conv_w8_i8);
     "avx2/w8" => Avx2, Dot, All, W8I8(crate::x86_64::avx2::conv_w8_i8);
 }
 #[cfg(target_arch = "aarch64")]
@@ -381,6 +387,7 @@ fn detect() -> Isa {
                 && std::arch::is_x86_feature_detected!("avx512vl")
                 && std::arch::is_x86_feature_detected!("avx512vbmi")
                 && std::arch::is_x86_feature_detected!("avx512vnni")
+                && std::arch::is_x86_feature_detected!("popcnt")
             {
                 return Isa::Avx512;
             }
@@ -393,6 +400,18 @@ fn detect() -> Isa {
         // Without std there is no runtime detection: trust the compile-time
         // target features only.
         if cfg!(all(
+            target_feature = "avx2",
+            target_feature = "fma",
+            target_feature = "bmi2",
+            target_feature = "avx512f",
+            target_feature = "avx512bw",
+            target_feature = "avx512vl",
+            target_feature = "avx512vbmi",
+            target_feature = "avx512vnni",
+            target_feature = "popcnt"
+        )) {
+            Isa::Avx512
+        } else if cfg!(all(
             target_feature = "avx2",
             target_feature = "fma",
             target_feature = "bmi2"

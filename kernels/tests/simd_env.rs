@@ -82,9 +82,25 @@ fn env_forces_level_and_family() {
             ("avx2/shift", "avx2/fexp")
         );
         assert_eq!(run(Some("avx2"), Some("lut")), ("avx2/lut", "avx2/fexp"));
-        // A level above the CPU (or of another architecture) is capped.
-        assert_eq!(run(Some("avx512"), Some("dot")).0, "avx2/dot");
-        assert_eq!(run(Some("neon"), None).0, "avx2/dot");
+        let top = if Isa::Avx512.available() {
+            assert_eq!(run(Some("avx512"), None), ("avx512/dot", "avx512/fexp"));
+            assert_eq!(
+                run(Some("avx512"), Some("shift")),
+                ("avx512/shift", "avx512/fexp")
+            );
+            // No `lut` at this level: the AVX2 one runs.
+            assert_eq!(
+                run(Some("avx512"), Some("lut")),
+                ("avx2/lut", "avx512/fexp")
+            );
+            "avx512/dot"
+        } else {
+            // A level above the CPU is capped.
+            assert_eq!(run(Some("avx512"), Some("dot")).0, "avx2/dot");
+            "avx2/dot"
+        };
+        // A level of another architecture is ignored.
+        assert_eq!(run(Some("neon"), None).0, top);
     }
     if Isa::Neon.available() {
         assert_eq!(run(Some("neon"), None), ("neon/shift", "neon/fexp"));

@@ -175,11 +175,23 @@ fn check_f32(c: &Case, xf: &[f32]) -> Result<(), TestCaseError> {
     let w = PackedRows::new(&c.packed, c.bits, g.c_out, g.k()).unwrap();
     let ep = vec![Affine::IDENTITY; g.c_out];
     let eps = f32::EPSILON as f64 / 2.0;
-    for k in dispatch::kernels() {
-        let KernelFn::ShiftF32(f) = k.f else { continue };
-        if !k.isa.available() || !k.layers.fits(g) {
-            continue;
-        }
+    let mut float_kernels: Vec<(&str, dispatch::F32Fn)> = dispatch::kernels()
+        .filter(|k| k.isa.available() && k.layers.fits(g))
+        .filter_map(|k| match k.f {
+            KernelFn::ShiftF32(f) => Some((k.name, f)),
+            _ => None,
+        })
+        .collect();
+    // The unregistered FMA baseline of the `fexp` benchmark: it must
+    // compute the same layer, or the comparison means nothing.
+    #[cfg(target_arch = "x86_64")]
+    if Isa::Avx512.available() {
+        float_kernels.push((
+            "avx512/fma-baseline",
+            shiftnn_kernels::x86_64::avx512::conv_fma_f32,
+        ));
+    }
+    for (name, f) in float_kernels {
         let mut got = vec![0f32; g.out_len()];
         f(g, xf, &w, 0, &ep, &mut got);
         for oc in 0..g.c_out {
@@ -197,7 +209,7 @@ fn check_f32(c: &Case, xf: &[f32]) -> Result<(), TestCaseError> {
                     prop_assert!(
                         (v - exact).abs() <= bound,
                         "kernel {} oc {} got {} exact {} bound {}",
-                        k.name,
+                        name,
                         oc,
                         v,
                         exact,

@@ -670,6 +670,22 @@ pub(crate) fn fexp_put(slot: &mut [u32], len: usize, i: usize, v: f32) -> bool {
     true
 }
 
+/// [`fexp_put`] for kernels without a mask plane (they test the value
+/// for zero themselves): the value bits only.
+#[inline]
+pub(crate) fn fexp_put_bits(slot: &mut [u32], i: usize, v: f32) -> bool {
+    let b = v.to_bits();
+    if b & 0x7fff_ffff == 0 {
+        return true;
+    }
+    let e = (b >> 23) & 0xff;
+    if e == 0 || e > FEXP_MAX_E {
+        return false;
+    }
+    slot[i] = b;
+    true
+}
+
 /// Exact scalar value of one float output (for pixels with edge-case
 /// activations): the reference's own loop.
 fn fexp_slow(g: &Conv2dGeom, x: &[f32], w: &PackedRows, oc: usize, r: usize, q: usize) -> f32 {

@@ -1,4 +1,5 @@
-//! `avx2/pw-dot`: the pointwise kernel of [`crate::pointwise`] on AVX2.
+//! `avx2/pw-dot`, `avx512/pw-dot`: the pointwise kernel of
+//! [`crate::pointwise`] (and `*/px-dot`, its small-`k` variant).
 //!
 //! Per block of [`PX`] output pixels the input channels are interleaved in
 //! pairs as `i16` (`vpunpcklbw` + `vpmovsxbw`: pixel `j`'s lane holds
@@ -7,7 +8,10 @@
 //! `i32` from [`crate::pointwise::weight_pairs`]) and, per 8 pixels, one
 //! `vpmaddwd` + `vpaddd`: 2 instructions per 16 MACs, no padding of `k`,
 //! no gather, no horizontal sums. Exact: `|w * x| <= 2^14`, pairs and sums
-//! in `i32`.
+//! in `i32`. At the AVX-512 level (VNNI) `vpdpwssd` fuses the two: one
+//! instruction per 16 MACs (on `ymm`: Zen4 runs `zmm` as two halves, so
+//! the wider form would only save decode bandwidth this loop does not
+//! lack).
 
 use core::arch::x86_64::*;
 
@@ -94,44 +98,94 @@ fn pack_taps(g: &Conv2dGeom, x: &[i8], offs: &[u32], q: usize, pk: &mut [i16]) {
     }
 }
 
-/// Sums of `R` rows (weight pairs `wt[r * kp ..]`) over the packed block.
+/// Sums of `R` rows (weight pairs `wt[r * kp ..]`) over the packed block;
+/// `madd(acc, x, w)` adds the pair products of one vector. Inlined into
+/// the per-ISA wrappers below, which compile it with their features.
 ///
 /// # Safety
-/// AVX2 available; `pk` holds `kp` packed pairs, `wt` `R * kp` entries.
-#[target_feature(enable = "avx2")]
-unsafe fn rows<const R: usize>(wt: &[u32], kp: usize, pk: &[i16]) -> [[i32; PX]; R] {
+/// AVX2 available.
+#[inline(always)]
+unsafe fn rows_with<const R: usize>(
+    wt: &[u32],
+    kp: usize,
+    pk: &[i16],
+    madd: impl Fn(__m256i, __m256i, __m256i) -> __m256i,
+) -> [[i32; PX]; R] {
     assert!(wt.len() >= R * kp && pk.len() >= kp * 2 * PX);
-    let mut acc = [[_mm256_setzero_si256(); 4]; R];
+    // SAFETY: AVX2 available (this function's contract), here and below.
+    let zero = unsafe { _mm256_setzero_si256() };
+    let mut acc = [[zero; 4]; R];
     for t in 0..kp {
-        let mut xv = [_mm256_setzero_si256(); 4];
+        let mut xv = [zero; 4];
         for (v, x) in xv.iter_mut().enumerate() {
             // SAFETY: `(t * 2 * PX + 16 * v) + 16 <= kp * 2 * PX` i16
             // (asserted above).
             *x = unsafe { _mm256_loadu_si256(pk.as_ptr().add(t * 2 * PX + 16 * v).cast()) };
         }
         for (r, a) in acc.iter_mut().enumerate() {
-            let w = _mm256_set1_epi32(wt[r * kp + t] as i32);
+            // SAFETY: as above.
+            let w = unsafe { _mm256_set1_epi32(wt[r * kp + t] as i32) };
             for (av, &x) in a.iter_mut().zip(&xv) {
-                *av = _mm256_add_epi32(*av, _mm256_madd_epi16(x, w));
+                *av = madd(*av, x, w);
             }
         }
     }
     let mut out = [[0i32; PX]; R];
     for (o, a) in out.iter_mut().zip(&acc) {
         for (v, &av) in a.iter().enumerate() {
-            // SAFETY: `o` has room for 8 i32 at `8 * v` (v < 4).
+            // SAFETY: `o` has room for 8 i32 at `8 * v` (v < 4); AVX as
+            // above.
             unsafe { _mm256_storeu_si256(o.as_mut_ptr().add(8 * v).cast(), av) };
         }
     }
     out
 }
 
+/// [`rows_with`] by `vpmaddwd` + `vpaddd` (AVX2).
+///
+/// # Safety
+/// AVX2 available.
+#[target_feature(enable = "avx2")]
+unsafe fn rows<const R: usize>(wt: &[u32], kp: usize, pk: &[i16]) -> [[i32; PX]; R] {
+    // SAFETY: AVX2 available (this function's contract).
+    unsafe {
+        rows_with::<R>(wt, kp, pk, |a, x, w| {
+            _mm256_add_epi32(a, _mm256_madd_epi16(x, w))
+        })
+    }
+}
+
+/// [`rows_with`] by `vpdpwssd` (AVX-512 VNNI on `ymm`).
+///
+/// # Safety
+/// AVX-512 VL and VNNI available.
+#[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
+unsafe fn rows_vnni<const R: usize>(wt: &[u32], kp: usize, pk: &[i16]) -> [[i32; PX]; R] {
+    // SAFETY: AVX-512 VL/VNNI, hence AVX2, available (this function's
+    // contract).
+    unsafe { rows_with::<R>(wt, kp, pk, |a, x, w| _mm256_dpwssd_epi32(a, x, w)) }
+}
+
+/// Sums of `R` rows with the instructions of level `isa`.
+///
+/// # Safety
+/// `isa` (AVX2 or AVX-512) available; as [`rows`].
+#[inline(always)]
+unsafe fn rows_at<const R: usize>(isa: Isa, wt: &[u32], kp: usize, pk: &[i16]) -> [[i32; PX]; R] {
+    // SAFETY (both): forwarded from this function's contract.
+    if isa == Isa::Avx512 {
+        unsafe { rows_vnni::<R>(wt, kp, pk) }
+    } else {
+        unsafe { rows::<R>(wt, kp, pk) }
+    }
+}
+
 /// The kernel body.
 ///
 /// # Safety
-/// AVX2 available; arguments checked by [`entry`].
+/// `isa` (AVX2 or AVX-512) available; arguments checked by [`entry`].
 #[target_feature(enable = "avx2")]
-unsafe fn conv(g: &Conv2dGeom, x: &[i8], w: &PackedRows, rq: &[Requant], out: &mut [i8]) {
+unsafe fn conv(isa: Isa, g: &Conv2dGeom, x: &[i8], w: &PackedRows, rq: &[Requant], out: &mut [i8]) {
     let (k, n, plane) = (g.k(), w.rows(), g.out_plane());
     let kp = k.div_ceil(2);
     let pointwise = applies(g);
@@ -164,12 +218,13 @@ unsafe fn conv(g: &Conv2dGeom, x: &[i8], w: &PackedRows, rq: &[Requant], out: &m
             let mut r = 0;
             while r < nr {
                 let (sums, m) = if nr - r >= 2 {
-                    // SAFETY: AVX2; `wt` holds rows `r, r + 1` of the block.
-                    let s = unsafe { rows::<2>(&wt[r * kp..(r + 2) * kp], kp, &pk.0) };
+                    // SAFETY: `isa` available; `wt` holds rows `r, r + 1`
+                    // of the block.
+                    let s = unsafe { rows_at::<2>(isa, &wt[r * kp..(r + 2) * kp], kp, &pk.0) };
                     (s, 2)
                 } else {
                     // SAFETY: as above, one row.
-                    let [s] = unsafe { rows::<1>(&wt[r * kp..(r + 1) * kp], kp, &pk.0) };
+                    let [s] = unsafe { rows_at::<1>(isa, &wt[r * kp..(r + 1) * kp], kp, &pk.0) };
                     ([s, [0; PX]], 1)
                 };
                 for (i, s) in sums.iter().take(m).enumerate() {
@@ -196,7 +251,7 @@ pub fn conv_dot_i8(
     out: &mut [i8],
 ) {
     assert!(applies(g), "avx2/pw-dot: not a pointwise layer");
-    entry(g, x, w, oc0, rq, out)
+    entry(Isa::Avx2, g, x, w, oc0, rq, out)
 }
 
 /// `avx2/px-dot`: equal to [`crate::scalar::conv_shift_i8`] on the dense
@@ -211,17 +266,55 @@ pub fn conv_small_k_i8(
     out: &mut [i8],
 ) {
     assert!(small_k(g), "avx2/px-dot: not a small-k dense conv");
-    entry(g, x, w, oc0, rq, out)
+    entry(Isa::Avx2, g, x, w, oc0, rq, out)
 }
 
-/// The checks both entry points share, then the kernel.
-fn entry(g: &Conv2dGeom, x: &[i8], w: &PackedRows, oc0: usize, rq: &[Requant], out: &mut [i8]) {
+/// `avx512/pw-dot`: [`conv_dot_i8`] with `vpdpwssd`. Panics if the CPU
+/// lacks the AVX-512 level or the layer is not pointwise.
+pub fn conv_dot_i8_vnni(
+    g: &Conv2dGeom,
+    x: &[i8],
+    w: &PackedRows,
+    oc0: usize,
+    rq: &[Requant],
+    out: &mut [i8],
+) {
+    assert!(applies(g), "avx512/pw-dot: not a pointwise layer");
+    entry(Isa::Avx512, g, x, w, oc0, rq, out)
+}
+
+/// `avx512/px-dot`: [`conv_small_k_i8`] with `vpdpwssd`. Panics if the
+/// CPU lacks the AVX-512 level or the layer does not qualify.
+pub fn conv_small_k_i8_vnni(
+    g: &Conv2dGeom,
+    x: &[i8],
+    w: &PackedRows,
+    oc0: usize,
+    rq: &[Requant],
+    out: &mut [i8],
+) {
+    assert!(small_k(g), "avx512/px-dot: not a small-k dense conv");
+    entry(Isa::Avx512, g, x, w, oc0, rq, out)
+}
+
+/// The checks every entry point shares, then the kernel.
+fn entry(
+    isa: Isa,
+    g: &Conv2dGeom,
+    x: &[i8],
+    w: &PackedRows,
+    oc0: usize,
+    rq: &[Requant],
+    out: &mut [i8],
+) {
     assert!(
-        Isa::Avx2.available(),
-        "avx2 pixel-lane kernel on a CPU without AVX2"
+        isa.available(),
+        "{} pixel-lane kernel on a CPU without that level",
+        isa.name()
     );
     check_call(g, x.len(), w.k(), w.rows(), oc0, rq.len(), out.len());
-    // SAFETY: AVX2 is available and the arguments were checked above
-    // (the layer qualifies: the callers asserted it).
-    unsafe { conv(g, x, w, rq, out) }
+    // SAFETY: `isa` (AVX2 or AVX-512, which includes AVX2) is available
+    // and the arguments were checked above (the layer qualifies: the
+    // callers asserted it).
+    unsafe { conv(isa, g, x, w, rq, out) }
 }
