@@ -26,6 +26,7 @@ pub mod dispatch;
 pub mod fexp;
 pub mod geom;
 pub mod pointwise;
+pub mod pool;
 pub mod requant;
 pub mod scalar;
 #[cfg(target_arch = "x86_64")]

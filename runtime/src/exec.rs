@@ -450,7 +450,7 @@ impl<'m, 'b> Session<'m, 'b> {
                 match (&node.op, y.dtype) {
                     (Op::MaxPool { .. }, DType::I8) => {
                         par_planes(pool, pg.c, ip, op, i8s(x0), i8s_mut(out), |c, x, o| {
-                            scalar::maxpool(&at(c), x, i8::MIN, o)
+                            shiftnn_kernels::pool::maxpool_i8(&at(c), x, o)
                         })
                     }
                     (Op::MaxPool { .. }, DType::F32) => {

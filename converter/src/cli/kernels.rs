@@ -5,12 +5,17 @@
 
 use anyhow::{anyhow, Result};
 use shiftnn_kernels::dispatch::{self, Family, Isa};
-use shiftnn_runtime::{Mode, Model, WeightKind};
+use shiftnn_runtime::{DType, Mode, Model, Op, WeightKind};
 
 /// The kernel that runs node `i` of `model`: `isa/family` for conv and
-/// linear layers, `scalar` for everything else.
+/// linear layers, `rows` for int8 max pooling (the row-vectorized
+/// `shiftnn_kernels::pool`), `scalar` for everything else.
 pub fn kernel_name(model: &Model, i: usize) -> String {
     let node = &model.graph().nodes[i];
+    if matches!(node.op, Op::MaxPool { .. }) && model.graph().values[node.output].dtype == DType::I8
+    {
+        return "rows".to_string();
+    }
     match (node.op.weight(), model.conv_geom(i)) {
         (Some(w), Some(g)) => {
             let op = match (w.kind, model.mode()) {

@@ -73,6 +73,17 @@ impl PoolGeom {
     }
 }
 
+impl PoolGeom {
+    /// Max of window `(c, oy, ox)` of an int8 image, `i8::MIN` when it has
+    /// no in-bounds tap: [`maxpool`] of one output (for the border columns
+    /// of [`crate::pool::maxpool_i8`]).
+    pub(crate) fn window_max(&self, c: usize, oy: usize, ox: usize, x: &[i8]) -> i8 {
+        let mut m = i8::MIN;
+        self.window(c, oy, ox, |i| m = m.max(x[i]));
+        m
+    }
+}
+
 /// Max pooling; windows with no in-bounds tap yield `empty`.
 pub fn maxpool<T: Copy + PartialOrd>(g: &PoolGeom, x: &[T], empty: T, out: &mut [T]) {
     assert_eq!(x.len(), g.in_len());
