@@ -283,6 +283,8 @@ pub enum Layers {
     Pointwise,
     /// Only dense convs of small `k` ([`crate::pointwise::small_k`]).
     SmallK,
+    /// Only dense convs of very small `k` ([`crate::pointwise::tiny_k`]).
+    TinyK,
 }
 
 impl Layers {
@@ -293,6 +295,7 @@ impl Layers {
             Layers::Depthwise => crate::depthwise::applies(g),
             Layers::Pointwise => crate::pointwise::applies(g),
             Layers::SmallK => crate::pointwise::small_k(g),
+            Layers::TinyK => crate::pointwise::tiny_k(g),
         }
     }
 }
@@ -310,16 +313,18 @@ macro_rules! registry {
     };
 }
 
-// Listed best first: selection takes the first entry that fits.
+// Listed best first: selection takes the first entry that fits. On x86 the
+// AVX-512 `dot` comes before the AVX2 small-`k` kernel: it beats it on the
+// k = 144-147 layers that `avx2/px-dot` takes on AVX2 (`pointwise::MAX_K_TINY`).
 #[cfg(target_arch = "x86_64")]
 registry! { SIMD:
     "avx512/dw-shift" => Avx512, Shift, Depthwise, ShiftI8(crate::x86_64::avx512::dw::conv_shift_i8);
     "avx2/dw-shift" => Avx2, Shift, Depthwise, ShiftI8(crate::x86_64::avx2::dw::conv_shift_i8);
     "avx512/pw-dot" => Avx512, Dot, Pointwise, ShiftI8(crate::x86_64::pointwise::conv_dot_i8_vnni);
-    "avx512/px-dot" => Avx512, Dot, SmallK, ShiftI8(crate::x86_64::pointwise::conv_small_k_i8_vnni);
+    "avx512/px-dot" => Avx512, Dot, TinyK, ShiftI8(crate::x86_64::pointwise::conv_small_k_i8_vnni);
     "avx2/pw-dot" => Avx2, Dot, Pointwise, ShiftI8(crate::x86_64::pointwise::conv_dot_i8);
-    "avx2/px-dot" => Avx2, Dot, SmallK, ShiftI8(crate::x86_64::pointwise::conv_small_k_i8);
     "avx512/dot" => Avx512, Dot, All, ShiftI8(crate::x86_64::avx512::conv_dot_i8);
+    "avx2/px-dot" => Avx2, Dot, SmallK, ShiftI8(crate::x86_64::pointwise::conv_small_k_i8);
     "avx2/dot" => Avx2, Dot, All, ShiftI8(crate::x86_64::avx2::conv_dot_i8);
     "avx2/lut" => Avx2, Lut, All, ShiftI8(crate::x86_64::avx2::conv_lut_i8);
     "avx512/shift" => Avx512, Shift, All, ShiftI8(crate::x86_64::avx512::conv_shift_i8);

@@ -71,6 +71,21 @@ pub const fn small_k(g: &Conv2dGeom) -> bool {
 /// `k` fills its 64-code blocks.
 pub const MAX_K_STEM: usize = 160;
 
+/// Largest `k` of the small-`k` layers the AVX-512 pixel-lane kernel
+/// takes ([`Layers::TinyK`](crate::dispatch::Layers::TinyK)): against
+/// `avx512/dot` (whose `vpdpbusd` fills its 64-code blocks better than
+/// `avx2/dot`), measured per layer (int8, 4-bit, one thread, same session):
+/// ResNet-20's k = 27 stem 55 against 91 us and its 1x1 stride-2
+/// shortcuts (k = 16, 32) 11 / 8 against 38 / 18 us, ResNet-18's (k = 64,
+/// 128) 168 / 214 against 456 / 257 us; but k = 144 convs 73-245 against
+/// 64-188 us and ResNet-18's 7x7 stem (k = 147) 5.9 against 4.6 ms.
+pub const MAX_K_TINY: usize = 128;
+
+/// True when `g` is a [`small_k`] layer with `k <= MAX_K_TINY`.
+pub const fn tiny_k(g: &Conv2dGeom) -> bool {
+    small_k(g) && g.k() <= MAX_K_TINY
+}
+
 /// The `i32` holding two weights as `i16` (low half: the even channel),
 /// for every pair of `b`-bit codes `c0 | c1 << b`.
 const fn pair_table<const N: usize>(b: u32) -> [u32; N] {

@@ -292,16 +292,68 @@ unsafe fn dot_rows<const B: u32, const NP: usize, const R: usize, const SIGN: bo
             }
         }
     }
+    if NP == 1 {
+        // A linear layer: one reduction per row and 64 blocks or more.
+        for r in 0..R {
+            let s = if SIGN {
+                acc[r][0]
+            } else {
+                _mm512_sub_epi32(acc[r][0], accn[r][0])
+            };
+            out[r][0] = out[r][0].wrapping_add(_mm512_reduce_add_epi32(s));
+        }
+        return;
+    }
+    // The sums of all R x NP accumulators, four at a time.
+    let mut sums = [[zero; NP]; R];
     for r in 0..R {
         for j in 0..NP {
-            let s = if SIGN {
+            sums[r][j] = if SIGN {
                 acc[r][j]
             } else {
                 _mm512_sub_epi32(acc[r][j], accn[r][j])
             };
-            out[r][j] = out[r][j].wrapping_add(_mm512_reduce_add_epi32(s));
         }
     }
+    let flat = sums.as_flattened();
+    let mut i = 0;
+    while i < flat.len() {
+        let n = (flat.len() - i).min(4);
+        let mut four = [zero; 4];
+        four[..n].copy_from_slice(&flat[i..i + n]);
+        let mut t = [0i32; 4];
+        // SAFETY: AVX-512 available (caller); `t` holds 16 bytes.
+        unsafe { _mm_storeu_si128(t.as_mut_ptr().cast(), hsum4(four)) };
+        for (q, &v) in t[..n].iter().enumerate() {
+            let (r, j) = ((i + q) / NP, (i + q) % NP);
+            out[r][j] = out[r][j].wrapping_add(v);
+        }
+        i += n;
+    }
+}
+
+/// The lane sums of four vectors, `[Σ a, Σ b, Σ c, Σ d]`: 11 instructions
+/// where four separate reductions take about 36 (a chunk of a 3x3 conv
+/// with 64 input channels is only 9 blocks, so this is not noise).
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn hsum4(v: [__m512i; 4]) -> __m128i {
+    // Pairs interleaved: lanes alternate a, b (c, d) partial sums.
+    let ab = _mm512_add_epi32(
+        _mm512_unpacklo_epi32(v[0], v[1]),
+        _mm512_unpackhi_epi32(v[0], v[1]),
+    );
+    let cd = _mm512_add_epi32(
+        _mm512_unpacklo_epi32(v[2], v[3]),
+        _mm512_unpackhi_epi32(v[2], v[3]),
+    );
+    // Each 128-bit lane: [a, b, c, d] partial sums.
+    let abcd = _mm512_add_epi32(_mm512_unpacklo_epi64(ab, cd), _mm512_unpackhi_epi64(ab, cd));
+    let h = _mm256_add_epi32(
+        _mm512_castsi512_si256(abcd),
+        _mm512_extracti64x4_epi64::<1>(abcd),
+    );
+    _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h))
 }
 
 /// [`dot_rows`] over any number of rows: groups of [`GEMV_ROWS`] at one
