@@ -7,6 +7,7 @@
 use crate::ir::{self, Op as IrOp};
 use crate::quantize::{quantize_i8, quantize_shift, quantize_shift_calibrated, InputStats};
 use anyhow::{anyhow, bail, Context, Result};
+use rayon::prelude::*;
 use safetensors::Dtype;
 use shiftnn_kernels::{codes::pack, Bits};
 use shiftnn_runtime::format::{self, TensorData, FORMAT_NAME, FORMAT_VERSION};
@@ -732,39 +733,76 @@ fn calibrate(
     let out_lens: Vec<usize> = (0..model.graph().outputs.len())
         .map(|i| model.output_len(i))
         .collect();
+    // The reference kernels make the ranges, hence the file, the same on
+    // every CPU (SIMD float sums differ in the last bits). Samples run in
+    // parallel, one session each; maxima and histogram counts merge in any
+    // order to the same result.
+    let threads = rayon::current_num_threads().max(1);
     for pass in 0..passes {
-        let mut session = Session::new(&model).map_err(|e| anyhow!("{e}"))?;
-        let mut outs: Vec<Vec<f32>> = out_lens.iter().map(|&n| vec![0.0; n]).collect();
-        for s in 0..calib.n {
-            let x = &calib.x[s * in_len..(s + 1) * in_len];
-            let record = |v: usize, data: &[f32], amax: &mut Vec<f32>, hist: &mut Vec<Vec<u64>>| {
+        let mut s0 = 0;
+        while s0 < calib.n {
+            let s1 = calib.n.min(s0 + threads);
+            let parts: Vec<(Vec<f32>, Vec<Vec<u64>>)> = (s0..s1)
+                .into_par_iter()
+                .map(|s| {
+                    let x = &calib.x[s * in_len..(s + 1) * in_len];
+                    let mut amax_s = if pass == 0 {
+                        vec![0f32; nv]
+                    } else {
+                        amax.clone()
+                    };
+                    let mut hist_s = vec![vec![0u64; BINS]; if pass == 1 { nv } else { 0 }];
+                    let mut record = |v: usize, data: &[f32]| {
+                        if pass == 0 {
+                            amax_s[v] = data.iter().fold(amax_s[v], |m, &x| {
+                                if x.is_finite() {
+                                    m.max(x.abs())
+                                } else {
+                                    m
+                                }
+                            });
+                        } else if amax_s[v] > 0.0 {
+                            let h = &mut hist_s[v];
+                            for &x in data {
+                                let b = ((x.abs() / amax_s[v]) * (BINS as f32 - 1.0)) as usize;
+                                h[b.min(BINS - 1)] += 1;
+                            }
+                        }
+                    };
+                    record(sk.inputs[0], x);
+                    let mut session = Session::new(&model).map_err(|e| anyhow!("{e}"))?;
+                    session.set_reference_kernels(true);
+                    let mut outs: Vec<Vec<f32>> = out_lens.iter().map(|&n| vec![0.0; n]).collect();
+                    let mut out_refs: Vec<&mut [f32]> =
+                        outs.iter_mut().map(|v| v.as_mut_slice()).collect();
+                    let mut obs = |i: usize, view: shiftnn_runtime::ValueView<'_>| {
+                        if let shiftnn_runtime::ValueView::F32(d) = view {
+                            record(nodes[i], d);
+                        }
+                    };
+                    session
+                        .run_observed(&[x], &mut out_refs, Some(&mut obs))
+                        .map_err(|e| anyhow!("{e}"))?;
+                    Ok((amax_s, hist_s))
+                })
+                .collect::<Result<_>>()?;
+            for (a, h) in parts {
                 if pass == 0 {
-                    amax[v] =
-                        data.iter().fold(
-                            amax[v],
-                            |m, &x| if x.is_finite() { m.max(x.abs()) } else { m },
-                        );
-                } else if amax[v] > 0.0 {
-                    let h = &mut hist[v];
-                    for &x in data {
-                        let b = ((x.abs() / amax[v]) * (BINS as f32 - 1.0)) as usize;
-                        h[b.min(BINS - 1)] += 1;
+                    for (m, v) in amax.iter_mut().zip(a) {
+                        *m = m.max(v);
+                    }
+                } else {
+                    for (hv, hs) in hist.iter_mut().zip(h) {
+                        for (t, c) in hv.iter_mut().zip(hs) {
+                            *t += c;
+                        }
                     }
                 }
-            };
-            record(sk.inputs[0], x, &mut amax, &mut hist);
-            let mut obs = |i: usize, view: shiftnn_runtime::ValueView<'_>| {
-                if let shiftnn_runtime::ValueView::F32(d) = view {
-                    record(nodes[i], d, &mut amax, &mut hist);
-                }
-            };
-            let mut out_refs: Vec<&mut [f32]> = outs.iter_mut().map(|v| v.as_mut_slice()).collect();
-            session
-                .run_observed(&[x], &mut out_refs, Some(&mut obs))
-                .map_err(|e| anyhow!("{e}"))?;
-            if let Some(p) = opts.progress {
-                p(pass * calib.n + s + 1, passes * calib.n);
             }
+            if let Some(p) = opts.progress {
+                p(pass * calib.n + s1, passes * calib.n);
+            }
+            s0 = s1;
         }
     }
     let mut range = amax.clone();

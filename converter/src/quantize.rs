@@ -9,6 +9,7 @@
 //! per-channel PTQ. Weights that already are `a * s * 2^p` (DenseShift
 //! training) reach zero error and are reported as lossless.
 
+use rayon::prelude::*;
 use shiftnn_kernels::Bits;
 
 /// Result of quantizing one weight matrix (`rows x k`) to shift codes.
@@ -208,9 +209,7 @@ impl InputStats {
         let k = self.k;
         let mut t = 0.0;
         for i in 0..k {
-            let row = &c[i * k..(i + 1) * k];
-            let ci: f64 = row.iter().zip(e).map(|(a, b)| a * b).sum();
-            t += e[i] * ci;
+            t += e[i] * dot(&c[i * k..(i + 1) * k], e);
         }
         t
     }
@@ -298,6 +297,28 @@ pub struct CalibratedShift {
     pub output_var: f64,
 }
 
+/// `Σ a_i b_i` with eight independent partial sums: the calibrated search
+/// is O(k²) per trial, and a single running f64 sum (which the compiler
+/// may not reorder) made it latency-bound, minutes on a ResNet-18.
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0f64; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f64 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ac.zip(bc) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
 fn values(bits: Bits, a: f64, c: &[u8]) -> impl Iterator<Item = f64> + '_ {
     c.iter().map(move |&cc| a * bits.value(cc) as f64)
 }
@@ -314,16 +335,8 @@ fn greedy_codes(bits: Bits, row: &[f32], cov: &[f64], a: f64, c: &mut [u8]) -> f
         .zip(values(bits, a, c))
         .map(|(&w, q)| w as f64 - q)
         .collect();
-    let mut g: Vec<f64> = (0..k)
-        .map(|i| {
-            cov[i * k..(i + 1) * k]
-                .iter()
-                .zip(&e)
-                .map(|(x, y)| x * y)
-                .sum()
-        })
-        .collect();
-    let mut err: f64 = e.iter().zip(&g).map(|(x, y)| x * y).sum();
+    let mut g: Vec<f64> = (0..k).map(|i| dot(&cov[i * k..(i + 1) * k], &e)).collect();
+    let mut err = dot(&e, &g);
     for _sweep in 0..8 {
         let mut changed = false;
         for i in 0..k {
@@ -380,12 +393,7 @@ fn out_err(bits: Bits, row: &[f32], cov: &[f64], a: f64, c: &[u8]) -> f64 {
         if e[i] == 0.0 {
             continue;
         }
-        t += e[i]
-            * cov[i * k..(i + 1) * k]
-                .iter()
-                .zip(&e)
-                .map(|(x, y)| x * y)
-                .sum::<f64>();
+        t += e[i] * dot(&cov[i * k..(i + 1) * k], &e);
     }
     t
 }
@@ -396,12 +404,121 @@ fn cov_scale(bits: Bits, row: &[f32], cov: &[f64], c: &[u8]) -> f64 {
     let v: Vec<f64> = c.iter().map(|&cc| bits.value(cc) as f64).collect();
     let (mut num, mut den) = (0.0, 0.0);
     for i in 0..k {
-        let ci = &cov[i * k..(i + 1) * k];
-        let cv: f64 = ci.iter().zip(&v).map(|(x, y)| x * y).sum();
+        let cv = dot(&cov[i * k..(i + 1) * k], &v);
         num += row[i] as f64 * cv;
         den += v[i] * cv;
     }
     num / den
+}
+
+/// One row's outcome in [`quantize_shift_calibrated`].
+struct RowResult {
+    codes: Vec<u8>,
+    scale: f32,
+    bias: f32,
+    sig: f64,
+    noise: f64,
+    err_mse: f64,
+    err: f64,
+    var: f64,
+    exact: bool,
+}
+
+/// The search of [`quantize_shift_calibrated`] for one row (`codes` and
+/// `a_mse`: its weight-MSE solution; `g`: its group's statistics).
+fn calibrate_row(
+    bits: Bits,
+    row: &[f32],
+    codes: &[u8],
+    a_mse32: f32,
+    stats: &InputStats,
+    g: usize,
+) -> RowResult {
+    let cov = &stats.cov[g];
+    let a_mse = a_mse32 as f64;
+    let e_mse = out_err(bits, row, cov, a_mse, codes);
+    let wf: Vec<f64> = row.iter().map(|&x| x as f64).collect();
+    let var = stats.output_err(g, &wf);
+    let amax = row.iter().fold(0f64, |m, &v| m.max((v as f64).abs()));
+    let exact = row
+        .iter()
+        .zip(codes)
+        .all(|(&x, &cc)| ((x as f64) - a_mse * bits.value(cc) as f64).abs() <= EXACT_REL * amax);
+    let sig = wf.iter().map(|x| x * x).sum::<f64>();
+    let keep = |exact| RowResult {
+        codes: codes.to_vec(),
+        scale: a_mse32,
+        bias: 0.0,
+        sig,
+        noise: sq_err(bits, row, a_mse, codes),
+        err_mse: e_mse,
+        err: e_mse,
+        var,
+        exact,
+    };
+    if exact || !(a_mse > 0.0 && a_mse.is_finite()) || e_mse == 0.0 {
+        return keep(exact);
+    }
+    let mut best = (e_mse, a_mse, codes.to_vec());
+    // Scale grid: 2^(j/8) steps from a quarter to twice the MSE scale.
+    for j in -16..=8 {
+        let a = a_mse * (j as f64 / 8.0).exp2();
+        let (_, c) = row_error(bits, row, a);
+        let e = out_err(bits, row, cov, a, &c);
+        if e < best.0 {
+            best = (e, a, c);
+        }
+    }
+    let (mut e, mut a, mut c) = best;
+    for _ in 0..6 {
+        let mut c2 = c.clone();
+        let e2 = greedy_codes(bits, row, cov, a, &mut c2);
+        let a2 = cov_scale(bits, row, cov, &c2);
+        let (e3, a3) = if a2 > 0.0 && a2.is_finite() {
+            let e3 = out_err(bits, row, cov, a2, &c2);
+            if e3 < e2 {
+                (e3, a2)
+            } else {
+                (e2, a)
+            }
+        } else {
+            (e2, a)
+        };
+        if e3 < e * (1.0 - 1e-9) {
+            (e, a, c) = (e3, a3, c2);
+        } else {
+            break;
+        }
+    }
+    // The stored f32 scale, not the f64 one, defines the weights.
+    let a32 = a as f32;
+    let e32 = out_err(bits, row, cov, a32 as f64, &c);
+    if e32 > e_mse {
+        let mut r = keep(false);
+        r.bias = bias_of(bits, row, a_mse, codes, &stats.mean[g]);
+        return r;
+    }
+    let a = a32 as f64;
+    RowResult {
+        bias: bias_of(bits, row, a, &c, &stats.mean[g]),
+        noise: sq_err(bits, row, a, &c),
+        codes: c,
+        scale: a32,
+        sig,
+        err_mse: e_mse,
+        err: e32,
+        var,
+        exact: false,
+    }
+}
+
+/// The bias correction `(w - q)·μ` of a row.
+fn bias_of(bits: Bits, row: &[f32], a: f64, c: &[u8], mu: &[f64]) -> f32 {
+    row.iter()
+        .zip(values(bits, a, c))
+        .zip(mu)
+        .map(|((&x, q), m)| (x as f64 - q) * m)
+        .sum::<f64>() as f32
 }
 
 /// Post-training quantization that minimizes each layer's *output* error on
@@ -444,84 +561,33 @@ pub fn quantize_shift_calibrated(
             weights: base,
         };
     }
-    let mut codes = base.codes.clone();
-    let mut scales = base.scales.clone();
-    let mut bias_correction = vec![0f32; rows];
+    // Rows are independent: search them in parallel, then add up the
+    // figures in row order (the result does not depend on the threads).
+    let per_row: Vec<RowResult> = (0..rows)
+        .into_par_iter()
+        .map(|r| {
+            let g = r / (rows / groups);
+            let row = &w[r * k..(r + 1) * k];
+            let codes = &base.codes[r * k..(r + 1) * k];
+            calibrate_row(bits, row, codes, base.scales[r], stats, g)
+        })
+        .collect();
+    let mut codes = Vec::with_capacity(rows * k);
+    let mut scales = Vec::with_capacity(rows);
+    let mut bias_correction = Vec::with_capacity(rows);
     let (mut sig, mut noise) = (0f64, 0f64);
     let (mut err_mse, mut err_new, mut var) = (0f64, 0f64, 0f64);
     let mut lossless = true;
-    for r in 0..rows {
-        let g = r / (rows / groups);
-        let cov = &stats.cov[g];
-        let row = &w[r * k..(r + 1) * k];
-        let rowc = &mut codes[r * k..(r + 1) * k];
-        let a_mse = base.scales[r] as f64;
-        let e_mse = out_err(bits, row, cov, a_mse, rowc);
-        let wf: Vec<f64> = row.iter().map(|&x| x as f64).collect();
-        var += stats.output_err(g, &wf);
-        err_mse += e_mse;
-        let amax = row.iter().fold(0f64, |m, &v| m.max((v as f64).abs()));
-        let exact = row.iter().zip(rowc.iter()).all(|(&x, &cc)| {
-            ((x as f64) - base.scales[r] as f64 * bits.value(cc) as f64).abs() <= EXACT_REL * amax
-        });
-        sig += wf.iter().map(|x| x * x).sum::<f64>();
-        if exact || !(a_mse > 0.0 && a_mse.is_finite()) || e_mse == 0.0 {
-            lossless &= exact;
-            err_new += e_mse;
-            noise += sq_err(bits, row, a_mse, rowc);
-            continue;
-        }
-        lossless = false;
-        let mut best = (e_mse, a_mse, rowc.to_vec());
-        // Scale grid: 2^(j/8) steps from a quarter to twice the MSE scale.
-        for j in -16..=8 {
-            let a = a_mse * (j as f64 / 8.0).exp2();
-            let (_, c) = row_error(bits, row, a);
-            let e = out_err(bits, row, cov, a, &c);
-            if e < best.0 {
-                best = (e, a, c);
-            }
-        }
-        let (mut e, mut a, mut c) = best;
-        for _ in 0..6 {
-            let mut c2 = c.clone();
-            let e2 = greedy_codes(bits, row, cov, a, &mut c2);
-            let a2 = cov_scale(bits, row, cov, &c2);
-            let (e3, a3) = if a2 > 0.0 && a2.is_finite() {
-                let e3 = out_err(bits, row, cov, a2, &c2);
-                if e3 < e2 {
-                    (e3, a2)
-                } else {
-                    (e2, a)
-                }
-            } else {
-                (e2, a)
-            };
-            if e3 < e * (1.0 - 1e-9) {
-                (e, a, c) = (e3, a3, c2);
-            } else {
-                break;
-            }
-        }
-        // The stored f32 scale, not the f64 one, defines the weights.
-        let a32 = a as f32;
-        let e32 = out_err(bits, row, cov, a32 as f64, &c);
-        let (e, a, c) = if e32 <= e_mse {
-            (e32, a32 as f64, c)
-        } else {
-            (e_mse, a_mse, rowc.to_vec())
-        };
-        rowc.copy_from_slice(&c);
-        scales[r] = a as f32;
-        err_new += e;
-        noise += sq_err(bits, row, a, &c);
-        let mu = &stats.mean[g];
-        bias_correction[r] = row
-            .iter()
-            .zip(values(bits, a, &c))
-            .zip(mu)
-            .map(|((&x, q), m)| (x as f64 - q) * m)
-            .sum::<f64>() as f32;
+    for o in per_row {
+        codes.extend_from_slice(&o.codes);
+        scales.push(o.scale);
+        bias_correction.push(o.bias);
+        sig += o.sig;
+        noise += o.noise;
+        err_mse += o.err_mse;
+        err_new += o.err;
+        var += o.var;
+        lossless &= o.exact;
     }
     CalibratedShift {
         weights: ShiftWeights {

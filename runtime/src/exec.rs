@@ -51,6 +51,8 @@ pub struct Session<'m, 'b> {
     /// Shared parameters and the generation last loaded from them.
     #[cfg(feature = "std")]
     shared: Option<(Arc<crate::adapt::SharedParams>, u64)>,
+    /// Float layers run the scalar reference kernels ([`Session::set_reference_kernels`]).
+    reference: bool,
 }
 
 impl<'m> Session<'m, 'static> {
@@ -67,6 +69,7 @@ impl<'m> Session<'m, 'static> {
             pool: None,
             #[cfg(feature = "std")]
             shared: None,
+            reference: false,
         })
     }
 }
@@ -93,7 +96,19 @@ impl<'m, 'b> Session<'m, 'b> {
             pool: None,
             #[cfg(feature = "std")]
             shared: None,
+            reference: false,
         })
+    }
+
+    /// Run float-mode conv and linear layers with the scalar reference
+    /// kernels instead of the fastest ones (`false` by default). The SIMD
+    /// float kernels add in another order than `scalar`, so their results
+    /// differ in the last bits from CPU to CPU; with this set, float
+    /// outputs are the same on every machine (int8 outputs always are).
+    /// The converter calibrates this way, so a model converts to the same
+    /// bytes everywhere.
+    pub fn set_reference_kernels(&mut self, on: bool) {
+        self.reference = on;
     }
 
     /// Use `n` threads for conv and linear layers (1 = this thread only).
@@ -363,15 +378,13 @@ impl<'m, 'b> Session<'m, 'b> {
                             let w = model.shift_rows(i)?;
                             let x = &f32s(x0)?[xo..xo + in_len];
                             let o = &mut f32s_mut(out)?[yo..yo + out_len];
+                            let f = if self.reference {
+                                scalar::conv_shift_f32
+                            } else {
+                                dispatch::conv_shift_f32
+                            };
                             par_conv(pool.as_deref_mut(), &geom, x, o, |geom, x, oc0, n, o| {
-                                dispatch::conv_shift_f32(
-                                    geom,
-                                    x,
-                                    &w.sub_rows(oc0, n),
-                                    oc0,
-                                    &ep[oc0..oc0 + n],
-                                    o,
-                                )
+                                f(geom, x, &w.sub_rows(oc0, n), oc0, &ep[oc0..oc0 + n], o)
                             });
                         }
                         (Mode::Float, WeightKind::F32, NodeParams::Affine(ep)) => {
