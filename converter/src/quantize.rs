@@ -187,8 +187,111 @@ pub struct InputStats {
     pub k: usize,
     /// Per group: mean, `k` values.
     pub mean: Vec<Vec<f64>>,
-    /// Per group: covariance, `k x k` row-major.
-    pub cov: Vec<Vec<f64>>,
+    /// Per group: covariance.
+    pub cov: Vec<Cov>,
+}
+
+/// One group's input covariance `C`: dense, or, when there are at most
+/// `k / 4` calibration vectors (a linear layer on a few inputs), the
+/// centred vectors themselves, with which every product the weight search
+/// needs costs O(nk) instead of O(k²) (a 4096-wide layer's search went from
+/// minutes to seconds) and no `k x k` matrix is allocated.
+#[derive(Clone, Debug)]
+pub enum Cov {
+    /// `k x k`, row-major.
+    Dense(Vec<f64>),
+    /// `n x k`, row-major: the centred vectors scaled by `1 / sqrt(n)`,
+    /// so that `C = XᵀX`.
+    Samples(Vec<f64>),
+}
+
+impl Cov {
+    /// `eᵀ C e`.
+    pub fn quad(&self, k: usize, e: &[f64]) -> f64 {
+        match self {
+            Cov::Dense(c) => {
+                let mut t = 0.0;
+                for i in 0..k {
+                    if e[i] != 0.0 {
+                        t += e[i] * dot(&c[i * k..(i + 1) * k], e);
+                    }
+                }
+                t
+            }
+            Cov::Samples(x) => x.chunks_exact(k).map(|r| dot(r, e).powi(2)).sum(),
+        }
+    }
+
+    /// `C v`.
+    pub fn mul(&self, k: usize, v: &[f64]) -> Vec<f64> {
+        match self {
+            Cov::Dense(c) => (0..k).map(|i| dot(&c[i * k..(i + 1) * k], v)).collect(),
+            Cov::Samples(x) => {
+                let mut out = vec![0.0; k];
+                for r in x.chunks_exact(k) {
+                    let y = dot(r, v);
+                    for (o, &xi) in out.iter_mut().zip(r) {
+                        *o += y * xi;
+                    }
+                }
+                out
+            }
+        }
+    }
+
+    /// `C[i][j]`.
+    pub fn entry(&self, k: usize, i: usize, j: usize) -> f64 {
+        match self {
+            Cov::Dense(c) => c[i * k + j],
+            Cov::Samples(x) => x.chunks_exact(k).map(|r| r[i] * r[j]).sum(),
+        }
+    }
+}
+
+/// `C e` kept up to date while single entries of `e` change (the greedy
+/// search): the vector itself for a dense `C`, `y = X e` for samples.
+enum Grad<'a> {
+    Dense { c: &'a [f64], g: Vec<f64> },
+    Samples { x: &'a [f64], y: Vec<f64> },
+}
+
+impl<'a> Grad<'a> {
+    fn new(cov: &'a Cov, k: usize, e: &[f64]) -> Self {
+        match cov {
+            Cov::Dense(c) => Grad::Dense {
+                c,
+                g: cov.mul(k, e),
+            },
+            Cov::Samples(x) => Grad::Samples {
+                x,
+                y: x.chunks_exact(k).map(|r| dot(r, e)).collect(),
+            },
+        }
+    }
+
+    /// `(C e)_i`.
+    fn get(&self, k: usize, i: usize) -> f64 {
+        match self {
+            Grad::Dense { g, .. } => g[i],
+            Grad::Samples { x, y } => x.chunks_exact(k).zip(y).map(|(r, &yv)| r[i] * yv).sum(),
+        }
+    }
+
+    /// `e_i` dropped by `d`.
+    fn apply(&mut self, k: usize, i: usize, d: f64) {
+        match self {
+            Grad::Dense { c, g } => {
+                for (gj, cj) in g.iter_mut().zip(&c[i * k..(i + 1) * k]) {
+                    *gj -= d * cj;
+                }
+            }
+            Grad::Samples { x, y } => {
+                for (yv, r) in y.iter_mut().zip(x.chunks_exact(k)) {
+                    *yv -= d * r[i];
+                }
+            }
+        }
+    }
 }
 
 impl InputStats {
@@ -199,19 +302,14 @@ impl InputStats {
             k,
             n: 0,
             sum: vec![vec![0.0; k]; groups],
-            sxx: vec![vec![0.0; k * k]; groups],
+            sxx: vec![Vec::new(); groups],
+            samples: vec![Vec::new(); groups],
         }
     }
 
     /// Output error variance `eᵀ C e` of a weight error `e` in group `g`.
     pub fn output_err(&self, g: usize, e: &[f64]) -> f64 {
-        let c = &self.cov[g];
-        let k = self.k;
-        let mut t = 0.0;
-        for i in 0..k {
-            t += e[i] * dot(&c[i * k..(i + 1) * k], e);
-        }
-        t
+        self.cov[g].quad(self.k, e)
     }
 }
 
@@ -221,7 +319,11 @@ pub struct InputStatsAcc {
     k: usize,
     n: u64,
     sum: Vec<Vec<f64>>,
+    /// Per group: the upper triangle of `Σ x xᵀ`, allocated once a group
+    /// has more than `k / 4` vectors; until then empty.
     sxx: Vec<Vec<f64>>,
+    /// Per group: the vectors themselves while there are at most `k / 4`.
+    samples: Vec<Vec<f32>>,
 }
 
 impl InputStatsAcc {
@@ -233,20 +335,22 @@ impl InputStatsAcc {
         if g == 0 {
             self.n += 1;
         }
-        let (s, m) = (&mut self.sum[g], &mut self.sxx[g]);
-        for i in 0..k {
-            let xi = x[i] as f64;
-            s[i] += xi;
-            if xi == 0.0 {
-                // ReLU outputs and padding are often zero: skip the row.
-                continue;
+        for (s, &v) in self.sum[g].iter_mut().zip(x) {
+            *s += v as f64;
+        }
+        if self.sxx[g].is_empty() {
+            if self.samples[g].len() < (k / 4) * k {
+                self.samples[g].extend_from_slice(x);
+                return;
             }
-            let row = &mut m[i * k..(i + 1) * k];
-            // Upper triangle only; mirrored in `finish`.
-            for j in i..k {
-                row[j] += xi * x[j] as f64;
+            // Too many for the low-rank form: switch to the dense sums.
+            self.sxx[g] = vec![0.0; k * k];
+            let kept = core::mem::take(&mut self.samples[g]);
+            for v in kept.chunks_exact(k) {
+                add_outer(&mut self.sxx[g], k, v);
             }
         }
+        add_outer(&mut self.sxx[g], k, x);
     }
 
     /// Number of vectors added (per group).
@@ -263,8 +367,18 @@ impl InputStatsAcc {
         let n = self.n as f64;
         let mut mean = Vec::new();
         let mut cov = Vec::new();
-        for (s, m) in self.sum.into_iter().zip(self.sxx) {
+        for ((s, m), xs) in self.sum.into_iter().zip(self.sxx).zip(self.samples) {
             let mu: Vec<f64> = s.iter().map(|v| v / n).collect();
+            if m.is_empty() {
+                let r = n.sqrt().recip();
+                let x = xs
+                    .chunks_exact(k)
+                    .flat_map(|v| v.iter().zip(&mu).map(move |(&a, m)| (a as f64 - m) * r))
+                    .collect();
+                mean.push(mu);
+                cov.push(Cov::Samples(x));
+                continue;
+            }
             let mut c = vec![0.0; k * k];
             for i in 0..k {
                 for j in i..k {
@@ -274,9 +388,24 @@ impl InputStatsAcc {
                 }
             }
             mean.push(mu);
-            cov.push(c);
+            cov.push(Cov::Dense(c));
         }
         Some(InputStats { k, mean, cov })
+    }
+}
+
+/// Adds the upper triangle of `x xᵀ` to `m` (`k x k`); mirrored in
+/// [`InputStatsAcc::finish`].
+fn add_outer(m: &mut [f64], k: usize, x: &[f32]) {
+    for i in 0..k {
+        let xi = x[i] as f64;
+        if xi == 0.0 {
+            // ReLU outputs and padding are often zero: skip the row.
+            continue;
+        }
+        for (mj, &xj) in m[i * k + i..(i + 1) * k].iter_mut().zip(&x[i..]) {
+            *mj += xi * xj as f64;
+        }
     }
 }
 
@@ -328,15 +457,27 @@ fn values(bits: Bits, a: f64, c: &[u8]) -> impl Iterator<Item = f64> + '_ {
 /// lowers `eᵀ C e`. `g = C e` is kept up to date so each trial is O(1) and
 /// each accepted change O(k) (the greedy variant of AdaRound's choice
 /// between the two nearest grid points).
-fn greedy_codes(bits: Bits, row: &[f32], cov: &[f64], a: f64, c: &mut [u8]) -> f64 {
+fn greedy_codes(bits: Bits, row: &[f32], cov: &Cov, a: f64, c: &mut [u8]) -> f64 {
     let k = row.len();
     let e: Vec<f64> = row
         .iter()
         .zip(values(bits, a, c))
         .map(|(&w, q)| w as f64 - q)
         .collect();
-    let mut g: Vec<f64> = (0..k).map(|i| dot(&cov[i * k..(i + 1) * k], &e)).collect();
-    let mut err = dot(&e, &g);
+    let mut g = Grad::new(cov, k, &e);
+    let mut err = cov.quad(k, &e);
+    let diag: Vec<f64> = match cov {
+        Cov::Dense(m) => (0..k).map(|i| m[i * k + i]).collect(),
+        Cov::Samples(x) => {
+            let mut d = vec![0.0; k];
+            for r in x.chunks_exact(k) {
+                for (di, &v) in d.iter_mut().zip(r) {
+                    *di += v * v;
+                }
+            }
+            d
+        }
+    };
     for _sweep in 0..8 {
         let mut changed = false;
         for i in 0..k {
@@ -351,13 +492,13 @@ fn greedy_codes(bits: Bits, row: &[f32], cov: &[f64], a: f64, c: &mut [u8]) -> f
             if p < bits.max_exp() {
                 cands[1] = Some(bits.encode(neg, p + 1));
             }
-            let hii = cov[i * k + i];
+            let (gi, hii) = (g.get(k, i), diag[i]);
             let mut best = (0.0, None);
             for cand in cands.into_iter().flatten() {
                 // The error e_i drops by d = a (v' - v): eᵀCe changes by
                 // -2 d g_i + d² C_ii.
                 let d = a * (bits.value(cand) as f64 - cur);
-                let delta = -2.0 * d * g[i] + d * d * hii;
+                let delta = -2.0 * d * gi + d * d * hii;
                 if delta < best.0 {
                     best = (delta, Some((cand, d)));
                 }
@@ -367,9 +508,7 @@ fn greedy_codes(bits: Bits, row: &[f32], cov: &[f64], a: f64, c: &mut [u8]) -> f
                 if delta < -1e-12 * err.abs().max(1e-300) {
                     c[i] = cand;
                     err += delta;
-                    for (gj, cj) in g.iter_mut().zip(&cov[i * k..(i + 1) * k]) {
-                        *gj -= d * cj;
-                    }
+                    g.apply(k, i, d);
                     changed = true;
                 }
             }
@@ -381,33 +520,21 @@ fn greedy_codes(bits: Bits, row: &[f32], cov: &[f64], a: f64, c: &mut [u8]) -> f
     err
 }
 
-fn out_err(bits: Bits, row: &[f32], cov: &[f64], a: f64, c: &[u8]) -> f64 {
-    let k = row.len();
+fn out_err(bits: Bits, row: &[f32], cov: &Cov, a: f64, c: &[u8]) -> f64 {
     let e: Vec<f64> = row
         .iter()
         .zip(values(bits, a, c))
         .map(|(&w, q)| w as f64 - q)
         .collect();
-    let mut t = 0.0;
-    for i in 0..k {
-        if e[i] == 0.0 {
-            continue;
-        }
-        t += e[i] * dot(&cov[i * k..(i + 1) * k], &e);
-    }
-    t
+    cov.quad(row.len(), &e)
 }
 
 /// Scale minimizing `(w - a v)ᵀ C (w - a v)` for fixed codes `v`.
-fn cov_scale(bits: Bits, row: &[f32], cov: &[f64], c: &[u8]) -> f64 {
-    let k = row.len();
+fn cov_scale(bits: Bits, row: &[f32], cov: &Cov, c: &[u8]) -> f64 {
     let v: Vec<f64> = c.iter().map(|&cc| bits.value(cc) as f64).collect();
-    let (mut num, mut den) = (0.0, 0.0);
-    for i in 0..k {
-        let cv = dot(&cov[i * k..(i + 1) * k], &v);
-        num += row[i] as f64 * cv;
-        den += v[i] * cv;
-    }
+    let cv = cov.mul(row.len(), &v);
+    let num: f64 = row.iter().zip(&cv).map(|(&w, x)| w as f64 * x).sum();
+    let den: f64 = v.iter().zip(&cv).map(|(a, b)| a * b).sum();
     num / den
 }
 
@@ -757,6 +884,48 @@ mod tests {
         tot / xs.len() as f64
     }
 
+    /// Few vectors (a linear layer on a few calibration inputs) keep the
+    /// low-rank form; it holds the same covariance as the dense sums, and
+    /// the calibrated search reaches the same output error either way.
+    #[test]
+    fn low_rank_stats_equal_dense() {
+        let (k, rows, bits) = (64, 6, Bits::B4);
+        let xs = correlated_inputs(k, 12, 3);
+        let st = stats_of(&xs, k);
+        assert!(matches!(st.cov[0], Cov::Samples(_)));
+        let dense = InputStats {
+            k,
+            mean: st.mean.clone(),
+            cov: vec![Cov::Dense(
+                (0..k * k)
+                    .map(|t| st.cov[0].entry(k, t / k, t % k))
+                    .collect(),
+            )],
+        };
+        // The dense sums of the same vectors (more than k / 4 of them
+        // switch the accumulator over) give the same matrix.
+        let many: Vec<Vec<f32>> = xs.iter().cycle().take(6 * xs.len()).cloned().collect();
+        let st_many = stats_of(&many, k);
+        assert!(matches!(st_many.cov[0], Cov::Dense(_)));
+        for i in 0..k {
+            for j in 0..k {
+                let (a, b) = (st.cov[0].entry(k, i, j), st_many.cov[0].entry(k, i, j));
+                assert!((a - b).abs() <= 1e-9 * (1.0 + a.abs()), "{i} {j}: {a} {b}");
+            }
+        }
+        let e: Vec<f64> = (0..k).map(|i| ((i * 7 % 11) as f64 - 5.0) / 3.0).collect();
+        let (q1, q2) = (st.cov[0].quad(k, &e), dense.cov[0].quad(k, &e));
+        assert!((q1 - q2).abs() <= 1e-9 * q2.abs().max(1.0), "{q1} {q2}");
+        let w: Vec<f32> = (0..rows * k)
+            .map(|i| (((i * 37) % 101) as f32 - 50.0) / 40.0)
+            .collect();
+        let a = quantize_shift_calibrated(&w, rows, k, bits, &st);
+        let b = quantize_shift_calibrated(&w, rows, k, bits, &dense);
+        assert!(a.output_err < a.output_err_mse, "the search must help");
+        let rel = (a.output_err - b.output_err).abs() / b.output_err.max(1e-300);
+        assert!(rel < 1e-6, "{} {}", a.output_err, b.output_err);
+    }
+
     #[test]
     fn stats_match_direct_mean_and_covariance() {
         let k = 5;
@@ -773,7 +942,7 @@ mod tests {
                     .map(|x| (x[i] as f64 - mi) * (x[j] as f64 - mj))
                     .sum::<f64>()
                     / n;
-                assert!((st.cov[0][i * k + j] - c).abs() < 1e-9, "{i} {j}");
+                assert!((st.cov[0].entry(k, i, j) - c).abs() < 1e-9, "{i} {j}");
             }
         }
     }
