@@ -200,12 +200,31 @@ pub struct InputStats {
 pub enum Cov {
     /// `k x k`, row-major.
     Dense(Vec<f64>),
-    /// `n x k`, row-major: the centred vectors scaled by `1 / sqrt(n)`,
-    /// so that `C = XᵀX`.
-    Samples(Vec<f64>),
+    /// The centred vectors scaled by `1 / sqrt(n)`, as the `k x n`
+    /// row-major matrix `Xᵀ` (so that `C = XᵀX` and a column of `X`,
+    /// which the greedy search reads, is contiguous).
+    Samples {
+        /// `Xᵀ`, `k x n`.
+        xt: Vec<f64>,
+        /// Number of vectors.
+        n: usize,
+    },
 }
 
 impl Cov {
+    /// `X e` of the sample form.
+    fn project(xt: &[f64], n: usize, e: &[f64]) -> Vec<f64> {
+        let mut y = vec![0.0; n];
+        for (col, &ei) in xt.chunks_exact(n).zip(e) {
+            if ei != 0.0 {
+                for (yv, &xv) in y.iter_mut().zip(col) {
+                    *yv += ei * xv;
+                }
+            }
+        }
+        y
+    }
+
     /// `eᵀ C e`.
     pub fn quad(&self, k: usize, e: &[f64]) -> f64 {
         match self {
@@ -218,7 +237,10 @@ impl Cov {
                 }
                 t
             }
-            Cov::Samples(x) => x.chunks_exact(k).map(|r| dot(r, e).powi(2)).sum(),
+            Cov::Samples { xt, n } => {
+                let y = Self::project(xt, *n, e);
+                dot(&y, &y)
+            }
         }
     }
 
@@ -226,15 +248,9 @@ impl Cov {
     pub fn mul(&self, k: usize, v: &[f64]) -> Vec<f64> {
         match self {
             Cov::Dense(c) => (0..k).map(|i| dot(&c[i * k..(i + 1) * k], v)).collect(),
-            Cov::Samples(x) => {
-                let mut out = vec![0.0; k];
-                for r in x.chunks_exact(k) {
-                    let y = dot(r, v);
-                    for (o, &xi) in out.iter_mut().zip(r) {
-                        *o += y * xi;
-                    }
-                }
-                out
+            Cov::Samples { xt, n } => {
+                let y = Self::project(xt, *n, v);
+                xt.chunks_exact(*n).map(|col| dot(col, &y)).collect()
             }
         }
     }
@@ -243,7 +259,7 @@ impl Cov {
     pub fn entry(&self, k: usize, i: usize, j: usize) -> f64 {
         match self {
             Cov::Dense(c) => c[i * k + j],
-            Cov::Samples(x) => x.chunks_exact(k).map(|r| r[i] * r[j]).sum(),
+            Cov::Samples { xt, n } => dot(&xt[i * n..(i + 1) * n], &xt[j * n..(j + 1) * n]),
         }
     }
 }
@@ -251,8 +267,15 @@ impl Cov {
 /// `C e` kept up to date while single entries of `e` change (the greedy
 /// search): the vector itself for a dense `C`, `y = X e` for samples.
 enum Grad<'a> {
-    Dense { c: &'a [f64], g: Vec<f64> },
-    Samples { x: &'a [f64], y: Vec<f64> },
+    Dense {
+        c: &'a [f64],
+        g: Vec<f64>,
+    },
+    Samples {
+        xt: &'a [f64],
+        n: usize,
+        y: Vec<f64>,
+    },
 }
 
 impl<'a> Grad<'a> {
@@ -262,9 +285,10 @@ impl<'a> Grad<'a> {
                 c,
                 g: cov.mul(k, e),
             },
-            Cov::Samples(x) => Grad::Samples {
-                x,
-                y: x.chunks_exact(k).map(|r| dot(r, e)).collect(),
+            Cov::Samples { xt, n } => Grad::Samples {
+                xt,
+                n: *n,
+                y: Cov::project(xt, *n, e),
             },
         }
     }
@@ -273,7 +297,10 @@ impl<'a> Grad<'a> {
     fn get(&self, k: usize, i: usize) -> f64 {
         match self {
             Grad::Dense { g, .. } => g[i],
-            Grad::Samples { x, y } => x.chunks_exact(k).zip(y).map(|(r, &yv)| r[i] * yv).sum(),
+            Grad::Samples { xt, n, y } => {
+                let _ = k;
+                dot(&xt[i * n..(i + 1) * n], y)
+            }
         }
     }
 
@@ -285,9 +312,9 @@ impl<'a> Grad<'a> {
                     *gj -= d * cj;
                 }
             }
-            Grad::Samples { x, y } => {
-                for (yv, r) in y.iter_mut().zip(x.chunks_exact(k)) {
-                    *yv -= d * r[i];
+            Grad::Samples { xt, n, y } => {
+                for (yv, &xv) in y.iter_mut().zip(&xt[i * *n..(i + 1) * *n]) {
+                    *yv -= d * xv;
                 }
             }
         }
@@ -371,12 +398,15 @@ impl InputStatsAcc {
             let mu: Vec<f64> = s.iter().map(|v| v / n).collect();
             if m.is_empty() {
                 let r = n.sqrt().recip();
-                let x = xs
-                    .chunks_exact(k)
-                    .flat_map(|v| v.iter().zip(&mu).map(move |(&a, m)| (a as f64 - m) * r))
-                    .collect();
+                let cnt = xs.len() / k;
+                let mut xt = vec![0.0; k * cnt];
+                for (s, v) in xs.chunks_exact(k).enumerate() {
+                    for (i, (&a, m)) in v.iter().zip(&mu).enumerate() {
+                        xt[i * cnt + s] = (a as f64 - m) * r;
+                    }
+                }
                 mean.push(mu);
-                cov.push(Cov::Samples(x));
+                cov.push(Cov::Samples { xt, n: cnt });
                 continue;
             }
             let mut c = vec![0.0; k * k];
@@ -468,15 +498,7 @@ fn greedy_codes(bits: Bits, row: &[f32], cov: &Cov, a: f64, c: &mut [u8]) -> f64
     let mut err = cov.quad(k, &e);
     let diag: Vec<f64> = match cov {
         Cov::Dense(m) => (0..k).map(|i| m[i * k + i]).collect(),
-        Cov::Samples(x) => {
-            let mut d = vec![0.0; k];
-            for r in x.chunks_exact(k) {
-                for (di, &v) in d.iter_mut().zip(r) {
-                    *di += v * v;
-                }
-            }
-            d
-        }
+        Cov::Samples { xt, n } => xt.chunks_exact(*n).map(|col| dot(col, col)).collect(),
     };
     for _sweep in 0..8 {
         let mut changed = false;
@@ -892,7 +914,7 @@ mod tests {
         let (k, rows, bits) = (64, 6, Bits::B4);
         let xs = correlated_inputs(k, 12, 3);
         let st = stats_of(&xs, k);
-        assert!(matches!(st.cov[0], Cov::Samples(_)));
+        assert!(matches!(st.cov[0], Cov::Samples { .. }));
         let dense = InputStats {
             k,
             mean: st.mean.clone(),

@@ -599,6 +599,38 @@ fn wide_depthwise_rows() {
     }
 }
 
+/// Depthwise 7x7 layers whose 49 taps all have the same extreme code, on
+/// constant extreme activations: one accumulator bucket of the depthwise
+/// kernels takes every tap, past the 31 an `i16` holds (it must widen in
+/// between), and the requantizer's gain is small enough that an overflow
+/// would show in the output.
+#[test]
+fn depthwise_taps_of_one_extreme_code() {
+    let g = Conv2dGeom {
+        c_in: 3,
+        h: 9,
+        w: 70,
+        c_out: 3,
+        kh: 7,
+        kw: 7,
+        stride: [1, 1],
+        pads: [3, 3, 3, 3],
+        dilation: [1, 1],
+        groups: 3,
+    };
+    for code in [3u8, 7, 11, 15] {
+        for xv in [-128i8, 127] {
+            let mut c = case(g, 4, code as u64);
+            c.codes = vec![code; g.c_out * g.k()];
+            c.packed = vec![0u8; g.c_out * c.bits.row_bytes(g.k())];
+            pack(&c.codes, c.bits, g.c_out, g.k(), &mut c.packed);
+            c.x = vec![xv; g.in_len()];
+            c.rq = vec![Requant::from_real(1.0 / 65536.0, 0.0, -128, 127); g.c_out];
+            check_i8(&c).unwrap();
+        }
+    }
+}
+
 /// A pointwise (1x1, stride 1, unpadded) layer on an `h x w` map.
 fn pointwise_geom(c_in: usize, c_out: usize, h: usize, w: usize) -> Conv2dGeom {
     Conv2dGeom {
