@@ -169,28 +169,33 @@ fn check_i8(c: &Case) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// The unregistered FMA baseline of the `fexp` benchmark, where this CPU
+/// runs it: it must compute the same layer, or the comparison means
+/// nothing.
+fn fma_baseline() -> Option<(&'static str, dispatch::F32Fn)> {
+    #[cfg(target_arch = "x86_64")]
+    if Isa::Avx512.available() {
+        return Some((
+            "avx512/fma-baseline",
+            shiftnn_kernels::x86_64::avx512::conv_fma_f32,
+        ));
+    }
+    None
+}
+
 /// All float kernels against the exact sum, within the stated bound.
 fn check_f32(c: &Case, xf: &[f32]) -> Result<(), TestCaseError> {
     let g = &c.g;
     let w = PackedRows::new(&c.packed, c.bits, g.c_out, g.k()).unwrap();
     let ep = vec![Affine::IDENTITY; g.c_out];
     let eps = f32::EPSILON as f64 / 2.0;
-    let mut float_kernels: Vec<(&str, dispatch::F32Fn)> = dispatch::kernels()
+    let float_kernels = dispatch::kernels()
         .filter(|k| k.isa.available() && k.layers.fits(g))
         .filter_map(|k| match k.f {
             KernelFn::ShiftF32(f) => Some((k.name, f)),
             _ => None,
         })
-        .collect();
-    // The unregistered FMA baseline of the `fexp` benchmark: it must
-    // compute the same layer, or the comparison means nothing.
-    #[cfg(target_arch = "x86_64")]
-    if Isa::Avx512.available() {
-        float_kernels.push((
-            "avx512/fma-baseline",
-            shiftnn_kernels::x86_64::avx512::conv_fma_f32,
-        ));
-    }
+        .chain(fma_baseline());
     for (name, f) in float_kernels {
         let mut got = vec![0f32; g.out_len()];
         f(g, xf, &w, 0, &ep, &mut got);

@@ -672,6 +672,7 @@ pub(crate) fn fexp_put(slot: &mut [u32], len: usize, i: usize, v: f32) -> bool {
 
 /// [`fexp_put`] for kernels without a mask plane (they test the value
 /// for zero themselves): the value bits only.
+#[cfg(target_arch = "x86_64")]
 #[inline]
 pub(crate) fn fexp_put_bits(slot: &mut [u32], i: usize, v: f32) -> bool {
     let b = v.to_bits();
