@@ -548,6 +548,22 @@ pub fn forced_family() -> Option<Family> {
 /// | 3x3 conv 64x56x56         | 2.3 / 3.0 / 4.7 G | 1.0 / 1.1 / 3.5 G | 0.8 / 0.6 / 2.4 G |
 /// | depthwise 3x3 64x56x56    | 73 / 106 / 77 M | 73 / 107 / 81 M | 40 / 24 / 27 M |
 ///
+/// At the AVX-512 level (Zen4, 2026-11-29, same bench, b = 4, one thread,
+/// quiet machine), MACs/s:
+///
+/// | layer                  | avx512/dot | avx512/shift | avx512/fexp | FMA baseline | avx2/dot |
+/// |------------------------|------------|--------------|-------------|--------------|----------|
+/// | GEMV 4096x4096         | 40.1 G     | 7.4 G        | 9.1 G       | 9.9 G        | 34.0 G   |
+/// | 1x1 conv 784x1152x128  | 33.4 G     | 12.8 G       | 11.5 G      | 14.0 G       | 30.4 G   |
+/// | 3x3 conv 128x28x28     | 54.1 G     | 16.1 G       | 15.1 G      | 19.4 G       | 46.4 G   |
+/// | 3x3 conv 64x56x56      | 39.1 G     | 13.4 G       | 13.2 G      | 15.6 G       | 34.4 G   |
+/// | 7x7/2 stem, 3 channels | 26.8 G     | 9.4 G        | 10.4 G      | 12.4 G       | 16.4 G   |
+///
+/// (`avx2/lut`: 7-13 G; depthwise: `avx512/dw-shift` 3.6 G against 0.23 G
+/// for the tiled kernels; pointwise 16 -> 96 at 112x112: `avx512/pw-dot`
+/// 23.7 G, `avx512/dot` 4.5 G.) The same order as on AVX2, so the same
+/// rule; the pixel-lane kernels' reach differs (`pointwise::MAX_K_TINY`).
+///
 /// So: `dot` wherever a kernel of it runs (2.5-5x the multiplication-free
 /// families on every dense layer), except depthwise convs (one input
 /// channel per group, `k` = 9), where the tiled kernels are bound by the

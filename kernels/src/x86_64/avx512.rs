@@ -20,7 +20,7 @@
 //!   masked `vpaddw` to one of two `i16` accumulators, the `h = 1` one
 //!   weighted by 16 when it is widened. A term is at most 1024 in
 //!   magnitude, so 31 fit an `i16` lane; the accumulators are widened to
-//!   `i32` (shifts and adds, no `vpmaddwd`) every [`SHIFT_FLUSH`] blocks.
+//!   `i32` (shifts and adds, no `vpmaddwd`) every `SHIFT_FLUSH` blocks.
 //!   5 instructions per 32 MACs per pixel, against 4 per 8 for AVX2.
 //! * `fexp`: the weight is one `i32` per code, `(p << 23) | (s << 31)`,
 //!   from a 16-entry `vpermd` table; a term is `bits(x) + that` (adding
