@@ -126,36 +126,43 @@ fn sq_err(bits: Bits, row: &[f32], a: f64, c: &[u8]) -> f64 {
 /// squared weight error per row.
 pub fn quantize_shift(w: &[f32], rows: usize, k: usize, bits: Bits) -> ShiftWeights {
     assert_eq!(w.len(), rows * k);
+    // Rows are independent: fit them in parallel, then add up in row order
+    // (the result does not depend on the thread count).
+    let fits: Vec<(Vec<u8>, f32, f64, f64, bool)> = (0..rows)
+        .into_par_iter()
+        .map(|r| {
+            let row = &w[r * k..(r + 1) * k];
+            let amax = row.iter().fold(0f64, |m, &v| m.max((v as f64).abs()));
+            let amin = row
+                .iter()
+                .filter(|v| **v != 0.0)
+                .fold(f64::INFINITY, |m, &v| m.min((v as f64).abs()));
+            let sig = row.iter().map(|&v| (v as f64).powi(2)).sum::<f64>();
+            if amax == 0.0 || !amax.is_finite() {
+                // An all-zero row has no exact code; the smallest possible
+                // scale keeps its error negligible.
+                let c = row.iter().map(|_| bits.encode(false, 0)).collect();
+                return (c, f32::MIN_POSITIVE, sig, 0.0, false);
+            }
+            let (err, a, c) = mse_row(bits, row, amax, amin);
+            // Exactness is judged per weight against the f32 scale we store.
+            let a32 = a as f32;
+            let exact = row.iter().zip(&c).all(|(&w, &cc)| {
+                ((w as f64) - a32 as f64 * bits.value(cc) as f64).abs() <= EXACT_REL * amax
+            });
+            (c, a32, sig, err, exact)
+        })
+        .collect();
     let mut codes = Vec::with_capacity(w.len());
     let mut scales = Vec::with_capacity(rows);
     let (mut sig, mut noise) = (0f64, 0f64);
     let mut lossless = true;
-    for r in 0..rows {
-        let row = &w[r * k..(r + 1) * k];
-        let amax = row.iter().fold(0f64, |m, &v| m.max((v as f64).abs()));
-        let amin = row
-            .iter()
-            .filter(|v| **v != 0.0)
-            .fold(f64::INFINITY, |m, &v| m.min((v as f64).abs()));
-        sig += row.iter().map(|&v| (v as f64).powi(2)).sum::<f64>();
-        if amax == 0.0 || !amax.is_finite() {
-            // An all-zero row has no exact code; the smallest possible
-            // scale keeps its error negligible.
-            scales.push(f32::MIN_POSITIVE);
-            codes.extend(row.iter().map(|_| bits.encode(false, 0)));
-            lossless = false;
-            continue;
-        }
-        let (err, a, c) = mse_row(bits, row, amax, amin);
-        // Exactness is judged per weight against the f32 scale we store.
-        let a32 = a as f32;
-        let exact = row.iter().zip(&c).all(|(&w, &cc)| {
-            ((w as f64) - a32 as f64 * bits.value(cc) as f64).abs() <= EXACT_REL * amax
-        });
-        lossless &= exact;
-        noise += err;
-        scales.push(a32);
+    for (c, a, s, e, exact) in fits {
         codes.extend(c);
+        scales.push(a);
+        sig += s;
+        noise += e;
+        lossless &= exact;
     }
     ShiftWeights {
         codes,
