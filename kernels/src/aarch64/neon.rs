@@ -640,7 +640,7 @@ pub fn conv_fexp_f32(
 
 /// Depthwise layers: [`crate::depthwise`] compiled for NEON (baseline on
 /// aarch64; a weight tap runs along an output row; no multiply in
-/// [`dw::shift_rows`]).
+/// `dw::shift_rows`).
 pub mod dw {
     use crate::{Conv2dGeom, PackedRows, Requant};
 

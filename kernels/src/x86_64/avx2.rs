@@ -803,7 +803,7 @@ pub fn conv_fexp_f32(
 }
 
 /// Depthwise layers: [`crate::depthwise`] compiled for AVX2 (a weight tap
-/// runs along an output row; no multiply in [`dw::shift_rows`]).
+/// runs along an output row; no multiply in `dw::shift_rows`).
 pub mod dw {
     use crate::dispatch::Isa;
     use crate::{Conv2dGeom, PackedRows, Requant};

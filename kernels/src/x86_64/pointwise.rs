@@ -1,11 +1,11 @@
 //! `avx2/pw-dot`, `avx512/pw-dot`: the pointwise kernel of
 //! [`crate::pointwise`] (and `*/px-dot`, its small-`k` variant).
 //!
-//! Per block of [`PX`] output pixels the input channels are interleaved in
+//! Per block of `PX` output pixels the input channels are interleaved in
 //! pairs as `i16` (`vpunpcklbw` + `vpmovsxbw`: pixel `j`'s lane holds
 //! `(x[2t][j], x[2t+1][j])`), once for all rows. Each row pair then runs
 //! over the channel pairs: one broadcast of the row's two weights (an
-//! `i32` from [`crate::pointwise::weight_pairs`]) and, per 8 pixels, one
+//! `i32` from `crate::pointwise::weight_pairs`) and, per 8 pixels, one
 //! `vpmaddwd` + `vpaddd`: 2 instructions per 16 MACs, no padding of `k`,
 //! no gather, no horizontal sums. Exact: `|w * x| <= 2^14`, pairs and sums
 //! in `i32`. At the AVX-512 level (VNNI) `vpdpwssd` fuses the two: one
