@@ -3,18 +3,23 @@
 //!
 //! 64 codes decode per `zmm` with no scalar work and no copy at a row's
 //! end: a masked load reads only the bytes present (the rest are code 0,
-//! weight +1, against the patch's zero padding), `vpermb` gives each
-//! quadword the `B` bytes holding its 8 codes and `vpmultishiftqb` pulls
-//! each code to its own byte (then one AND). Signs live in mask registers.
+//! weight +1, against the patch's zero padding); for B = 2 and 3 `vpermb`
+//! gives each quadword the `B` bytes holding its 8 codes and
+//! `vpmultishiftqb` pulls each code to its own byte; B = 4 is a nibble
+//! split read against a patch that `prepare` split into even and odd
+//! activations. Code bytes keep junk above their `B` bits: `dot` looks them
+//! up in 64-entry `vpermb` tables that repeat every `2^B` entries, the
+//! other families mask them. Signs live in mask registers.
 //!
-//! * `dot`: `|w|` by `vpshufb` from a 16-entry table, the sign on `x` by a
-//!   masked subtract from zero (`-x` fits int8 when the chunk has no -128,
-//!   which `prepare` checks once per chunk) or, when it has, `x ^ m` plus
-//!   the weight-only correction `sum_neg |w|` of the AVX2 kernel; then
-//!   `vpdpbusd` (unsigned `|w|` times signed `x`, four products summed
-//!   into each `i32` lane, no saturation): 64 MACs per instruction. Int8
-//!   weights (`w8`, B = 8) take `|w|` by `vpabsb` (128 for -128 is a valid
-//!   unsigned operand).
+//! * `dot`: `|w|` from the table; when the chunk has no -128 (checked once
+//!   per chunk by `prepare`) the sign goes on `x` by a masked subtract from
+//!   zero (`-x` fits int8), otherwise the positive and the negative
+//!   weights' `|w|` (two tables) go into two accumulators whose difference
+//!   is the sum, exact for every `x`; then `vpdpbusd` (unsigned `|w|` times
+//!   signed `x`, four products summed into each `i32` lane, no
+//!   saturation): 64 MACs per instruction. Four accumulators are reduced
+//!   at once (`hsum4`). Int8 weights (`w8`, B = 8) take `|w|` by `vpabsb`
+//!   (128 for -128 is a valid unsigned operand).
 //! * `shift`: no multiply. `p = 4h + l` (`h` in 0..1, `l` in 0..3): each
 //!   term is `(x << l) ^ m` by `vpsllvw` on 32 `i16` lanes, added by a
 //!   masked `vpaddw` to one of two `i16` accumulators, the `h = 1` one
