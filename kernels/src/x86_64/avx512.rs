@@ -585,14 +585,13 @@ const fn fexp_table(b: u32) -> [u32; 16] {
     t
 }
 
-/// Per code, the weight as an `f32` (16 entries).
-const fn weight_table(b: u32) -> [f32; 16] {
-    let bits = fexp_table(b);
-    let mut t = [0f32; 16];
+/// Per code, the bits of the weight as an `f32` (16 entries): 1.0 with
+/// the code's exponent and sign added.
+const fn weight_bits(b: u32) -> [u32; 16] {
+    let mut t = fexp_table(b);
     let mut i = 0;
     while i < 16 {
-        // 1.0 with the code's exponent and sign added.
-        t[i] = f32::from_bits(0x3f80_0000u32.wrapping_add(bits[i]));
+        t[i] = 0x3f80_0000u32.wrapping_add(t[i]);
         i += 1;
     }
     t
@@ -612,11 +611,51 @@ unsafe fn quarters(c: __m512i) -> [__m512i; 4] {
 
 struct Fexp;
 
-/// One row against `NP` patches of activation bits.
+/// One row against `NP` patches of activation bits: `term(acc, x, w)`
+/// adds one vector of 16 terms, `w` being the code's entry of `tab` (a
+/// 16-entry `vpermd` table). Inlined into [`fexp_rows`] and [`fma_rows`],
+/// which differ only in the table and the term.
 ///
 /// # Safety
 /// AVX-512 (F, BW, VBMI) available; `xs` as for [`dot_rows`] (elements
 /// `u32`, zero for a zero activation).
+#[inline(always)]
+unsafe fn float_rows<const B: u32, const NP: usize>(
+    codes: &[u8],
+    kc: usize,
+    xs: &[u32],
+    stride: usize,
+    tab: &[u32; 16],
+    term: impl Fn(__m512, __m512i, __m512i) -> __m512,
+) -> [f32; NP] {
+    // SAFETY (every intrinsic below): AVX-512 available (this function's
+    // contract); the loads are in bounds as commented.
+    unsafe {
+        let tab = _mm512_loadu_si512(tab.as_ptr().cast());
+        let mut acc = [_mm512_setzero_ps(); NP];
+        let nblk = kc.div_ceil(64);
+        assert!(xs.len() >= (NP - 1) * stride + nblk * 64);
+        let xp = xs.as_ptr();
+        for blk in 0..nblk {
+            let c = decode64::<B>(codes, blk);
+            for (s, cq) in quarters(c).into_iter().enumerate() {
+                let wv = _mm512_permutexvar_epi32(cq, tab);
+                for (j, a) in acc.iter_mut().enumerate() {
+                    // In bounds by the assert above.
+                    let xv = _mm512_loadu_si512(xp.add(j * stride + blk * 64 + s * 16).cast());
+                    *a = term(*a, xv, wv);
+                }
+            }
+        }
+        acc.map(|a| _mm512_reduce_add_ps(a))
+    }
+}
+
+/// `fexp` of one row: `bits(x) + w` (zero activations masked) and
+/// `vaddps`; no multiply.
+///
+/// # Safety
+/// As [`float_rows`].
 #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
 unsafe fn fexp_rows<const B: u32, const NP: usize>(
     codes: &[u8],
@@ -624,29 +663,14 @@ unsafe fn fexp_rows<const B: u32, const NP: usize>(
     xs: &[u32],
     stride: usize,
 ) -> [f32; NP] {
-    let tabv = const { fexp_table(if B < 8 { B } else { 4 }) };
-    // SAFETY: 64 readable bytes.
-    let tab = unsafe { _mm512_loadu_si512(tabv.as_ptr().cast()) };
-    let mut acc = [_mm512_setzero_ps(); NP];
-    let nblk = kc.div_ceil(64);
-    assert!(xs.len() >= (NP - 1) * stride + nblk * 64);
-    let xp = xs.as_ptr();
-    for blk in 0..nblk {
-        // SAFETY: AVX-512 available (caller).
-        let c = unsafe { decode64::<B>(codes, blk) };
-        // SAFETY: as above.
-        for (s, cq) in unsafe { quarters(c) }.into_iter().enumerate() {
-            let wv = _mm512_permutexvar_epi32(cq, tab);
-            for (j, a) in acc.iter_mut().enumerate() {
-                // SAFETY: in bounds by the assert above.
-                let xv =
-                    unsafe { _mm512_loadu_si512(xp.add(j * stride + blk * 64 + s * 16).cast()) };
-                let t = _mm512_maskz_add_epi32(_mm512_test_epi32_mask(xv, xv), xv, wv);
-                *a = _mm512_add_ps(*a, _mm512_castsi512_ps(t));
-            }
-        }
+    let tab = const { fexp_table(if B < 8 { B } else { 4 }) };
+    // SAFETY: forwarded from this function's contract.
+    unsafe {
+        float_rows::<B, NP>(codes, kc, xs, stride, &tab, |a, xv, wv| {
+            let t = _mm512_maskz_add_epi32(_mm512_test_epi32_mask(xv, xv), xv, wv);
+            _mm512_add_ps(a, _mm512_castsi512_ps(t))
+        })
     }
-    acc.map(|a| _mm512_reduce_add_ps(a))
 }
 
 // SAFETY: X = u32, a primitive integer.
@@ -679,7 +703,7 @@ struct Fma;
 /// [`fexp_rows`] with a float weight and a fused multiply-add.
 ///
 /// # Safety
-/// As [`fexp_rows`].
+/// As [`float_rows`].
 #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
 unsafe fn fma_rows<const B: u32, const NP: usize>(
     codes: &[u8],
@@ -687,27 +711,13 @@ unsafe fn fma_rows<const B: u32, const NP: usize>(
     xs: &[u32],
     stride: usize,
 ) -> [f32; NP] {
-    let tabv = const { weight_table(if B < 8 { B } else { 4 }) };
-    // SAFETY: 64 readable bytes.
-    let tab = unsafe { _mm512_loadu_ps(tabv.as_ptr()) };
-    let mut acc = [_mm512_setzero_ps(); NP];
-    let nblk = kc.div_ceil(64);
-    assert!(xs.len() >= (NP - 1) * stride + nblk * 64);
-    let xp = xs.as_ptr().cast::<f32>();
-    for blk in 0..nblk {
-        // SAFETY: AVX-512 available (caller).
-        let c = unsafe { decode64::<B>(codes, blk) };
-        // SAFETY: as above.
-        for (s, cq) in unsafe { quarters(c) }.into_iter().enumerate() {
-            let wv = _mm512_permutexvar_ps(cq, tab);
-            for (j, a) in acc.iter_mut().enumerate() {
-                // SAFETY: in bounds by the assert above.
-                let xv = unsafe { _mm512_loadu_ps(xp.add(j * stride + blk * 64 + s * 16)) };
-                *a = _mm512_fmadd_ps(xv, wv, *a);
-            }
-        }
+    let tab = const { weight_bits(if B < 8 { B } else { 4 }) };
+    // SAFETY: forwarded from this function's contract.
+    unsafe {
+        float_rows::<B, NP>(codes, kc, xs, stride, &tab, |a, xv, wv| {
+            _mm512_fmadd_ps(_mm512_castsi512_ps(xv), _mm512_castsi512_ps(wv), a)
+        })
     }
-    acc.map(|a| _mm512_reduce_add_ps(a))
 }
 
 // SAFETY: X = u32, a primitive integer.
