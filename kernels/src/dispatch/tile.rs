@@ -657,22 +657,16 @@ pub(crate) const FEXP_MAX_E: u32 = 254 - 7;
 /// NaN), whose pixel then takes the exact scalar path.
 #[inline]
 pub(crate) fn fexp_put(slot: &mut [u32], len: usize, i: usize, v: f32) -> bool {
-    let b = v.to_bits();
-    if b & 0x7fff_ffff == 0 {
-        return true;
+    let ok = fexp_put_bits(slot, i, v);
+    // The bits of a stored value are never 0 (it is normal).
+    if slot[i] != 0 {
+        slot[len + i] = u32::MAX;
     }
-    let e = (b >> 23) & 0xff;
-    if e == 0 || e > FEXP_MAX_E {
-        return false;
-    }
-    slot[i] = b;
-    slot[len + i] = u32::MAX;
-    true
+    ok
 }
 
 /// [`fexp_put`] for kernels without a mask plane (they test the value
 /// for zero themselves): the value bits only.
-#[cfg(target_arch = "x86_64")]
 #[inline]
 pub(crate) fn fexp_put_bits(slot: &mut [u32], i: usize, v: f32) -> bool {
     let b = v.to_bits();
