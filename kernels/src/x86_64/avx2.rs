@@ -802,43 +802,4 @@ pub fn conv_fexp_f32(
     tile::shift_f32::<Fexp>(Isa::Avx2, g, x, w, oc0, ep, out)
 }
 
-/// Depthwise layers: [`crate::depthwise`] compiled for AVX2 (a weight tap
-/// runs along an output row; no multiply in `dw::shift_rows`).
-pub mod dw {
-    use crate::dispatch::Isa;
-    use crate::{Conv2dGeom, PackedRows, Requant};
-
-    /// One tap along a row: `acc += ±(xs << p)`, vectorized by the compiler
-    /// with AVX2. Out of line so the no-multiply check can find it.
-    #[inline(never)]
-    #[target_feature(enable = "avx2")]
-    fn shift_rows(acc: &mut [i32], xs: &[i8], s: usize, neg: bool, p: u32) {
-        crate::depthwise::tap(acc, xs, s, neg, p)
-    }
-
-    #[target_feature(enable = "avx2")]
-    fn conv(g: &Conv2dGeom, x: &[i8], w: &PackedRows, oc0: usize, rq: &[Requant], out: &mut [i8]) {
-        // The closure inherits AVX2 from `conv`, so calling `shift_rows`
-        // (which needs nothing more) is safe here.
-        crate::depthwise::shift_i8(g, x, w, oc0, rq, out, |a, xs, s, neg, p| {
-            shift_rows(a, xs, s, neg, p)
-        })
-    }
-
-    /// `avx2/dw-shift`: equal to [`crate::scalar::conv_shift_i8`] on
-    /// depthwise layers ([`crate::depthwise::applies`]); no multiply in
-    /// the taps. Panics if the CPU lacks AVX2 or the layer is not
-    /// depthwise.
-    pub fn conv_shift_i8(
-        g: &Conv2dGeom,
-        x: &[i8],
-        w: &PackedRows,
-        oc0: usize,
-        rq: &[Requant],
-        out: &mut [i8],
-    ) {
-        assert!(Isa::Avx2.available(), "avx2/dw-shift needs AVX2");
-        // SAFETY: AVX2 is available (checked above).
-        unsafe { conv(g, x, w, oc0, rq, out) }
-    }
-}
+super::depthwise_kernel!(Avx2, "avx2", "avx2/dw-shift");

@@ -808,40 +808,4 @@ pub fn conv_fma_f32(
     tile::shift_f32::<Fma>(Isa::Avx512, g, x, w, oc0, ep, out)
 }
 
-/// Depthwise layers: [`crate::depthwise`] compiled for AVX-512BW.
-pub mod dw {
-    use crate::dispatch::Isa;
-    use crate::{Conv2dGeom, PackedRows, Requant};
-
-    /// One tap along a row: `acc += ±(xs << p)`, vectorized by the compiler
-    /// with AVX-512. Out of line so the no-multiply check can find it.
-    #[inline(never)]
-    #[target_feature(enable = "avx512f,avx512bw")]
-    fn shift_rows(acc: &mut [i32], xs: &[i8], s: usize, neg: bool, p: u32) {
-        crate::depthwise::tap(acc, xs, s, neg, p)
-    }
-
-    #[target_feature(enable = "avx512f,avx512bw")]
-    fn conv(g: &Conv2dGeom, x: &[i8], w: &PackedRows, oc0: usize, rq: &[Requant], out: &mut [i8]) {
-        crate::depthwise::shift_i8(g, x, w, oc0, rq, out, |a, xs, s, neg, p| {
-            shift_rows(a, xs, s, neg, p)
-        })
-    }
-
-    /// `avx512/dw-shift`: equal to [`crate::scalar::conv_shift_i8`] on
-    /// depthwise layers ([`crate::depthwise::applies`]); no multiply in
-    /// the taps. Panics if the CPU lacks AVX-512 or the layer is not
-    /// depthwise.
-    pub fn conv_shift_i8(
-        g: &Conv2dGeom,
-        x: &[i8],
-        w: &PackedRows,
-        oc0: usize,
-        rq: &[Requant],
-        out: &mut [i8],
-    ) {
-        assert!(Isa::Avx512.available(), "avx512/dw-shift needs AVX-512");
-        // SAFETY: AVX-512 is available (checked above).
-        unsafe { conv(g, x, w, oc0, rq, out) }
-    }
-}
+super::depthwise_kernel!(Avx512, "avx512f,avx512bw", "avx512/dw-shift");

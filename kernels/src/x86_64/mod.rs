@@ -12,6 +12,65 @@
 //! No `lut` kernel exists at the AVX-512 level: `lut` lost to `shift` and
 //! `dot` on every layer on AVX2, and a forced `lut` still runs `avx2/lut`.
 
+/// `pub mod dw`: [`crate::depthwise`] compiled with `$features` (a weight
+/// tap runs along an output row, vectorized by the compiler; no multiply
+/// in `dw::shift_rows`, which stays out of line so the no-multiply check
+/// finds it), registered as `$name`.
+macro_rules! depthwise_kernel {
+    ($isa:ident, $features:literal, $name:literal) => {
+        /// Depthwise layers: [`crate::depthwise`] compiled for this level.
+        pub mod dw {
+            use crate::dispatch::Isa;
+            use crate::{Conv2dGeom, PackedRows, Requant};
+
+            /// One tap along a row: `acc += ±(xs << p)`.
+            #[inline(never)]
+            #[target_feature(enable = $features)]
+            fn shift_rows(acc: &mut [i32], xs: &[i8], s: usize, neg: bool, p: u32) {
+                crate::depthwise::tap(acc, xs, s, neg, p)
+            }
+
+            #[target_feature(enable = $features)]
+            fn conv(
+                g: &Conv2dGeom,
+                x: &[i8],
+                w: &PackedRows,
+                oc0: usize,
+                rq: &[Requant],
+                out: &mut [i8],
+            ) {
+                // The closure inherits the features of `conv`, so calling
+                // `shift_rows` (which needs nothing more) is safe here.
+                crate::depthwise::shift_i8(g, x, w, oc0, rq, out, |a, xs, s, neg, p| {
+                    shift_rows(a, xs, s, neg, p)
+                })
+            }
+
+            #[doc = concat!("`", $name, "`: equal to [`crate::scalar::conv_shift_i8`] on")]
+            /// depthwise layers ([`crate::depthwise::applies`]); no multiply
+            /// in the taps. Panics if the CPU lacks the level or the layer
+            /// is not depthwise.
+            pub fn conv_shift_i8(
+                g: &Conv2dGeom,
+                x: &[i8],
+                w: &PackedRows,
+                oc0: usize,
+                rq: &[Requant],
+                out: &mut [i8],
+            ) {
+                assert!(
+                    Isa::$isa.available(),
+                    concat!($name, " on a CPU without that level")
+                );
+                // SAFETY: the level, hence `$features`, is available
+                // (checked above).
+                unsafe { conv(g, x, w, oc0, rq, out) }
+            }
+        }
+    };
+}
+use depthwise_kernel;
+
 pub mod avx2;
 pub mod avx512;
 pub mod pointwise;
