@@ -301,13 +301,10 @@ impl<'a> Grad<'a> {
     }
 
     /// `(C e)_i`.
-    fn get(&self, k: usize, i: usize) -> f64 {
+    fn get(&self, i: usize) -> f64 {
         match self {
             Grad::Dense { g, .. } => g[i],
-            Grad::Samples { xt, n, y } => {
-                let _ = k;
-                dot(&xt[i * n..(i + 1) * n], y)
-            }
+            Grad::Samples { xt, n, y } => dot(&xt[i * n..(i + 1) * n], y),
         }
     }
 
@@ -503,10 +500,7 @@ fn greedy_codes(bits: Bits, row: &[f32], cov: &Cov, a: f64, c: &mut [u8]) -> f64
         .collect();
     let mut g = Grad::new(cov, k, &e);
     let mut err = cov.quad(k, &e);
-    let diag: Vec<f64> = match cov {
-        Cov::Dense(m) => (0..k).map(|i| m[i * k + i]).collect(),
-        Cov::Samples { xt, n } => xt.chunks_exact(*n).map(|col| dot(col, col)).collect(),
-    };
+    let diag: Vec<f64> = (0..k).map(|i| cov.entry(k, i, i)).collect();
     for _sweep in 0..8 {
         let mut changed = false;
         for i in 0..k {
@@ -521,7 +515,7 @@ fn greedy_codes(bits: Bits, row: &[f32], cov: &Cov, a: f64, c: &mut [u8]) -> f64
             if p < bits.max_exp() {
                 cands[1] = Some(bits.encode(neg, p + 1));
             }
-            let (gi, hii) = (g.get(k, i), diag[i]);
+            let (gi, hii) = (g.get(i), diag[i]);
             let mut best = (0.0, None);
             for cand in cands.into_iter().flatten() {
                 // The error e_i drops by d = a (v' - v): eᵀCe changes by
