@@ -737,14 +737,24 @@ fn calibrate(
     // every CPU (SIMD float sums differ in the last bits). Samples run in
     // parallel, one session each; maxima and histogram counts merge in any
     // order to the same result.
-    let threads = rayon::current_num_threads().max(1);
+    // One session (and output buffer) per thread, made once.
+    let threads = rayon::current_num_threads().max(1).min(calib.n);
+    let mut workers = (0..threads)
+        .map(|_| {
+            let mut session = Session::new(&model).map_err(|e| anyhow!("{e}"))?;
+            session.set_reference_kernels(true);
+            let outs: Vec<Vec<f32>> = out_lens.iter().map(|&n| vec![0.0; n]).collect();
+            Ok((session, outs))
+        })
+        .collect::<Result<Vec<_>>>()?;
     for pass in 0..passes {
         let mut s0 = 0;
         while s0 < calib.n {
             let s1 = calib.n.min(s0 + threads);
-            let parts: Vec<(Vec<f32>, Vec<Vec<u64>>)> = (s0..s1)
-                .into_par_iter()
-                .map(|s| {
+            let parts: Vec<(Vec<f32>, Vec<Vec<u64>>)> = workers[..s1 - s0]
+                .par_iter_mut()
+                .zip(s0..s1)
+                .map(|((session, outs), s)| {
                     let x = &calib.x[s * in_len..(s + 1) * in_len];
                     let mut amax_s = if pass == 0 {
                         vec![0f32; nv]
@@ -770,9 +780,6 @@ fn calibrate(
                         }
                     };
                     record(sk.inputs[0], x);
-                    let mut session = Session::new(&model).map_err(|e| anyhow!("{e}"))?;
-                    session.set_reference_kernels(true);
-                    let mut outs: Vec<Vec<f32>> = out_lens.iter().map(|&n| vec![0.0; n]).collect();
                     let mut out_refs: Vec<&mut [f32]> =
                         outs.iter_mut().map(|v| v.as_mut_slice()).collect();
                     let mut obs = |i: usize, view: shiftnn_runtime::ValueView<'_>| {
