@@ -177,7 +177,7 @@ struct Dot;
 /// [`RowKernel::prepare`] mode of `dot`: the chunk holds no activation of
 /// -128, so `vpsignb` applies a weight's sign to `x` exactly (`-x` fits
 /// int8) and no correction sum is needed.
-const NO_MIN: u32 = 1;
+pub(super) const NO_MIN: u32 = 1;
 
 /// Rows per `dot_group` call at one pixel (a linear layer): the rows share
 /// each activation load and the loop overhead, and their accumulators are
@@ -379,6 +379,36 @@ unsafe fn dot_rows<const B: u32, const NP: usize, const SIGN: bool>(
     }
 }
 
+/// [`RowKernel::prepare`] of the `dot` kernels of both x86 levels: the
+/// mode [`NO_MIN`] when no patch holds -128, and with b = 4 each patch
+/// split into even and odd activations (the order their decode yields).
+///
+/// # Safety
+/// AVX2 available; `xs` holds `np` patches of `stride >= kc` elements.
+pub(super) unsafe fn dot_prepare<const B: u32>(
+    xs: &mut [i8],
+    np: usize,
+    stride: usize,
+    kc: usize,
+) -> u32 {
+    let n = kc.div_ceil(64) * 64;
+    let mut no_min = true;
+    for j in 0..np {
+        let patch = &mut xs[j * stride..j * stride + n];
+        no_min &= !patch.contains(&i8::MIN);
+        if B == 4 {
+            // SAFETY: AVX2 available (caller); `n` bytes writable, a
+            // multiple of 64.
+            unsafe { split_even_odd(patch.as_mut_ptr(), n) };
+        }
+    }
+    if no_min {
+        NO_MIN
+    } else {
+        0
+    }
+}
+
 // SAFETY: X = i8, a primitive integer.
 unsafe impl RowKernel for Dot {
     type In = i8;
@@ -397,22 +427,8 @@ unsafe impl RowKernel for Dot {
         true
     }
     unsafe fn prepare<const B: u32>(xs: &mut [i8], np: usize, stride: usize, kc: usize) -> u32 {
-        let n = kc.div_ceil(64) * 64;
-        let mut no_min = true;
-        for j in 0..np {
-            let patch = &mut xs[j * stride..j * stride + n];
-            no_min &= !patch.contains(&i8::MIN);
-            if B == 4 {
-                // SAFETY: AVX2 available (caller); `n` bytes writable, a
-                // multiple of 64.
-                unsafe { split_even_odd(patch.as_mut_ptr(), n) };
-            }
-        }
-        if no_min {
-            NO_MIN
-        } else {
-            0
-        }
+        // SAFETY: forwarded from this function's contract.
+        unsafe { dot_prepare::<B>(xs, np, stride, kc) }
     }
     unsafe fn dot<const B: u32, const NP: usize>(
         rows: &[&[u8]],

@@ -38,6 +38,7 @@
 
 use core::arch::x86_64::*;
 
+use super::avx2::NO_MIN;
 use crate::dispatch::tile::{self, each_row, fexp_put_bits, RowKernel};
 use crate::dispatch::Isa;
 use crate::scalar::Affine;
@@ -47,7 +48,7 @@ use crate::{Conv2dGeom, PackedRows, Requant};
 /// code in the byte's low `B` bits and anything above them (callers mask,
 /// or look up 64-entry tables that repeat every `2^B` entries); `B = 8`:
 /// 64 int8 weights as they are. `SPLIT` (B = 4 only): the even codes
-/// then the odd ones, the order of a patch that [`split_patch`] split;
+/// then the odd ones, the order of a patch that `avx2::dot_prepare` split;
 /// otherwise natural order. Codes past the row's end are 0 (weight +1,
 /// against the patch's zero padding); only the last block of a row can be
 /// partial, and only it computes a load mask.
@@ -163,41 +164,9 @@ const fn abs_table(b: u32, signs: u8) -> [u8; 64] {
 
 struct Dot;
 
-/// [`RowKernel::prepare`] mode of `dot`: the chunk holds no -128.
-const NO_MIN: u32 = 1;
-
 /// Rows per call at one pixel (a linear layer): eight rows share each
 /// activation load, and their accumulators are independent chains.
 const GEMV_ROWS: usize = 8;
-
-/// Split each 64-block of a patch into its 32 even-indexed then its 32
-/// odd-indexed activations, the order `load_codes::<4, true>` yields.
-///
-/// # Safety
-/// AVX-512 (F, BW, VBMI) available; `n` a multiple of 64 and
-/// `n <= p.len()`.
-#[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
-unsafe fn split_patch(p: &mut [i8], n: usize) {
-    let idx = const {
-        let mut t = [0u8; 64];
-        let mut i = 0;
-        while i < 32 {
-            t[i] = 2 * i as u8;
-            t[32 + i] = 2 * i as u8 + 1;
-            i += 1;
-        }
-        t
-    };
-    // SAFETY: 64 readable bytes.
-    let idx = unsafe { _mm512_loadu_si512(idx.as_ptr().cast()) };
-    for blk in p[..n].chunks_exact_mut(64) {
-        // SAFETY: `blk` holds 64 bytes.
-        unsafe {
-            let v = _mm512_loadu_si512(blk.as_ptr().cast());
-            _mm512_storeu_si512(blk.as_mut_ptr().cast(), _mm512_permutexvar_epi8(idx, v));
-        }
-    }
-}
 
 /// `R` rows against `NP` patches over one chunk, 64 codes per step.
 /// `SIGN` (the chunk has no -128): one `|w|` lookup, the sign applied to
@@ -208,7 +177,7 @@ unsafe fn split_patch(p: &mut [i8], n: usize) {
 /// # Safety
 /// AVX-512 (F, BW, VBMI, VNNI) available; `xs` holds `NP` patches of
 /// `stride` elements, zero from `kc` to a multiple of 64, split by
-/// [`split_patch`] when `B = 4`; `rows.len() == out.len() == R`.
+/// `avx2::dot_prepare` when `B = 4`; `rows.len() == out.len() == R`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512vnni")]
 unsafe fn dot_rows<const B: u32, const NP: usize, const R: usize, const SIGN: bool>(
     rows: &[&[u8]],
@@ -412,22 +381,8 @@ unsafe impl RowKernel for Dot {
         true
     }
     unsafe fn prepare<const B: u32>(xs: &mut [i8], np: usize, stride: usize, kc: usize) -> u32 {
-        let n = kc.div_ceil(64) * 64;
-        let mut no_min = true;
-        for j in 0..np {
-            let patch = &mut xs[j * stride..j * stride + n];
-            no_min &= !patch.contains(&i8::MIN);
-            if B == 4 {
-                // SAFETY: the caller guarantees the ISA; `n <= patch.len()`
-                // is a multiple of 64.
-                unsafe { split_patch(patch, n) };
-            }
-        }
-        if no_min {
-            NO_MIN
-        } else {
-            0
-        }
+        // SAFETY: the AVX-512 level includes AVX2 (caller's contract).
+        unsafe { super::avx2::dot_prepare::<B>(xs, np, stride, kc) }
     }
     unsafe fn dot<const B: u32, const NP: usize>(
         rows: &[&[u8]],
