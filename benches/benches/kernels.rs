@@ -10,14 +10,17 @@
 //! Shapes: GEMV 4096x4096 (batch-1 linear), conv-as-GEMM 784x1152x128 (a
 //! 1x1 conv: 784 pixels, k = 1152, 128 channels), a 3x3 conv of the same
 //! GEMM size (128x28x28, k = 1152, patches gathered with padding), a
-//! ResNet-18 layer1 3x3 conv, a depthwise 3x3, a pointwise expansion and a
-//! 7x7 stride-2 stem. Kernels run only on the layers they are registered
+//! ResNet-18 layer1 3x3 conv, its last stage's 3x3 conv (k = 4608 on 7x7
+//! pixels), a stride-2 3x3 conv, a depthwise 3x3, a pointwise expansion
+//! and a 7x7 stride-2 stem. The pixel-lane GEMM (`avx512/gemm`) runs on
+//! rows decoded beforehand, as the runtime decodes them at load. Kernels run only on the layers they are registered
 //! for (`Kernel::layers`). Int8-weight kernels
 //! (`*/w8`, kept layers) run on the same shapes with random int8 weights.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use shiftnn_kernels::codes::pack;
 use shiftnn_kernels::dispatch::{self, KernelFn};
+use shiftnn_kernels::gemm;
 use shiftnn_kernels::scalar::{conv_f32, Affine};
 use shiftnn_kernels::{Bits, Conv2dGeom, PackedRows, Requant};
 
@@ -39,6 +42,9 @@ fn shapes() -> Vec<(&'static str, Conv2dGeom)> {
         ("gemm_784x1152x128", conv(1152, 28, 128, 1, 1, 1)),
         ("conv3x3_128x28x28", conv(128, 28, 128, 3, 1, 1)),
         ("conv3x3_64x56x56", conv(64, 56, 64, 3, 1, 1)),
+        // ResNet-18's last stage and a stride-2 downsampling conv.
+        ("conv3x3_512x7x7", conv(512, 7, 512, 3, 1, 1)),
+        ("conv3x3s2_128x28x28_256", conv(128, 28, 256, 3, 2, 1)),
         ("dw3x3_64x56x56", conv(64, 56, 64, 3, 1, 64)),
         // MobileNetV2's first expansion and ResNet-18's stem: the
         // pixel-lane kernels' layers (`avx2/pw-dot`, `avx2/px-dot`).
@@ -82,6 +88,12 @@ fn bench(c: &mut Criterion) {
             let mut packed = vec![0u8; g.c_out * bits.row_bytes(g.k())];
             pack(&codes, bits, g.c_out, g.k(), &mut packed);
             let w = PackedRows::new(&packed, bits, g.c_out, g.k()).unwrap();
+            let (n, kp) = (g.c_out, gemm::padded_k(g.k()));
+            let (mut dw, mut corr) = (vec![0i8; n * kp], vec![0i32; n]);
+            let mut at = vec![0u32; n + 1];
+            let mut fix = vec![gemm::Fix::default(); gemm::fix_count(&w)];
+            gemm::decode(&w, &mut dw, &mut corr, &mut at, &mut fix);
+            let d = gemm::DecodedRows::new(&dw, &corr, &at, &fix, g.k()).unwrap();
             for k in dispatch::kernels() {
                 if !k.isa.available()
                     || !k.layers.fits(&g)
@@ -96,6 +108,10 @@ fn bench(c: &mut Criterion) {
                     }
                     KernelFn::ShiftF32(f) => {
                         group.bench_function(id, |bn| bn.iter(|| f(&g, &xf, &w, 0, &ep, &mut of)))
+                    }
+                    // Rows decoded at load (`gemm::decode`, not timed).
+                    KernelFn::DecodedI8(f) => {
+                        group.bench_function(id, |bn| bn.iter(|| f(&g, &xi, &d, 0, &rq, &mut oi)))
                     }
                     _ => continue,
                 };

@@ -385,9 +385,10 @@ fn int8_convert_run_eval_bench_diff() {
         kernels
             .iter()
             .any(|k| *k == "scalar/w8-i8" || k.ends_with("/w8"))
-            && kernels
-                .iter()
-                .any(|k| *k == "scalar/shift-i8" || k.ends_with("/dot") || k.ends_with("/shift")),
+            && kernels.iter().any(|k| *k == "scalar/shift-i8"
+                || k.ends_with("/dot")
+                || k.ends_with("/shift")
+                || k.ends_with("/gemm")),
         "{kernels:?}"
     );
 
@@ -531,7 +532,8 @@ fn int8_convert_run_eval_bench_diff() {
         text.contains("p99")
             && (text.contains("scalar/shift-i8")
                 || text.contains("/dot")
-                || text.contains("/shift")),
+                || text.contains("/shift")
+                || text.contains("/gemm")),
         "{text}"
     );
 

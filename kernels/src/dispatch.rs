@@ -23,6 +23,7 @@
 
 use core::sync::atomic::{AtomicU8, Ordering};
 
+use crate::gemm::DecodedRows;
 use crate::scalar::{self, Affine};
 use crate::{Conv2dGeom, PackedRows, Requant};
 
@@ -190,6 +191,9 @@ pub enum Op {
     ShiftF32,
     /// Float activations, float weights ([`conv_f32`]).
     F32,
+    /// Int8 activations, shift codes decoded at load
+    /// ([`crate::gemm::DecodedRows`], [`conv_decoded_i8`]).
+    DecodedI8,
 }
 
 /// The argument checks every conv kernel shares with the scalar ones: `n`
@@ -219,6 +223,8 @@ pub type F32Fn = fn(&Conv2dGeom, &[f32], &PackedRows, usize, &[Affine], &mut [f3
 pub type W8Fn = fn(&Conv2dGeom, &[i8], &[i8], usize, &[Requant], &mut [i8]);
 /// Float-weight kernel signature (that of [`scalar::conv_f32`]).
 pub type WfFn = fn(&Conv2dGeom, &[f32], &[f32], usize, &[Affine], &mut [f32]);
+/// Decoded-row kernel signature (that of [`crate::gemm::conv_decoded_i8`]).
+pub type DecFn = fn(&Conv2dGeom, &[i8], &DecodedRows, usize, &[Requant], &mut [i8]);
 
 /// A kernel's function.
 #[derive(Clone, Copy, Debug)]
@@ -231,6 +237,8 @@ pub enum KernelFn {
     W8I8(W8Fn),
     /// [`Op::F32`].
     F32(WfFn),
+    /// [`Op::DecodedI8`].
+    DecodedI8(DecFn),
 }
 
 impl KernelFn {
@@ -241,6 +249,7 @@ impl KernelFn {
             KernelFn::ShiftF32(_) => Op::ShiftF32,
             KernelFn::W8I8(_) => Op::W8I8,
             KernelFn::F32(_) => Op::F32,
+            KernelFn::DecodedI8(_) => Op::DecodedI8,
         }
     }
 }
@@ -285,6 +294,9 @@ pub enum Layers {
     SmallK,
     /// Only dense convs of very small `k` ([`crate::pointwise::tiny_k`]).
     TinyK,
+    /// Convs with enough pixels and channels for the pixel-lane GEMM
+    /// ([`crate::gemm::applies`]).
+    Gemm,
 }
 
 impl Layers {
@@ -296,6 +308,7 @@ impl Layers {
             Layers::Pointwise => crate::pointwise::applies(g),
             Layers::SmallK => crate::pointwise::small_k(g),
             Layers::TinyK => crate::pointwise::tiny_k(g),
+            Layers::Gemm => crate::gemm::applies(g),
         }
     }
 }
@@ -318,6 +331,7 @@ macro_rules! registry {
 // k = 144-147 layers that `avx2/px-dot` takes on AVX2 (`pointwise::MAX_K_TINY`).
 #[cfg(target_arch = "x86_64")]
 registry! { SIMD:
+    "avx512/gemm" => Avx512, Dot, Gemm, DecodedI8(crate::x86_64::gemm::conv_gemm_i8);
     "avx512/dw-shift" => Avx512, Shift, Depthwise, ShiftI8(crate::x86_64::avx512::dw::conv_shift_i8);
     "avx2/dw-shift" => Avx2, Shift, Depthwise, ShiftI8(crate::x86_64::avx2::dw::conv_shift_i8);
     "avx512/pw-dot" => Avx512, Dot, Pointwise, ShiftI8(crate::x86_64::pointwise::conv_dot_i8_vnni);
@@ -362,6 +376,7 @@ registry! { SCALAR:
     "scalar/shift-f32" => Scalar, Scalar, All, ShiftF32(scalar::conv_shift_f32);
     "scalar/w8-i8" => Scalar, Scalar, All, W8I8(scalar::conv_w8_i8);
     "scalar/f32" => Scalar, Scalar, All, F32(scalar::conv_f32);
+    "scalar/decoded-i8" => Scalar, Scalar, All, DecodedI8(crate::gemm::conv_decoded_i8);
 }
 
 /// Every kernel of this target, best first, the scalar references last.
@@ -607,6 +622,10 @@ fn preference(op: Op, g: &Conv2dGeom, forced: Option<Family>) -> &'static [Famil
         // change that, so they take the SIMD int8 dot kernel.
         (Op::W8I8, _) => &[Dot, Scalar],
         (Op::F32, _) => &[Scalar],
+        // Decoding pays only for the SIMD GEMM; a forced
+        // multiplication-free family keeps the codes.
+        (Op::DecodedI8, None | Some(Dot) | Some(Fexp)) => &[Dot, Scalar],
+        (Op::DecodedI8, _) => &[Scalar],
     }
 }
 
@@ -630,6 +649,14 @@ pub fn select_with(op: Op, g: &Conv2dGeom, at: Isa, forced: Option<Family>) -> &
 #[inline]
 pub fn select(op: Op, g: &Conv2dGeom) -> &'static Kernel {
     select_with(op, g, isa(), forced_family())
+}
+
+/// The SIMD kernel of [`Op::DecodedI8`] for layer `g` under the process
+/// settings, if one runs here: the runtime decodes a layer's codes at load
+/// only then.
+pub fn decoded_kernel(g: &Conv2dGeom) -> Option<&'static Kernel> {
+    let k = select(Op::DecodedI8, g);
+    (k.isa != Isa::Scalar).then_some(k)
 }
 
 /// Name of the kernel a layer runs (`avx2/dot`, `neon/shift`,
@@ -676,6 +703,21 @@ pub fn conv_w8_i8(g: &Conv2dGeom, x: &[i8], w: &[i8], oc0: usize, rq: &[Requant]
     match select(Op::W8I8, g).f {
         KernelFn::W8I8(f) => f(g, x, w, oc0, rq, out),
         _ => scalar::conv_w8_i8(g, x, w, oc0, rq, out),
+    }
+}
+
+/// Dispatching [`crate::gemm::conv_decoded_i8`]: bit-identical output.
+pub fn conv_decoded_i8(
+    g: &Conv2dGeom,
+    x: &[i8],
+    w: &DecodedRows,
+    oc0: usize,
+    rq: &[Requant],
+    out: &mut [i8],
+) {
+    match select(Op::DecodedI8, g).f {
+        KernelFn::DecodedI8(f) => f(g, x, w, oc0, rq, out),
+        _ => crate::gemm::conv_decoded_i8(g, x, w, oc0, rq, out),
     }
 }
 
@@ -729,7 +771,7 @@ mod tests {
             dilation: [1, 1],
             groups: 8,
         };
-        for op in [Op::ShiftI8, Op::ShiftF32, Op::W8I8, Op::F32] {
+        for op in [Op::ShiftI8, Op::ShiftF32, Op::W8I8, Op::F32, Op::DecodedI8] {
             let k = select_with(op, &big, Isa::Scalar, None);
             assert_eq!(k.isa, Isa::Scalar);
             assert_eq!(k.op(), op);

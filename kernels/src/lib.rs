@@ -24,6 +24,7 @@ pub mod codes;
 pub mod depthwise;
 pub mod dispatch;
 pub mod fexp;
+pub mod gemm;
 pub mod geom;
 pub mod pointwise;
 pub mod pool;

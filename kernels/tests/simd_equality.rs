@@ -17,6 +17,7 @@
 use proptest::prelude::*;
 use shiftnn_kernels::codes::pack;
 use shiftnn_kernels::dispatch::{self, Family, Isa, KernelFn, Op};
+use shiftnn_kernels::gemm;
 use shiftnn_kernels::scalar::{self, Affine};
 use shiftnn_kernels::{Bits, Conv2dGeom, PackedRows, Requant};
 
@@ -166,6 +167,71 @@ fn check_i8(c: &Case) -> Result<(), TestCaseError> {
     let mut got = vec![0i8; g.out_len()];
     dispatch::conv_shift_i8(g, &c.x, &w, 0, &c.rq, &mut got);
     prop_assert_eq!(&got, &want, "dispatch bits {:?} geom {:?}", c.bits, g);
+    check_decoded(c, &w, &want)
+}
+
+/// The codes decoded at load ([`gemm::decode`]) through every decoded-row
+/// kernel this CPU runs, on any layer (not only those `gemm::applies`
+/// picks), whole and split by channel range: equal to `scalar` on the
+/// codes.
+fn check_decoded(c: &Case, w: &PackedRows, want: &[i8]) -> Result<(), TestCaseError> {
+    let g = &c.g;
+    if g.k() > gemm::MAX_K {
+        return Ok(());
+    }
+    let n = g.c_out;
+    let (mut dw, mut corr) = (vec![0i8; n * gemm::padded_k(g.k())], vec![0i32; n]);
+    let mut at = vec![0u32; n + 1];
+    let mut fix = vec![gemm::Fix::default(); gemm::fix_count(w)];
+    gemm::decode(w, &mut dw, &mut corr, &mut at, &mut fix);
+    let d = gemm::DecodedRows::new(&dw, &corr, &at, &fix, g.k()).unwrap();
+    let plane = g.out_plane();
+    let split = n / 2 + (n % 2);
+    for k in dispatch::kernels() {
+        let KernelFn::DecodedI8(f) = k.f else {
+            continue;
+        };
+        if !k.isa.available() {
+            continue;
+        }
+        let mut got = vec![0i8; g.out_len()];
+        f(g, &c.x, &d, 0, &c.rq, &mut got);
+        prop_assert_eq!(
+            &got[..],
+            want,
+            "kernel {} bits {:?} geom {:?}",
+            k.name,
+            c.bits,
+            g
+        );
+        let (lo, hi) = got.split_at_mut(split * plane);
+        f(g, &c.x, &d.sub_rows(0, split), 0, &c.rq[..split], lo);
+        f(
+            g,
+            &c.x,
+            &d.sub_rows(split, n - split),
+            split,
+            &c.rq[split..],
+            hi,
+        );
+        prop_assert_eq!(
+            &got[..],
+            want,
+            "kernel {} (split) bits {:?} geom {:?}",
+            k.name,
+            c.bits,
+            g
+        );
+    }
+    let mut got = vec![0i8; g.out_len()];
+    dispatch::conv_decoded_i8(g, &c.x, &d, 0, &c.rq, &mut got);
+    prop_assert_eq!(
+        &got[..],
+        want,
+        "dispatch decoded bits {:?} geom {:?}",
+        c.bits,
+        g
+    );
     Ok(())
 }
 
@@ -740,5 +806,78 @@ fn dilated_kernels_taller_than_the_input() {
             seed += 1;
             check_i8(&case(g, b, seed)).unwrap();
         }
+    }
+}
+
+/// Layers of the shapes the pixel-lane GEMM blocks over: planes of one to
+/// several 64-pixel blocks and a ragged tail, output rows shorter and
+/// longer than a block, strides 1-3, dilation, padding, groups, row counts
+/// around its 6/8/12-row blocks.
+fn gemm_conv() -> impl Strategy<Value = Conv2dGeom> {
+    (
+        (
+            1usize..3,
+            1usize..24,
+            1usize..30,
+            1usize..30,
+            1usize..4,
+            1usize..4,
+        ),
+        (1usize..4, 0usize..3, 1usize..3, 1usize..27),
+    )
+        .prop_map(|((groups, cig, h, w, kh, kw), (s, p, d, cog))| Conv2dGeom {
+            c_in: cig * groups,
+            h: h + kh * d,
+            w: w + kw * d,
+            c_out: cog * groups,
+            kh,
+            kw,
+            stride: [s, 1 + (s + h) % 3],
+            pads: [p, (p + 1) % 3, p.min(1), p],
+            dilation: [d, 1 + (w % 2)],
+            groups,
+        })
+        .prop_filter("valid", |g| g.validate().is_ok())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn gemm_shaped_convs_equal_scalar(g in gemm_conv(), b in 2u32..5, seed in any::<u64>()) {
+        check_i8(&case(g, b, seed))?;
+    }
+}
+
+/// `k` large enough for every panel width of the GEMM (64, 48, 32 and 16
+/// pixels per block), up to its `MAX_K`, with 4-bit extremes.
+#[test]
+fn gemm_long_k_panels() {
+    for (c_in, kh) in [
+        (512usize, 3usize),
+        (1100, 3),
+        (1600, 3),
+        (2040, 3),
+        (2048, 1),
+    ] {
+        let g = Conv2dGeom {
+            c_in,
+            h: 9,
+            w: 9,
+            c_out: 7,
+            kh,
+            kw: kh,
+            stride: [1, 1],
+            pads: [1; 4],
+            dilation: [1, 1],
+            groups: 1,
+        };
+        let mut c = case(g, 4, c_in as u64);
+        for (i, v) in c.x.iter_mut().enumerate() {
+            if i % 3 == 0 {
+                *v = -128;
+            }
+        }
+        check_i8(&c).unwrap();
     }
 }

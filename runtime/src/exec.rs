@@ -9,8 +9,10 @@ use crate::parallel::{par_conv, par_elementwise, par_planes, Threads};
 use crate::planner::ALIGN;
 use alloc::{format, sync::Arc, vec, vec::Vec};
 use core::ops::Range;
-use shiftnn_kernels::dispatch;
+use shiftnn_kernels::dispatch::{self, KernelFn};
+use shiftnn_kernels::gemm::DecodedRows;
 use shiftnn_kernels::scalar::{self, PoolGeom};
+use shiftnn_kernels::Conv2dGeom;
 
 /// Called after each node with the node index and its output, for
 /// calibration, per-layer diffs and profiling.
@@ -343,6 +345,16 @@ impl<'m, 'b> Session<'m, 'b> {
                     let xo = row * in_len;
                     let yo = row * out_len;
                     match (g.mode, weight.kind, p) {
+                        (Mode::Int8, WeightKind::Shift, NodeParams::Requant(rq))
+                            if decoded_gemm(model, i, &geom).is_some() =>
+                        {
+                            let (d, f) = decoded_gemm(model, i, &geom).expect("checked");
+                            let x = &i8s(x0)[xo..xo + in_len];
+                            let o = &mut i8s_mut(out)[yo..yo + out_len];
+                            par_conv(pool.as_deref_mut(), &geom, x, o, |geom, x, oc0, n, o| {
+                                f(geom, x, &d.sub_rows(oc0, n), oc0, &rq[oc0..oc0 + n], o)
+                            });
+                        }
                         (Mode::Int8, WeightKind::Shift, NodeParams::Requant(rq)) => {
                             let w = model.shift_rows(i)?;
                             let x = &i8s(x0)[xo..xo + in_len];
@@ -583,4 +595,21 @@ fn i8s(b: &[u8]) -> &[i8] {
 }
 fn i8s_mut(b: &mut [u8]) -> &mut [i8] {
     bytemuck::cast_slice_mut(b)
+}
+
+/// Node `i`'s decoded rows and the GEMM kernel that runs them, when the
+/// model decoded the layer at load and the process settings still choose
+/// that kernel (a family forced since falls back to the codes). The kernel
+/// chosen for the whole layer runs every band of it: a band's plane may be
+/// smaller than the layer's, and the kernel is exact on any geometry.
+fn decoded_gemm<'m>(
+    model: &'m Model,
+    i: usize,
+    g: &Conv2dGeom,
+) -> Option<(DecodedRows<'m>, dispatch::DecFn)> {
+    let d = model.decoded_rows(i)?;
+    match dispatch::decoded_kernel(g)?.f {
+        KernelFn::DecodedI8(f) => Some((d, f)),
+        _ => None,
+    }
 }

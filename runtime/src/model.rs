@@ -9,7 +9,8 @@ use crate::graph::{Act, DType, Graph, Mode, Op, WeightKind};
 use crate::planner::{self, Plan};
 use alloc::{format, string::String, vec, vec::Vec};
 use safetensors::Dtype;
-use shiftnn_kernels::{Bits, Conv2dGeom, PackedRows};
+use shiftnn_kernels::gemm::{self, DecodedRows, Fix};
+use shiftnn_kernels::{dispatch, Bits, Conv2dGeom, PackedRows};
 
 /// Largest activation accepted (elements), to reject absurd shapes early.
 pub const MAX_VALUE_ELEMS: usize = 1 << 28;
@@ -64,6 +65,50 @@ pub struct Model<'a> {
     table: TensorTable,
     plan: Plan,
     fingerprint: u64,
+    /// Per node: its codes decoded at load for the pixel-lane GEMM.
+    decoded: Vec<Option<Decoded>>,
+}
+
+/// One layer's shift codes decoded to int8 rows ([`gemm::decode`]): the
+/// one repack at load. The `vpdpbusd` GEMM (`avx512/gemm`) needs plain
+/// int8 weights as broadcast operands, and runs ResNet's 3x3 convs 2-3x
+/// faster than decoding the codes in its inner loop (`avx512/dot`), so
+/// a layer is decoded exactly when that kernel would run it under the
+/// process settings at load ([`dispatch::decoded_kernel`]). The cost is
+/// `n * k` bytes of memory per layer, reported by [`Model::decoded_bytes`];
+/// `SHIFTNN_KERNEL=shift` (or any multiplication-free family) or
+/// `SHIFTNN_ISA=avx2` loads without it.
+struct Decoded {
+    w: Vec<i8>,
+    corr: Vec<i32>,
+    fix_at: Vec<u32>,
+    fix: Vec<Fix>,
+    k: usize,
+}
+
+impl Decoded {
+    fn new(codes: &PackedRows) -> Decoded {
+        let (n, k) = (codes.rows(), codes.k());
+        let mut d = Decoded {
+            w: vec![0; n * gemm::padded_k(k)],
+            corr: vec![0; n],
+            fix_at: vec![0; n + 1],
+            fix: vec![Fix::default(); gemm::fix_count(codes)],
+            k,
+        };
+        gemm::decode(codes, &mut d.w, &mut d.corr, &mut d.fix_at, &mut d.fix);
+        d
+    }
+
+    fn view(&self) -> Option<DecodedRows<'_>> {
+        DecodedRows::new(&self.w, &self.corr, &self.fix_at, &self.fix, self.k).ok()
+    }
+
+    fn bytes(&self) -> usize {
+        self.w.len()
+            + 4 * (self.corr.len() + self.fix_at.len())
+            + core::mem::size_of::<Fix>() * self.fix.len()
+    }
 }
 
 impl core::fmt::Debug for Model<'_> {
@@ -118,6 +163,7 @@ impl<'a> Model<'a> {
                 arena_bytes: 0,
             },
             fingerprint: 0,
+            decoded: vec![],
         };
         m.validate()?;
         m.plan = planner::plan(&m.graph);
@@ -135,7 +181,39 @@ impl<'a> Model<'a> {
                 "weight fingerprint does not match the weights (corrupt file?)".into(),
             ));
         }
+        m.decoded = m.decode_layers()?;
         Ok(m)
+    }
+
+    /// Decode the codes of every int8 layer the pixel-lane GEMM runs.
+    fn decode_layers(&self) -> Result<Vec<Option<Decoded>>> {
+        (0..self.graph.nodes.len())
+            .map(|i| {
+                let node = &self.graph.nodes[i];
+                let shift_i8 = self.graph.mode == Mode::Int8
+                    && node
+                        .op
+                        .weight()
+                        .is_some_and(|w| w.kind == WeightKind::Shift);
+                match self.conv_geom(i) {
+                    Some(g) if shift_i8 && dispatch::decoded_kernel(&g).is_some() => {
+                        Ok(Some(Decoded::new(&self.shift_rows(i)?)))
+                    }
+                    _ => Ok(None),
+                }
+            })
+            .collect()
+    }
+
+    /// Node `i`'s codes as decoded at load for the pixel-lane GEMM, if they
+    /// were (see [`dispatch::decoded_kernel`]).
+    pub fn decoded_rows(&self, i: usize) -> Option<DecodedRows<'_>> {
+        self.decoded.get(i)?.as_ref()?.view()
+    }
+
+    /// Bytes of weights decoded at load (beside the file's), over all layers.
+    pub fn decoded_bytes(&self) -> usize {
+        self.decoded.iter().flatten().map(Decoded::bytes).sum()
     }
 
     /// The graph.

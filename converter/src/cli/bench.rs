@@ -207,6 +207,7 @@ pub fn main(a: Args) -> Result<()> {
             "macs": total_macs,
             "peak_rss_bytes": peak,
             "arena_bytes": m.arena_bytes(),
+            "decoded_bytes": m.decoded_bytes(),
             "file_bytes": m.bytes().len(),
             "profile_iters": piters,
             "layers": layers,
@@ -233,6 +234,12 @@ pub fn main(a: Args) -> Result<()> {
         peak.map_or("unknown".into(), |b| fmt_bytes(b as usize))
     );
     outln!("arena:      {}", fmt_bytes(m.arena_bytes()));
+    if m.decoded_bytes() > 0 {
+        outln!(
+            "decoded:    {} (int8 rows for the GEMM kernel)",
+            fmt_bytes(m.decoded_bytes())
+        );
+    }
     outln!();
     outln!("per-layer profile (median of {piters} profiled runs, {sum_us:.1} µs total):");
     t.print();

@@ -153,6 +153,7 @@ pub fn main(a: Args) -> Result<()> {
                 "tensors": m.tensors().len(),
             },
             "arena_bytes": m.arena_bytes(),
+            "decoded_bytes": m.decoded_bytes(),
         }));
     }
     outln!("model:        {}", a.model.display());
@@ -190,6 +191,12 @@ pub fn main(a: Args) -> Result<()> {
         m.tensors().len()
     );
     outln!("arena:        {}", fmt_bytes(m.arena_bytes()));
+    if m.decoded_bytes() > 0 {
+        outln!(
+            "decoded:      {} of int8 rows decoded at load for the GEMM kernel",
+            fmt_bytes(m.decoded_bytes())
+        );
+    }
     outln!("file:         {}", fmt_bytes(file_bytes));
     Ok(())
 }

@@ -17,6 +17,13 @@ pub fn kernel_name(model: &Model, i: usize) -> String {
         return "rows".to_string();
     }
     match (node.op.weight(), model.conv_geom(i)) {
+        (Some(_), Some(g)) if model.decoded_rows(i).is_some() => {
+            // What `Session::run` runs for a layer decoded at load.
+            match dispatch::decoded_kernel(&g) {
+                Some(k) => k.name.to_string(),
+                None => dispatch::kernel_name(dispatch::Op::ShiftI8, &g).to_string(),
+            }
+        }
         (Some(w), Some(g)) => {
             let op = match (w.kind, model.mode()) {
                 (WeightKind::Shift, Mode::Int8) => dispatch::Op::ShiftI8,

@@ -6,6 +6,8 @@
 //! * `avx512`: the same families for AVX-512 (F/BW/VL/VBMI/VNNI):
 //!   `vpermb` + `vpmultishiftqb` decode, `vpdpbusd` dot, `vpsllvw` shift,
 //!   and the FMA baseline the `fexp` target is measured against;
+//! * `gemm`: the pixel-lane int8 GEMM on rows decoded at load
+//!   ([`crate::gemm`]), `vpdpbusd` with broadcast weights;
 //! * `pointwise`: the pixel-lane `dot` kernels for 1x1 and small-`k`
 //!   convs (`vpmaddwd` on AVX2, `vpdpwssd` on AVX-512 VNNI).
 //!
@@ -73,4 +75,5 @@ use depthwise_kernel;
 
 pub mod avx2;
 pub mod avx512;
+pub mod gemm;
 pub mod pointwise;

@@ -1,0 +1,326 @@
+//! Shift codes decoded once, at load, to int8 rows for the pixel-lane VNNI
+//! GEMM (`avx512/gemm`, [`crate::x86_64::gemm`]), and the portable half of
+//! that kernel: the layout, its checks, the decoder and a reference.
+//!
+//! Why decode at all: `vpdpbusd` multiplies unsigned bytes by signed ones.
+//! With output pixels in the lanes and a broadcast word of four weights of
+//! one row as the signed operand, one instruction does 64 MACs for 16
+//! pixels, and a block of rows x pixels keeps 24 accumulators busy; the
+//! weights must then be plain int8 in memory, since a broadcast operand
+//! cannot be decoded on the way. Decoding in the inner loop instead (as
+//! `avx512/dot` does) shares each decode by only a few pixels. The decoded
+//! rows cost `n * k` bytes beside the file's `n * k * b / 8`; the runtime
+//! decodes only the layers this kernel runs (`shiftnn inspect` reports the
+//! bytes).
+//!
+//! The layout ([`DecodedRows`]):
+//! * `w`: `n` rows of `kp = k` rounded up to a multiple of 4, zero past
+//!   `k`, row `r` at `w[r * kp ..]`. A weight `s * 2^p` is stored as is,
+//!   except +128 (4-bit codes only), which int8 cannot hold: it is stored
+//!   as 127 and the missing 1 goes into a [`Fix`].
+//! * `fix`: per row (`fix_at[r] .. fix_at[r + 1]`), the blocks of four
+//!   weights that held a +128, with a word of four int8 addends (1 where
+//!   the weight was +128, else 0). In ResNet-18 at 4 bits, 1.5% of the
+//!   weights are +128; the kernel applies a fix as one more `vpdpbusd` per
+//!   16 pixels, about 6% of the work.
+//! * `corr`: per row, `-128 * sum(w)` over the true weights: the kernel
+//!   feeds activations as unsigned `x + 128` (`x ^ 0x80`), and
+//!   `sum w * (x + 128) - 128 * sum w = sum w * x`. Sums wrap in `i32`
+//!   like the hardware's, and the true sum fits, so the result is exact.
+
+use crate::{Conv2dGeom, PackedRows, Requant};
+
+/// A block of four weights of one row that held a +128 (see the module
+/// documentation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Fix {
+    /// The block: weights `4 * kb .. 4 * kb + 4` of the row.
+    pub kb: u32,
+    /// Int8 addends of the four weights, as a little-endian word.
+    pub word: i32,
+}
+
+/// `k` rounded up to the kernel's step of four weights.
+#[inline]
+pub const fn padded_k(k: usize) -> usize {
+    k.div_ceil(4) * 4
+}
+
+/// Why a decoded layout is inconsistent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecodedError {
+    /// `w.len()` is not `rows * padded_k(k)`, `rows` being `corr.len()`.
+    Weights,
+    /// `fix_at` is not `rows + 1` non-decreasing indices within `fix`.
+    FixIndex,
+    /// A fix names a block past the row's end.
+    FixBlock,
+}
+
+/// Read-only view of decoded rows (see the module documentation).
+#[derive(Clone, Copy, Debug)]
+pub struct DecodedRows<'a> {
+    w: &'a [i8],
+    corr: &'a [i32],
+    fix_at: &'a [u32],
+    fix: &'a [Fix],
+    k: usize,
+}
+
+impl<'a> DecodedRows<'a> {
+    /// View decoded rows of `k` weights; checks every length and index.
+    pub fn new(
+        w: &'a [i8],
+        corr: &'a [i32],
+        fix_at: &'a [u32],
+        fix: &'a [Fix],
+        k: usize,
+    ) -> Result<Self, DecodedError> {
+        let rows = corr.len();
+        if Some(w.len()) != rows.checked_mul(padded_k(k)) {
+            return Err(DecodedError::Weights);
+        }
+        if fix_at.len() != rows + 1
+            || fix_at.windows(2).any(|p| p[0] > p[1])
+            || fix_at[rows] as usize > fix.len()
+        {
+            return Err(DecodedError::FixIndex);
+        }
+        let blocks = padded_k(k) / 4;
+        let (a, b) = (fix_at[0] as usize, fix_at[rows] as usize);
+        if fix[a..b].iter().any(|f| f.kb as usize >= blocks) {
+            return Err(DecodedError::FixBlock);
+        }
+        Ok(DecodedRows {
+            w,
+            corr,
+            fix_at,
+            fix,
+            k,
+        })
+    }
+
+    /// Number of rows.
+    #[inline]
+    pub fn rows(&self) -> usize {
+        self.corr.len()
+    }
+
+    /// Weights per row (before padding).
+    #[inline]
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Stored weights per row: [`padded_k`].
+    #[inline]
+    pub fn kp(&self) -> usize {
+        padded_k(self.k)
+    }
+
+    /// Row `r`'s stored weights (`kp` of them).
+    #[inline]
+    pub fn row(&self, r: usize) -> &'a [i8] {
+        let kp = self.kp();
+        &self.w[r * kp..(r + 1) * kp]
+    }
+
+    /// Row `r`'s offset correction, `-128 * sum(w)`.
+    #[inline]
+    pub fn corr(&self, r: usize) -> i32 {
+        self.corr[r]
+    }
+
+    /// Row `r`'s fixes.
+    #[inline]
+    pub fn fixes(&self, r: usize) -> &'a [Fix] {
+        &self.fix[self.fix_at[r] as usize..self.fix_at[r + 1] as usize]
+    }
+
+    /// Rows `start .. start + n`.
+    pub fn sub_rows(&self, start: usize, n: usize) -> DecodedRows<'a> {
+        let kp = self.kp();
+        DecodedRows {
+            w: &self.w[start * kp..(start + n) * kp],
+            corr: &self.corr[start..start + n],
+            fix_at: &self.fix_at[start..start + n + 1],
+            fix: self.fix,
+            k: self.k,
+        }
+    }
+
+    /// The true weight `r, i` (`i < k`).
+    #[inline]
+    pub fn weight(&self, r: usize, i: usize) -> i32 {
+        let fix = self
+            .fixes(r)
+            .iter()
+            .find(|f| f.kb as usize == i / 4)
+            .map_or(0, |f| f.word.to_le_bytes()[i % 4] as i8 as i32);
+        self.row(r)[i] as i32 + fix
+    }
+}
+
+/// How many [`Fix`] entries [`decode`] writes for `w`.
+pub fn fix_count(w: &PackedRows) -> usize {
+    let top = w.bits().encode(false, w.bits().max_exp());
+    let plus128 = w.bits().value(top) == 128;
+    if !plus128 {
+        return 0;
+    }
+    (0..w.rows())
+        .map(|r| {
+            (0..w.k().div_ceil(4))
+                .filter(|&kb| (4 * kb..w.k().min(4 * kb + 4)).any(|i| w.get(r, i) == top))
+                .count()
+        })
+        .sum()
+}
+
+/// Decode `w` into the layout of [`DecodedRows`]: `out` holds
+/// `rows * padded_k(k)` weights, `corr` and `fix_at` `rows` and `rows + 1`
+/// entries, `fix` exactly [`fix_count`] entries. Panics on other lengths.
+pub fn decode(
+    w: &PackedRows,
+    out: &mut [i8],
+    corr: &mut [i32],
+    fix_at: &mut [u32],
+    fix: &mut [Fix],
+) {
+    let (n, k, kp, bits) = (w.rows(), w.k(), padded_k(w.k()), w.bits());
+    assert_eq!(out.len(), n * kp, "decode: weights length");
+    assert_eq!(corr.len(), n, "decode: corrections length");
+    assert_eq!(fix_at.len(), n + 1, "decode: fix index length");
+    let mut nf = 0usize;
+    for r in 0..n {
+        fix_at[r] = nf as u32;
+        let row = &mut out[r * kp..(r + 1) * kp];
+        let mut sum = 0i32;
+        let mut word = [0u8; 4];
+        for (i, o) in row.iter_mut().enumerate() {
+            let v = if i < k { bits.value(w.get(r, i)) } else { 0 };
+            sum += v;
+            if v == 128 {
+                *o = 127;
+                word[i % 4] = 1;
+            } else {
+                *o = v as i8;
+            }
+            if i % 4 == 3 && word != [0; 4] {
+                fix[nf] = Fix {
+                    kb: (i / 4) as u32,
+                    word: i32::from_le_bytes(word),
+                };
+                nf += 1;
+                word = [0; 4];
+            }
+        }
+        corr[r] = sum.wrapping_mul(-128);
+    }
+    fix_at[n] = nf as u32;
+    assert_eq!(nf, fix.len(), "decode: fix length");
+}
+
+/// True when the pixel-lane GEMM is worth running: a
+/// dense or grouped conv whose groups have at least 4 output channels and
+/// whose output plane fills a 16-pixel vector; `k` at most [`MAX_K`].
+/// Depthwise layers, linear layers (one pixel) and tiny planes keep the
+/// tiled kernels.
+pub const fn applies(g: &Conv2dGeom) -> bool {
+    g.c_out_g() >= 4 && g.out_plane() >= 16 && g.k() <= MAX_K && g.c_in_g() >= 2
+}
+
+/// Largest `k` of the GEMM kernel: its activation panel (`k` rounded to
+/// four, times 16 pixels per vector, up to 4 vectors) lives on the stack;
+/// 288 KiB holds ResNet's `k = 4608` at 64 pixels.
+pub const MAX_K: usize = 18 * 1024;
+
+/// The reference of the decoded layout: equal to
+/// [`crate::scalar::conv_shift_i8`] on the codes `d` was decoded from.
+pub fn conv_decoded_i8(
+    g: &Conv2dGeom,
+    x: &[i8],
+    d: &DecodedRows,
+    oc0: usize,
+    rq: &[Requant],
+    out: &mut [i8],
+) {
+    assert_eq!(d.k(), g.k(), "decoded rows: k");
+    crate::dispatch::check_call(g, x.len(), d.k(), d.rows(), oc0, rq.len(), out.len());
+    let (oh, ow) = (g.out_h(), g.out_w());
+    for r in 0..d.rows() {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let mut acc = 0i32;
+                g.for_each_tap(oc0 + r, oy, ox, |xi, ki| {
+                    acc += x[xi] as i32 * d.weight(r, ki);
+                });
+                out[(r * oh + oy) * ow + ox] = rq[r].apply(acc);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codes::pack;
+    use crate::Bits;
+
+    extern crate std;
+    use std::{vec, vec::Vec};
+
+    #[test]
+    fn decode_round_trips_every_code() {
+        for bits in [Bits::B2, Bits::B3, Bits::B4] {
+            let (n, k) = (3, 2 * (1 << bits.get()) + 3);
+            let codes: Vec<u8> = (0..n * k).map(|i| (i % (1 << bits.get())) as u8).collect();
+            let mut packed = vec![0u8; n * bits.row_bytes(k)];
+            pack(&codes, bits, n, k, &mut packed);
+            let w = PackedRows::new(&packed, bits, n, k).unwrap();
+            let nf = fix_count(&w);
+            assert_eq!(nf > 0, bits == Bits::B4);
+            let (mut out, mut corr) = (vec![0i8; n * padded_k(k)], vec![0i32; n]);
+            let (mut at, mut fix) = (vec![0u32; n + 1], vec![Fix::default(); nf]);
+            decode(&w, &mut out, &mut corr, &mut at, &mut fix);
+            let d = DecodedRows::new(&out, &corr, &at, &fix, k).unwrap();
+            for r in 0..n {
+                let mut sum = 0;
+                for i in 0..k {
+                    assert_eq!(d.weight(r, i), bits.value(codes[r * k + i]));
+                    sum += d.weight(r, i);
+                }
+                assert_eq!(d.corr(r), -128 * sum);
+                assert!(d.row(r)[k..].iter().all(|&v| v == 0));
+            }
+            let s = d.sub_rows(1, 2);
+            assert_eq!(s.weight(0, 5), d.weight(1, 5));
+            assert_eq!(s.fixes(1), d.fixes(2));
+        }
+    }
+
+    #[test]
+    fn inconsistent_layouts_are_refused() {
+        let w = [0i8; 8];
+        let corr = [0i32; 2];
+        let fix = [Fix { kb: 0, word: 1 }];
+        assert!(DecodedRows::new(&w, &corr, &[0, 0, 1], &fix, 3).is_ok());
+        assert_eq!(
+            DecodedRows::new(&w[..7], &corr, &[0, 0, 1], &fix, 3).err(),
+            Some(DecodedError::Weights)
+        );
+        assert_eq!(
+            DecodedRows::new(&w, &corr, &[0, 1, 0], &fix, 3).err(),
+            Some(DecodedError::FixIndex)
+        );
+        assert_eq!(
+            DecodedRows::new(&w, &corr, &[0, 0, 2], &fix, 3).err(),
+            Some(DecodedError::FixIndex)
+        );
+        let far = [Fix { kb: 1, word: 1 }];
+        assert_eq!(
+            DecodedRows::new(&w, &corr, &[0, 0, 1], &far, 3).err(),
+            Some(DecodedError::FixBlock)
+        );
+    }
+}

@@ -1,0 +1,408 @@
+//! `avx512/gemm`: the pixel-lane int8 GEMM on decoded rows
+//! ([`crate::gemm`]), with `vpdpbusd` (AVX-512 VNNI).
+//!
+//! Output pixels run along the lanes, as ONNX Runtime's MLAS and XNNPACK
+//! do for their int8 GEMMs, so no horizontal sum is ever needed and the
+//! output stores straight into the channel-major plane:
+//!
+//! * **Panel.** For a block of up to 64 consecutive output pixels, the
+//!   im2col patches are laid out `[k / 4][pixels][4]` as unsigned bytes
+//!   `x ^ 0x80` (padded taps are `x = 0`, i.e. 0x80). Each weight tap is one
+//!   masked byte load per run of pixels within an output row (a shifted
+//!   window of the input row; stride 2 adds one `vpermt2b`), and four taps
+//!   interleave into pixel-major words with four `vpermt2b`/`vpermt2w`.
+//!   The panel is built once per pixel block and read by every output
+//!   channel of the call.
+//! * **Microkernel.** `MR` rows by `NV` vectors of 16 pixels (6 x 4, 8 x 3,
+//!   12 x 2 or 12 x 1) in 24 or fewer `zmm` accumulators; per step of four
+//!   weights, `NV` panel loads, `MR` broadcast words of weights, `MR * NV`
+//!   `vpdpbusd`, each 64 MACs.
+//! * **Epilogue.** Per row: the offset correction `-128 * sum(w)`, the
+//!   row's +128 fixes (one `vpdpbusd` each per vector), and requantization
+//!   of the pixels present.
+//!
+//! The panel (at most 288 KiB, `k` up to [`crate::gemm::MAX_K`]) is on the
+//! stack: the kernel crate never allocates. Fewer pixels per block (down to
+//! 16) keep large-`k` panels within it.
+
+use core::arch::x86_64::*;
+use core::mem::MaybeUninit;
+
+use crate::dispatch::Isa;
+use crate::gemm::{padded_k, DecodedRows, MAX_K};
+use crate::{Conv2dGeom, Requant};
+
+/// Bytes of the stack panel: `MAX_K` weights of one 16-pixel vector.
+const PANEL_BYTES: usize = padded_k(MAX_K) * 16;
+
+#[repr(C, align(64))]
+struct Panel([u8; PANEL_BYTES]);
+
+/// One run of consecutive output pixels of a block within one output row.
+#[derive(Clone, Copy, Default)]
+struct Seg {
+    /// First lane.
+    l0: u8,
+    /// One past the last lane.
+    l1: u8,
+    /// Output row.
+    oy: u32,
+    /// Output column of lane `l0`.
+    ox: u32,
+}
+
+/// Lanes `a .. b` (`a < b <= 64`) as a byte mask.
+#[inline(always)]
+fn lanes(a: usize, b: usize) -> u64 {
+    (u64::MAX >> (64 - (b - a))) << a
+}
+
+/// `vpermt2b` indices: lane `l` takes byte `2l` of the 128-byte pair.
+const EVEN: [u8; 64] = {
+    let mut t = [0u8; 64];
+    let mut l = 0;
+    while l < 64 {
+        t[l] = (2 * l) as u8;
+        l += 1;
+    }
+    t
+};
+
+/// `vpermt2b` indices interleaving bytes of two rows: pixels `32h .. 32h + 32`.
+const fn pair_bytes(h: usize) -> [u8; 64] {
+    let mut t = [0u8; 64];
+    let mut l = 0;
+    while l < 32 {
+        t[2 * l] = (32 * h + l) as u8;
+        t[2 * l + 1] = (64 + 32 * h + l) as u8;
+        l += 1;
+    }
+    t
+}
+
+/// `vpermt2w` indices interleaving words of two vectors: pixels `16h .. 16h + 16`.
+const fn pair_words(h: usize) -> [u16; 32] {
+    let mut t = [0u16; 32];
+    let mut l = 0;
+    while l < 16 {
+        t[2 * l] = (16 * h + l) as u16;
+        t[2 * l + 1] = (32 + 16 * h + l) as u16;
+        l += 1;
+    }
+    t
+}
+
+const BYTES_LO: [u8; 64] = pair_bytes(0);
+const BYTES_HI: [u8; 64] = pair_bytes(1);
+const WORDS_LO: [u16; 32] = pair_words(0);
+const WORDS_HI: [u16; 32] = pair_words(1);
+
+/// The block's pixels `q0 .. q0 + cnt` as runs within output rows.
+fn segments(ow: usize, q0: usize, cnt: usize, segs: &mut [Seg; 64]) -> usize {
+    let (mut q, mut ns) = (q0, 0);
+    while q < q0 + cnt {
+        let (oy, ox) = (q / ow, q % ow);
+        let len = (ow - ox).min(q0 + cnt - q);
+        let l0 = q - q0;
+        segs[ns] = Seg {
+            l0: l0 as u8,
+            l1: (l0 + len) as u8,
+            oy: oy as u32,
+            ox: ox as u32,
+        };
+        ns += 1;
+        q += len;
+    }
+    ns
+}
+
+/// Activations (raw int8) of tap `(c, ky, kx)` for the block's pixels, in
+/// their lanes; zero for padded taps and lanes past the block.
+///
+/// # Safety
+/// AVX-512 F/BW/VBMI available; `c < g.c_in`, `x.len() == g.in_len()`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+#[inline]
+unsafe fn tap(g: &Conv2dGeom, x: &[i8], segs: &[Seg], c: usize, ky: usize, kx: usize) -> __m512i {
+    let (h, w) = (g.h as isize, g.w as isize);
+    let (sy, sx) = (g.stride[0] as isize, g.stride[1] as isize);
+    let mut v = _mm512_setzero_si512();
+    for s in segs {
+        let iy = s.oy as isize * sy + (ky * g.dilation[0]) as isize - g.pads[0] as isize;
+        if iy < 0 || iy >= h {
+            continue;
+        }
+        let row = &x[(c * g.h + iy as usize) * g.w..][..g.w];
+        let (l0, l1) = (s.l0 as isize, s.l1 as isize);
+        // Input column of lane l0; lane l reads ix0 + (l - l0) * sx.
+        let ix0 = s.ox as isize * sx + (kx * g.dilation[1]) as isize - g.pads[1] as isize;
+        // Lanes whose column is inside the row: l - l0 in [lo, hi).
+        let lo = if ix0 >= 0 { 0 } else { (-ix0 + sx - 1) / sx };
+        let hi = if ix0 >= w { 0 } else { (w - ix0 + sx - 1) / sx };
+        let (a, b) = (l0 + lo, l1.min(l0 + hi));
+        if a >= b {
+            continue;
+        }
+        let m = lanes(a as usize, b as usize);
+        match sx {
+            1 => {
+                let p = row.as_ptr().wrapping_offset(ix0 - l0);
+                // SAFETY: an enabled lane l reads p + l = row + ix0 + (l - l0),
+                // a column inside the row by the choice of a..b; masked-off
+                // bytes are not read and cannot fault.
+                v = unsafe { _mm512_mask_loadu_epi8(v, m, p) };
+            }
+            2 => {
+                // Lane l takes byte 2l of the 128-byte window at `p`;
+                // bytes 2a ..= 2(b - 1) are inside the row.
+                let p = row.as_ptr().wrapping_offset(ix0 - 2 * l0);
+                let (j0, j1) = (2 * a as usize, 2 * b as usize - 1);
+                let mlo = if j0 < 64 { lanes(j0, j1.min(64)) } else { 0 };
+                let mhi = if j1 > 64 {
+                    lanes(j0.max(64) - 64, j1 - 64)
+                } else {
+                    0
+                };
+                // SAFETY: enabled bytes j of the two loads are p + j with
+                // j in 2a .. 2b - 1, i.e. columns ix0 + j - 2 l0 between
+                // those of lanes a and b - 1, inside the row.
+                let (vlo, vhi) = unsafe {
+                    (
+                        _mm512_maskz_loadu_epi8(mlo, p),
+                        _mm512_maskz_loadu_epi8(mhi, p.wrapping_add(64)),
+                    )
+                };
+                // SAFETY: EVEN is 64 bytes.
+                let idx = unsafe { _mm512_loadu_si512(EVEN.as_ptr().cast()) };
+                v = _mm512_mask_mov_epi8(v, m, _mm512_permutex2var_epi8(vlo, idx, vhi));
+            }
+            _ => {
+                let mut t = [0i8; 64];
+                // SAFETY: `t` is 64 bytes.
+                unsafe { _mm512_storeu_si512(t.as_mut_ptr().cast(), v) };
+                for l in a..b {
+                    t[l as usize] = row[(ix0 + (l - l0) * sx) as usize];
+                }
+                // SAFETY: as above.
+                v = unsafe { _mm512_loadu_si512(t.as_ptr().cast()) };
+            }
+        }
+    }
+    v
+}
+
+/// Build the panel of group `grp` for `nv` vectors of the block `segs`:
+/// `kp / 4` steps of `nv * 64` bytes at `panel`.
+///
+/// # Safety
+/// AVX-512 F/BW/VBMI available; `panel` is valid for writes of
+/// `kp / 4 * nv * 64` bytes; `x.len() == g.in_len()`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+unsafe fn build_panel(
+    g: &Conv2dGeom,
+    x: &[i8],
+    grp: usize,
+    segs: &[Seg],
+    nv: usize,
+    panel: *mut u8,
+) {
+    let k = g.k();
+    let kp = padded_k(k);
+    let (kh, kw) = (g.kh, g.kw);
+    let c_base = grp * g.c_in_g();
+    let flip = _mm512_set1_epi8(0x80u8 as i8);
+    // SAFETY (the four loads): the index tables are 64 bytes each.
+    let (blo, bhi, wlo, whi) = unsafe {
+        (
+            _mm512_loadu_si512(BYTES_LO.as_ptr().cast()),
+            _mm512_loadu_si512(BYTES_HI.as_ptr().cast()),
+            _mm512_loadu_si512(WORDS_LO.as_ptr().cast()),
+            _mm512_loadu_si512(WORDS_HI.as_ptr().cast()),
+        )
+    };
+    // Tap counters of weight index i = (ic * kh + ky) * kw + kx.
+    let (mut ic, mut ky, mut kx) = (0, 0, 0);
+    for kb in 0..kp / 4 {
+        let mut t = [_mm512_setzero_si512(); 4];
+        for tv in &mut t {
+            if ic < g.c_in_g() {
+                // SAFETY: c_base + ic < c_in; features forwarded.
+                *tv = _mm512_xor_si512(unsafe { tap(g, x, segs, c_base + ic, ky, kx) }, flip);
+                kx += 1;
+                if kx == kw {
+                    kx = 0;
+                    ky += 1;
+                    if ky == kh {
+                        ky = 0;
+                        ic += 1;
+                    }
+                }
+            }
+        }
+        let a_lo = _mm512_permutex2var_epi8(t[0], blo, t[1]);
+        let b_lo = _mm512_permutex2var_epi8(t[2], blo, t[3]);
+        let dst = panel.wrapping_add(kb * nv * 64);
+        // SAFETY (every store): vector v of step kb lies within the panel's
+        // kp / 4 * nv * 64 bytes.
+        unsafe {
+            _mm512_store_si512(dst.cast(), _mm512_permutex2var_epi16(a_lo, wlo, b_lo));
+            if nv > 1 {
+                let d1 = _mm512_permutex2var_epi16(a_lo, whi, b_lo);
+                _mm512_store_si512(dst.add(64).cast(), d1);
+            }
+            if nv > 2 {
+                let a_hi = _mm512_permutex2var_epi8(t[0], bhi, t[1]);
+                let b_hi = _mm512_permutex2var_epi8(t[2], bhi, t[3]);
+                let d2 = _mm512_permutex2var_epi16(a_hi, wlo, b_hi);
+                _mm512_store_si512(dst.add(128).cast(), d2);
+                if nv > 3 {
+                    let d3 = _mm512_permutex2var_epi16(a_hi, whi, b_hi);
+                    _mm512_store_si512(dst.add(192).cast(), d3);
+                }
+            }
+        }
+    }
+}
+
+/// Rows `r0 .. r1` of `d` against the panel (`NV` vectors, `cnt` pixels
+/// from `q0`), `MR` rows at a time; requantized into `out`.
+///
+/// # Safety
+/// AVX-512 F/BW/VNNI available; the panel holds `kp / 4 * NV * 64`
+/// initialized bytes at `panel`; rows and pixels within `out` and `rq`.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn rows<const NV: usize, const MR: usize>(
+    d: &DecodedRows,
+    r0: usize,
+    r1: usize,
+    panel: *const u8,
+    q0: usize,
+    cnt: usize,
+    plane: usize,
+    rq: &[Requant],
+    out: &mut [i8],
+) {
+    let steps = d.kp() / 4;
+    let mut rb = r0;
+    while rb < r1 {
+        // Rows past r1 repeat the last one; their sums are dropped.
+        let wp: [*const u8; MR] =
+            core::array::from_fn(|i| d.row((rb + i).min(r1 - 1)).as_ptr().cast::<u8>());
+        let mut acc = [[_mm512_setzero_si512(); NV]; MR];
+        for kb in 0..steps {
+            // SAFETY: step kb's NV vectors are initialized panel bytes
+            // (64-byte aligned); each row has kp = 4 * steps bytes.
+            unsafe {
+                let pv = panel.add(kb * NV * 64);
+                let a: [__m512i; NV] =
+                    core::array::from_fn(|v| _mm512_load_si512(pv.add(64 * v).cast()));
+                for i in 0..MR {
+                    let wd = (wp[i].add(4 * kb) as *const i32).read_unaligned();
+                    let b = _mm512_set1_epi32(wd);
+                    for v in 0..NV {
+                        acc[i][v] = _mm512_dpbusd_epi32(acc[i][v], a[v], b);
+                    }
+                }
+            }
+        }
+        for (i, acc) in acc.iter_mut().enumerate() {
+            let r = rb + i;
+            if r >= r1 {
+                break;
+            }
+            let c = _mm512_set1_epi32(d.corr(r));
+            for a in acc.iter_mut() {
+                *a = _mm512_add_epi32(*a, c);
+            }
+            for f in d.fixes(r) {
+                let fw = _mm512_set1_epi32(f.word);
+                let pv = panel.wrapping_add(f.kb as usize * NV * 64);
+                for (v, a) in acc.iter_mut().enumerate() {
+                    // SAFETY: f.kb < steps (checked by DecodedRows::new).
+                    let p = unsafe { _mm512_load_si512(pv.add(64 * v).cast()) };
+                    *a = _mm512_dpbusd_epi32(*a, p, fw);
+                }
+            }
+            let mut tile = [0i32; 64];
+            for (v, a) in acc.iter().enumerate() {
+                // SAFETY: tile has 64 i32 lanes; v < NV <= 4.
+                unsafe { _mm512_storeu_si512(tile.as_mut_ptr().add(16 * v).cast(), *a) };
+            }
+            rq[r].apply_run(&tile[..cnt], &mut out[r * plane + q0..][..cnt]);
+        }
+        rb += MR;
+    }
+}
+
+/// # Safety
+/// AVX-512 F/BW/VBMI/VNNI available; arguments checked by [`conv_gemm_i8`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512vnni")]
+unsafe fn conv(
+    g: &Conv2dGeom,
+    x: &[i8],
+    d: &DecodedRows,
+    oc0: usize,
+    rq: &[Requant],
+    out: &mut [i8],
+) {
+    let n = d.rows();
+    let plane = g.out_plane();
+    if n == 0 || plane == 0 {
+        return;
+    }
+    let kp = d.kp();
+    let nv_max = (PANEL_BYTES / (kp.max(4) * 16)).clamp(1, 4);
+    let mut panel = MaybeUninit::<Panel>::uninit();
+    let pp = panel.as_mut_ptr().cast::<u8>();
+    let mut segs = [Seg::default(); 64];
+    let cog = g.c_out_g();
+    let mut r = 0;
+    while r < n {
+        let grp = (oc0 + r) / cog;
+        let r_end = n.min((grp + 1) * cog - oc0);
+        let mut q0 = 0;
+        while q0 < plane {
+            let cnt = (plane - q0).min(16 * nv_max);
+            let nv = cnt.div_ceil(16);
+            let ns = segments(g.out_w(), q0, cnt, &mut segs);
+            // SAFETY: kp / 4 * nv * 64 <= PANEL_BYTES by the choice of
+            // nv_max; the panel is written before `rows` reads it.
+            unsafe {
+                build_panel(g, x, grp, &segs[..ns], nv, pp);
+                match nv {
+                    4 => rows::<4, 6>(d, r, r_end, pp, q0, cnt, plane, rq, out),
+                    3 => rows::<3, 8>(d, r, r_end, pp, q0, cnt, plane, rq, out),
+                    2 => rows::<2, 12>(d, r, r_end, pp, q0, cnt, plane, rq, out),
+                    _ => rows::<1, 12>(d, r, r_end, pp, q0, cnt, plane, rq, out),
+                }
+            }
+            q0 += cnt;
+        }
+        r = r_end;
+    }
+}
+
+/// `avx512/gemm`: equal to [`crate::scalar::conv_shift_i8`] on the codes
+/// `d` was decoded from ([`crate::gemm::decode`]). Panics if the CPU lacks
+/// AVX-512 (F/BW/VBMI/VNNI), on mismatched arguments, or if `k` exceeds
+/// [`MAX_K`].
+pub fn conv_gemm_i8(
+    g: &Conv2dGeom,
+    x: &[i8],
+    d: &DecodedRows,
+    oc0: usize,
+    rq: &[Requant],
+    out: &mut [i8],
+) {
+    assert!(
+        Isa::Avx512.available(),
+        "avx512/gemm on a CPU without AVX-512"
+    );
+    assert_eq!(d.k(), g.k(), "decoded rows: k");
+    assert!(g.k() <= MAX_K, "avx512/gemm: k above MAX_K");
+    crate::dispatch::check_call(g, x.len(), d.k(), d.rows(), oc0, rq.len(), out.len());
+    // SAFETY: the level is available (checked above) and the arguments
+    // match the geometry.
+    unsafe { conv(g, x, d, oc0, rq, out) }
+}
