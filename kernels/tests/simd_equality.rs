@@ -880,4 +880,23 @@ fn gemm_long_k_panels() {
         }
         check_i8(&c).unwrap();
     }
+    // Kernels wider or taller than the GEMM's tap tables (16), strides of
+    // 1 to 3 along x.
+    for (kh, kw, sx) in [(1usize, 17usize, 1usize), (17, 1, 2), (1, 18, 3), (3, 3, 3)] {
+        let g = Conv2dGeom {
+            c_in: 5,
+            h: 20,
+            w: 40,
+            c_out: 9,
+            kh,
+            kw,
+            stride: [1, sx],
+            pads: [kh / 2, kw / 2, kh / 2, 1],
+            dilation: [1, 1],
+            groups: 1,
+        };
+        for b in 2..=4 {
+            check_i8(&case(g, b, (kh * 100 + kw * 10 + sx) as u64)).unwrap();
+        }
+    }
 }

@@ -97,23 +97,124 @@ const BYTES_HI: [u8; 64] = pair_bytes(1);
 const WORDS_LO: [u16; 32] = pair_words(0);
 const WORDS_HI: [u16; 32] = pair_words(1);
 
-/// The block's pixels `q0 .. q0 + cnt` as runs within output rows.
-fn segments(ow: usize, q0: usize, cnt: usize, segs: &mut [Seg; 64]) -> usize {
-    let (mut q, mut ns) = (q0, 0);
-    while q < q0 + cnt {
-        let (oy, ox) = (q / ow, q % ow);
-        let len = (ow - ox).min(q0 + cnt - q);
-        let l0 = q - q0;
-        segs[ns] = Seg {
-            l0: l0 as u8,
-            l1: (l0 + len) as u8,
-            oy: oy as u32,
-            ox: ox as u32,
+/// Largest kernel height and width whose taps a [`Block`] tabulates;
+/// larger kernels compute each tap's lanes when they read it (same code).
+const TAB: usize = 16;
+
+/// Where one run of a block reads for one kernel column: the lanes whose
+/// input column is inside the row (`m`; for stride 2 also the bytes of the
+/// two 64-byte loads, `mlo` and `mhi`), and `off`, the column lane 0 would
+/// read: lane `l` reads column `off + l * stride`.
+#[derive(Clone, Copy, Default)]
+struct Col {
+    m: u64,
+    mlo: u64,
+    mhi: u64,
+    off: isize,
+}
+
+impl Col {
+    fn new(g: &Conv2dGeom, s: &Seg, kx: usize) -> Col {
+        let (w, sx) = (g.w as isize, g.stride[1] as isize);
+        let (l0, l1) = (s.l0 as isize, s.l1 as isize);
+        // Input column of lane l0; lane l reads ix0 + (l - l0) * sx.
+        let ix0 = s.ox as isize * sx + (kx * g.dilation[1]) as isize - g.pads[1] as isize;
+        // Lanes whose column is inside the row: l - l0 in [lo, hi).
+        let lo = if ix0 >= 0 { 0 } else { (-ix0 + sx - 1) / sx };
+        let hi = if ix0 >= w { 0 } else { (w - ix0 + sx - 1) / sx };
+        let (a, b) = (l0 + lo, l1.min(l0 + hi));
+        let off = ix0 - sx * l0;
+        if a >= b {
+            return Col { off, ..Col::default() };
+        }
+        let m = lanes(a as usize, b as usize);
+        // Stride 2: lane l takes byte 2l of the 128 bytes at column `off`;
+        // bytes 2a ..= 2(b - 1) are inside the row.
+        let (j0, j1) = (2 * a as usize, 2 * b as usize - 1);
+        let mlo = if j0 < 64 { lanes(j0, j1.min(64)) } else { 0 };
+        let mhi = if j1 > 64 {
+            lanes(j0.max(64) - 64, j1 - 64)
+        } else {
+            0
         };
-        ns += 1;
-        q += len;
+        Col { m, mlo, mhi, off }
     }
-    ns
+}
+
+/// Offset `iy * w` of the input row a run reads for kernel row `ky`, or
+/// -1 when that row is padding.
+fn row_of(g: &Conv2dGeom, s: &Seg, ky: usize) -> isize {
+    let iy = s.oy as isize * g.stride[0] as isize + (ky * g.dilation[0]) as isize
+        - g.pads[0] as isize;
+    if iy < 0 || iy >= g.h as isize {
+        -1
+    } else {
+        iy * g.w as isize
+    }
+}
+
+/// A block of output pixels: its runs within output rows and, for kernels
+/// up to [`TAB`] wide and high, each run's [`row_of`] and [`Col`] per
+/// kernel row and column, computed once per block instead of once per
+/// tap and channel.
+struct Block {
+    segs: [Seg; 64],
+    ns: usize,
+    tab: bool,
+    rows: [[isize; TAB]; 64],
+    cols: [[Col; TAB]; 64],
+}
+
+impl Block {
+    fn new(g: &Conv2dGeom) -> Block {
+        Block {
+            segs: [Seg::default(); 64],
+            ns: 0,
+            tab: g.kh <= TAB && g.kw <= TAB,
+            rows: [[-1; TAB]; 64],
+            cols: [[Col::default(); TAB]; 64],
+        }
+    }
+
+    /// Take pixels `q0 .. q0 + cnt` (`cnt <= 64`).
+    fn set(&mut self, g: &Conv2dGeom, q0: usize, cnt: usize) {
+        let ow = g.out_w();
+        let (mut q, mut ns) = (q0, 0);
+        while q < q0 + cnt {
+            let (oy, ox) = (q / ow, q % ow);
+            let len = (ow - ox).min(q0 + cnt - q);
+            let l0 = q - q0;
+            let s = Seg {
+                l0: l0 as u8,
+                l1: (l0 + len) as u8,
+                oy: oy as u32,
+                ox: ox as u32,
+            };
+            if self.tab {
+                for ky in 0..g.kh {
+                    self.rows[ns][ky] = row_of(g, &s, ky);
+                }
+                for kx in 0..g.kw {
+                    self.cols[ns][kx] = Col::new(g, &s, kx);
+                }
+            }
+            self.segs[ns] = s;
+            ns += 1;
+            q += len;
+        }
+        self.ns = ns;
+    }
+
+    /// Run `s`'s row offset and [`Col`] for kernel tap `(ky, kx)`.
+    #[inline(always)]
+    fn at(&self, g: &Conv2dGeom, s: usize, ky: usize, kx: usize) -> (isize, Col) {
+        if self.tab {
+            (self.rows[s][ky], self.cols[s][kx])
+        } else {
+            let seg = &self.segs[s];
+            (row_of(g, seg, ky), Col::new(g, seg, kx))
+        }
+    }
 }
 
 /// Activations (raw int8) of tap `(c, ky, kx)` for the block's pixels, in
@@ -123,65 +224,46 @@ fn segments(ow: usize, q0: usize, cnt: usize, segs: &mut [Seg; 64]) -> usize {
 /// AVX-512 F/BW/VBMI available; `c < g.c_in`, `x.len() == g.in_len()`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
 #[inline]
-unsafe fn tap(g: &Conv2dGeom, x: &[i8], segs: &[Seg], c: usize, ky: usize, kx: usize) -> __m512i {
-    let (h, w) = (g.h as isize, g.w as isize);
-    let (sy, sx) = (g.stride[0] as isize, g.stride[1] as isize);
+unsafe fn tap(g: &Conv2dGeom, x: &[i8], blk: &Block, c: usize, ky: usize, kx: usize) -> __m512i {
+    let plane = (c * g.h * g.w) as isize;
     let mut v = _mm512_setzero_si512();
-    for s in segs {
-        let iy = s.oy as isize * sy + (ky * g.dilation[0]) as isize - g.pads[0] as isize;
-        if iy < 0 || iy >= h {
+    for s in 0..blk.ns {
+        let (ro, col) = blk.at(g, s, ky, kx);
+        if ro < 0 || col.m == 0 {
             continue;
         }
-        let row = &x[(c * g.h + iy as usize) * g.w..][..g.w];
-        let (l0, l1) = (s.l0 as isize, s.l1 as isize);
-        // Input column of lane l0; lane l reads ix0 + (l - l0) * sx.
-        let ix0 = s.ox as isize * sx + (kx * g.dilation[1]) as isize - g.pads[1] as isize;
-        // Lanes whose column is inside the row: l - l0 in [lo, hi).
-        let lo = if ix0 >= 0 { 0 } else { (-ix0 + sx - 1) / sx };
-        let hi = if ix0 >= w { 0 } else { (w - ix0 + sx - 1) / sx };
-        let (a, b) = (l0 + lo, l1.min(l0 + hi));
-        if a >= b {
-            continue;
-        }
-        let m = lanes(a as usize, b as usize);
-        match sx {
+        // Enabled lane l reads x[base + l * stride]: row iy inside the
+        // image (ro >= 0) and a column inside the row (the lanes of m).
+        let base = plane + ro + col.off;
+        let p = x.as_ptr().wrapping_offset(base);
+        match g.stride[1] {
             1 => {
-                let p = row.as_ptr().wrapping_offset(ix0 - l0);
-                // SAFETY: an enabled lane l reads p + l = row + ix0 + (l - l0),
-                // a column inside the row by the choice of a..b; masked-off
-                // bytes are not read and cannot fault.
-                v = unsafe { _mm512_mask_loadu_epi8(v, m, p) };
+                // SAFETY: only the lanes of m are read, at in-bounds
+                // indices (above); masked-off bytes cannot fault.
+                v = unsafe { _mm512_mask_loadu_epi8(v, col.m, p) };
             }
             2 => {
-                // Lane l takes byte 2l of the 128-byte window at `p`;
-                // bytes 2a ..= 2(b - 1) are inside the row.
-                let p = row.as_ptr().wrapping_offset(ix0 - 2 * l0);
-                let (j0, j1) = (2 * a as usize, 2 * b as usize - 1);
-                let mlo = if j0 < 64 { lanes(j0, j1.min(64)) } else { 0 };
-                let mhi = if j1 > 64 {
-                    lanes(j0.max(64) - 64, j1 - 64)
-                } else {
-                    0
-                };
-                // SAFETY: enabled bytes j of the two loads are p + j with
-                // j in 2a .. 2b - 1, i.e. columns ix0 + j - 2 l0 between
-                // those of lanes a and b - 1, inside the row.
+                // SAFETY: the enabled bytes (mlo, mhi) lie between the
+                // columns of the first and last lane of m, inside the row.
                 let (vlo, vhi) = unsafe {
                     (
-                        _mm512_maskz_loadu_epi8(mlo, p),
-                        _mm512_maskz_loadu_epi8(mhi, p.wrapping_add(64)),
+                        _mm512_maskz_loadu_epi8(col.mlo, p),
+                        _mm512_maskz_loadu_epi8(col.mhi, p.wrapping_add(64)),
                     )
                 };
                 // SAFETY: EVEN is 64 bytes.
                 let idx = unsafe { _mm512_loadu_si512(EVEN.as_ptr().cast()) };
-                v = _mm512_mask_mov_epi8(v, m, _mm512_permutex2var_epi8(vlo, idx, vhi));
+                v = _mm512_mask_mov_epi8(v, col.m, _mm512_permutex2var_epi8(vlo, idx, vhi));
             }
-            _ => {
+            sx => {
                 let mut t = [0i8; 64];
                 // SAFETY: `t` is 64 bytes.
                 unsafe { _mm512_storeu_si512(t.as_mut_ptr().cast(), v) };
-                for l in a..b {
-                    t[l as usize] = row[(ix0 + (l - l0) * sx) as usize];
+                let mut m = col.m;
+                while m != 0 {
+                    let l = m.trailing_zeros() as usize;
+                    t[l] = x[(base + (l * sx) as isize) as usize];
+                    m &= m - 1;
                 }
                 // SAFETY: as above.
                 v = unsafe { _mm512_loadu_si512(t.as_ptr().cast()) };
@@ -191,7 +273,7 @@ unsafe fn tap(g: &Conv2dGeom, x: &[i8], segs: &[Seg], c: usize, ky: usize, kx: u
     v
 }
 
-/// Build the panel of group `grp` for `nv` vectors of the block `segs`:
+/// Build the panel of group `grp` for `nv` vectors of the block `blk`:
 /// `kp / 4` steps of `nv * 64` bytes at `panel`.
 ///
 /// # Safety
@@ -202,7 +284,7 @@ unsafe fn build_panel(
     g: &Conv2dGeom,
     x: &[i8],
     grp: usize,
-    segs: &[Seg],
+    blk: &Block,
     nv: usize,
     panel: *mut u8,
 ) {
@@ -227,7 +309,7 @@ unsafe fn build_panel(
         for tv in &mut t {
             if ic < g.c_in_g() {
                 // SAFETY: c_base + ic < c_in; features forwarded.
-                *tv = _mm512_xor_si512(unsafe { tap(g, x, segs, c_base + ic, ky, kx) }, flip);
+                *tv = _mm512_xor_si512(unsafe { tap(g, x, blk, c_base + ic, ky, kx) }, flip);
                 kx += 1;
                 if kx == kw {
                     kx = 0;
@@ -355,7 +437,7 @@ unsafe fn conv(
     let nv_max = (PANEL_BYTES / (kp.max(4) * 16)).clamp(1, 4);
     let mut panel = MaybeUninit::<Panel>::uninit();
     let pp = panel.as_mut_ptr().cast::<u8>();
-    let mut segs = [Seg::default(); 64];
+    let mut blk = Block::new(g);
     let cog = g.c_out_g();
     let mut r = 0;
     while r < n {
@@ -365,11 +447,11 @@ unsafe fn conv(
         while q0 < plane {
             let cnt = (plane - q0).min(16 * nv_max);
             let nv = cnt.div_ceil(16);
-            let ns = segments(g.out_w(), q0, cnt, &mut segs);
+            blk.set(g, q0, cnt);
             // SAFETY: kp / 4 * nv * 64 <= PANEL_BYTES by the choice of
             // nv_max; the panel is written before `rows` reads it.
             unsafe {
-                build_panel(g, x, grp, &segs[..ns], nv, pp);
+                build_panel(g, x, grp, &blk, nv, pp);
                 match nv {
                     4 => rows::<4, 6>(d, r, r_end, pp, q0, cnt, plane, rq, out),
                     3 => rows::<3, 8>(d, r, r_end, pp, q0, cnt, plane, rq, out),
