@@ -102,10 +102,20 @@ fn case(g: Conv2dGeom, b: u32, seed: u64) -> Case {
         })
         .collect();
     // Gains from 1 to 2^-12: low and high accumulator bits both matter.
+    // Every seventh channel is negative, every fifth clamps at 0 (a fused
+    // ReLU), every third at 100 (a fused ReLU6-like clip), and channel 11
+    // has the largest shift and an offset at 2^62 (the saturating path of
+    // `Requant::apply`).
     let rq: Vec<Requant> = (0..g.c_out)
         .map(|c| {
             let gain = 1.0 / (1u64 << (c * 5 % 13)) as f64;
-            Requant::from_real(gain, (r.next() % 7) as f64 - 3.0, -128, 127)
+            let gain = if c % 7 == 6 { -gain } else { gain };
+            let lo = if c % 5 == 4 { 0 } else { -128 };
+            let hi = if c % 3 == 2 { 100 } else { 127 };
+            if c == 11 {
+                return Requant::from_real(1e-15, 1e9, lo, hi);
+            }
+            Requant::from_real(gain, (r.next() % 7) as f64 - 3.0, lo, hi)
         })
         .collect();
     Case {
