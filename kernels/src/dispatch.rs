@@ -659,6 +659,36 @@ pub fn decoded_kernel(g: &Conv2dGeom) -> Option<&'static Kernel> {
     (k.isa != Isa::Scalar).then_some(k)
 }
 
+/// A batched linear kernel on decoded rows: `(x, m, rows, rq, out)` with
+/// `x` of `m` rows of `k` and `out` of `m` rows of `rows.rows()`
+/// ([`crate::x86_64::gemm::linear_gemm_i8`]).
+pub type LinFn = fn(&[i8], usize, &DecodedRows, &[Requant], &mut [i8]);
+
+/// Batches below this many rows stay row by row on the codes: with the
+/// batch in the lanes of 16, fewer rows leave most lanes idle and the
+/// in-register decode of `dot` wins.
+pub const MIN_LINEAR_BATCH: usize = 8;
+
+/// The pixel-lane GEMM for a linear layer of `m` rows, `k` inputs and `n`
+/// outputs under the process settings, if it runs here (`(name, fn)`): the
+/// runtime decodes such a layer's codes at load, as for convs
+/// ([`decoded_kernel`]). Only with `dot` allowed (no forced
+/// multiplication-free family), at the AVX-512 level, for batches of at
+/// least [`MIN_LINEAR_BATCH`] rows and 16 outputs.
+pub fn decoded_linear(m: usize, k: usize, n: usize) -> Option<(&'static str, LinFn)> {
+    let dot_ok = matches!(
+        forced_family(),
+        None | Some(Family::Dot) | Some(Family::Fexp)
+    );
+    let fits = m >= MIN_LINEAR_BATCH && n >= 16 && (1..=crate::gemm::MAX_K).contains(&k);
+    #[cfg(target_arch = "x86_64")]
+    if dot_ok && fits && Isa::Avx512.runs_on(isa()) {
+        return Some(("avx512/gemm", crate::x86_64::gemm::linear_gemm_i8));
+    }
+    let _ = (dot_ok, fits);
+    None
+}
+
 /// Name of the kernel a layer runs (`avx2/dot`, `neon/shift`,
 /// `scalar/shift-i8`, ...), for `inspect` and `bench`.
 pub fn kernel_name(op: Op, g: &Conv2dGeom) -> &'static str {

@@ -910,3 +910,74 @@ fn gemm_long_k_panels() {
         }
     }
 }
+
+/// Batched linear layers through the pixel-lane GEMM (batch rows in the
+/// lanes, `vpgatherdd` panel), where this CPU runs it: each output row
+/// equals `scalar` on that input row; batches around the 16-lane vectors
+/// and 64-row blocks, `k` with and without a partial last step.
+#[cfg(target_arch = "x86_64")]
+fn check_linear_batch(
+    m: usize,
+    k: usize,
+    n: usize,
+    b: u32,
+    seed: u64,
+) -> Result<(), TestCaseError> {
+    if !Isa::Avx512.available() || k > gemm::MAX_K {
+        return Ok(());
+    }
+    let g = Conv2dGeom::linear(k, n);
+    let c = case(g, b, seed);
+    let mut r = Rng(seed ^ 0xbeef);
+    let x: Vec<i8> = (0..m * k)
+        .map(|_| match r.next() % 8 {
+            0 => -128,
+            1 => 127,
+            _ => r.next() as i8,
+        })
+        .collect();
+    let w = PackedRows::new(&c.packed, c.bits, n, k).unwrap();
+    let mut want = vec![0i8; m * n];
+    for j in 0..m {
+        scalar::conv_shift_i8(&g, &x[j * k..][..k], &w, 0, &c.rq, &mut want[j * n..][..n]);
+    }
+    let (mut dw, mut corr) = (vec![0i8; n * gemm::padded_k(k)], vec![0i32; n]);
+    let mut at = vec![0u32; n + 1];
+    let mut fix = vec![gemm::Fix::default(); gemm::fix_count(&w)];
+    gemm::decode(&w, &mut dw, &mut corr, &mut at, &mut fix);
+    let d = gemm::DecodedRows::new(&dw, &corr, &at, &fix, k).unwrap();
+    let mut got = vec![0i8; m * n];
+    shiftnn_kernels::x86_64::gemm::linear_gemm_i8(&x, m, &d, &c.rq, &mut got);
+    prop_assert_eq!(&got, &want, "m {} k {} n {} b {}", m, k, n, b);
+    Ok(())
+}
+
+#[cfg(target_arch = "x86_64")]
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn linear_batches_equal_scalar(
+        m in 1usize..140,
+        k in 1usize..600,
+        n in 1usize..40,
+        b in 2u32..5,
+        seed in any::<u64>(),
+    ) {
+        check_linear_batch(m, k, n, b, seed)?;
+    }
+}
+
+/// Long rows: every panel width of the batched GEMM.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn linear_batches_long_k() {
+    for (m, k) in [
+        (64usize, 4096usize),
+        (70, 5000),
+        (33, 9001),
+        (17, gemm::MAX_K),
+    ] {
+        check_linear_batch(m, k, 7, 4, k as u64).unwrap();
+    }
+}

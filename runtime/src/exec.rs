@@ -341,6 +341,26 @@ impl<'m, 'b> Session<'m, 'b> {
                     }
                     _ => (1, geom.in_len(), geom.out_len()),
                 };
+                // A batched linear layer decoded at load: the whole batch
+                // at once, the batch rows in the GEMM's lanes.
+                if let (Op::Linear { .. }, Mode::Int8, NodeParams::Requant(rq), Some(d)) =
+                    (&node.op, g.mode, p, model.decoded_rows(i))
+                {
+                    if let Some((_, f)) = dispatch::decoded_linear(m, in_len, out_len) {
+                        let x = &i8s(x0)[..m * in_len];
+                        let o = &mut i8s_mut(out)[..m * out_len];
+                        par_planes(
+                            pool.as_deref_mut(),
+                            m,
+                            in_len,
+                            out_len,
+                            x,
+                            o,
+                            |rows, x, o| f(x, rows, &d, rq, o),
+                        );
+                        return Ok(());
+                    }
+                }
                 for row in 0..m {
                     let xo = row * in_len;
                     let yo = row * out_len;

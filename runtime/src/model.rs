@@ -185,7 +185,9 @@ impl<'a> Model<'a> {
         Ok(m)
     }
 
-    /// Decode the codes of every int8 layer the pixel-lane GEMM runs.
+    /// Decode the codes of every int8 layer the pixel-lane GEMM runs: convs
+    /// ([`dispatch::decoded_kernel`]) and batched linear layers
+    /// ([`dispatch::decoded_linear`]).
     fn decode_layers(&self) -> Result<Vec<Option<Decoded>>> {
         (0..self.graph.nodes.len())
             .map(|i| {
@@ -195,11 +197,18 @@ impl<'a> Model<'a> {
                         .op
                         .weight()
                         .is_some_and(|w| w.kind == WeightKind::Shift);
-                match self.conv_geom(i) {
-                    Some(g) if shift_i8 && dispatch::decoded_kernel(&g).is_some() => {
-                        Ok(Some(Decoded::new(&self.shift_rows(i)?)))
+                let wanted = match (self.conv_geom(i), &node.op) {
+                    (Some(g), Op::Linear { .. }) => {
+                        let m = self.graph.values[node.output].numel() / g.c_out.max(1);
+                        dispatch::decoded_linear(m, g.k(), g.c_out).is_some()
                     }
-                    _ => Ok(None),
+                    (Some(g), _) => dispatch::decoded_kernel(&g).is_some(),
+                    (None, _) => false,
+                };
+                if shift_i8 && wanted {
+                    Ok(Some(Decoded::new(&self.shift_rows(i)?)))
+                } else {
+                    Ok(None)
                 }
             })
             .collect()

@@ -19,10 +19,14 @@ pub fn kernel_name(model: &Model, i: usize) -> String {
     match (node.op.weight(), model.conv_geom(i)) {
         (Some(_), Some(g)) if model.decoded_rows(i).is_some() => {
             // What `Session::run` runs for a layer decoded at load.
-            match dispatch::decoded_kernel(&g) {
-                Some(k) => k.name.to_string(),
-                None => dispatch::kernel_name(dispatch::Op::ShiftI8, &g).to_string(),
-            }
+            let name = if matches!(node.op, Op::Linear { .. }) {
+                let m = model.graph().values[node.output].numel() / g.c_out.max(1);
+                dispatch::decoded_linear(m, g.k(), g.c_out).map(|(name, _)| name)
+            } else {
+                dispatch::decoded_kernel(&g).map(|k| k.name)
+            };
+            name.unwrap_or_else(|| dispatch::kernel_name(dispatch::Op::ShiftI8, &g))
+                .to_string()
         }
         (Some(w), Some(g)) => {
             let op = match (w.kind, model.mode()) {

@@ -349,8 +349,7 @@ unsafe fn build_panel(
     }
 }
 
-/// [`Requant::apply`] on 16 accumulators, the first `out.len()` (at most
-/// 16) stored, for an offset below 2^62 (so `acc * mult + offset` cannot
+/// [`Requant::apply`] on 16 accumulators, for an offset below 2^62 (so `acc * mult + offset` cannot
 /// overflow and the scalar rule's saturating add is a plain one, as in
 /// [`Requant::apply_run`]): `vpmuldq` gives the exact 64-bit products of
 /// the even and the odd lanes, then the same add, arithmetic shift and
@@ -358,11 +357,11 @@ unsafe fn build_panel(
 /// as a scalar loop.
 ///
 /// # Safety
-/// AVX-512 F/BW/VL available; `out.len() <= 16`.
+/// AVX-512 F/BW/VL available.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 #[inline]
-unsafe fn requant16(acc: __m512i, rq: &Requant, out: &mut [i8]) {
-    debug_assert!(out.len() <= 16 && rq.offset.unsigned_abs() < 1 << 62);
+unsafe fn requant16(acc: __m512i, rq: &Requant) -> __m128i {
+    debug_assert!(rq.offset.unsigned_abs() < 1 << 62);
     let m = _mm512_set1_epi64(rq.mult as i64);
     let off = _mm512_set1_epi64(rq.offset);
     let sh = _mm_cvtsi64_si128(rq.shift as i64);
@@ -377,14 +376,12 @@ unsafe fn requant16(acc: __m512i, rq: &Requant, out: &mut [i8]) {
     let even = one(acc);
     let odd = one(_mm512_srli_epi64::<32>(acc));
     let y = _mm512_mask_blend_epi32(0xaaaa, even, _mm512_slli_epi64::<32>(odd));
-    let bytes = _mm512_cvtepi32_epi8(y);
-    let mask = (1u32 << out.len()) - 1;
-    // SAFETY: the mask enables only the first out.len() bytes.
-    unsafe { _mm_mask_storeu_epi8(out.as_mut_ptr(), mask as u16, bytes) };
+    _mm512_cvtepi32_epi8(y)
 }
 
-/// Rows `r0 .. r1` of `d` against the panel (`NV` vectors, `cnt` pixels
-/// from `q0`), `MR` rows at a time; requantized into `out`.
+/// Rows `r0 .. r1` of `d` against the panel (`NV` vectors, `cnt` pixels),
+/// `MR` rows at a time; `emit(r, y)` gets row `r`'s `cnt` requantized
+/// outputs.
 ///
 /// # Safety
 /// AVX-512 F/BW/VNNI available; the panel holds `kp / 4 * NV * 64`
@@ -396,11 +393,9 @@ unsafe fn rows<const NV: usize, const MR: usize>(
     r0: usize,
     r1: usize,
     panel: *const u8,
-    q0: usize,
     cnt: usize,
-    plane: usize,
     rq: &[Requant],
-    out: &mut [i8],
+    emit: &mut impl FnMut(usize, &[i8]),
 ) {
     let steps = d.kp() / 4;
     let mut rb = r0;
@@ -443,14 +438,13 @@ unsafe fn rows<const NV: usize, const MR: usize>(
                     *a = _mm512_dpbusd_epi32(*a, p, fw);
                 }
             }
-            let o = &mut out[r * plane + q0..][..cnt];
+            let mut y = [0i8; 64];
             if rq[r].offset.unsigned_abs() < 1 << 62 {
                 for (v, a) in acc.iter().enumerate() {
-                    let n = cnt.saturating_sub(16 * v).min(16);
-                    if n > 0 {
-                        // SAFETY: writes lanes 16v .. 16v + n of `o`.
-                        unsafe { requant16(*a, &rq[r], &mut o[16 * v..16 * v + n]) };
-                    }
+                    // SAFETY: y has 64 bytes; v < NV <= 4.
+                    unsafe {
+                        _mm_storeu_si128(y.as_mut_ptr().add(16 * v).cast(), requant16(*a, &rq[r]))
+                    };
                 }
             } else {
                 let mut tile = [0i32; 64];
@@ -458,10 +452,38 @@ unsafe fn rows<const NV: usize, const MR: usize>(
                     // SAFETY: tile has 64 i32 lanes; v < NV <= 4.
                     unsafe { _mm512_storeu_si512(tile.as_mut_ptr().add(16 * v).cast(), *a) };
                 }
-                rq[r].apply_run(&tile[..cnt], o);
+                rq[r].apply_run(&tile[..cnt], &mut y[..cnt]);
             }
+            emit(r, &y[..cnt]);
         }
         rb += MR;
+    }
+}
+
+/// [`rows`] with the register blocking of `nv` vectors.
+///
+/// # Safety
+/// As [`rows`], with `NV = nv`.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn run_rows(
+    nv: usize,
+    d: &DecodedRows,
+    r0: usize,
+    r1: usize,
+    panel: *const u8,
+    cnt: usize,
+    rq: &[Requant],
+    emit: &mut impl FnMut(usize, &[i8]),
+) {
+    // SAFETY: forwarded.
+    unsafe {
+        match nv {
+            4 => rows::<4, 6>(d, r0, r1, panel, cnt, rq, emit),
+            3 => rows::<3, 8>(d, r0, r1, panel, cnt, rq, emit),
+            2 => rows::<2, 12>(d, r0, r1, panel, cnt, rq, emit),
+            _ => rows::<1, 12>(d, r0, r1, panel, cnt, rq, emit),
+        }
     }
 }
 
@@ -496,16 +518,12 @@ unsafe fn conv(
             let cnt = (plane - q0).min(16 * nv_max);
             let nv = cnt.div_ceil(16);
             blk.set(g, q0, cnt);
+            let mut emit = |r: usize, y: &[i8]| out[r * plane + q0..][..cnt].copy_from_slice(y);
             // SAFETY: kp / 4 * nv * 64 <= PANEL_BYTES by the choice of
             // nv_max; the panel is written before `rows` reads it.
             unsafe {
                 build_panel(g, x, grp, &blk, nv, pp);
-                match nv {
-                    4 => rows::<4, 6>(d, r, r_end, pp, q0, cnt, plane, rq, out),
-                    3 => rows::<3, 8>(d, r, r_end, pp, q0, cnt, plane, rq, out),
-                    2 => rows::<2, 12>(d, r, r_end, pp, q0, cnt, plane, rq, out),
-                    _ => rows::<1, 12>(d, r, r_end, pp, q0, cnt, plane, rq, out),
-                }
+                run_rows(nv, d, r, r_end, pp, cnt, rq, &mut emit);
             }
             q0 += cnt;
         }
@@ -535,4 +553,115 @@ pub fn conv_gemm_i8(
     // SAFETY: the level is available (checked above) and the arguments
     // match the geometry.
     unsafe { conv(g, x, d, oc0, rq, out) }
+}
+
+/// Build the panel of batch rows `j0 .. j0 + cnt` of `x` (`[m][k]`, a
+/// linear layer's input) for `nv` vectors: lane `l` of vector `v` is row
+/// `j0 + 16 v + l`, whose four weights of a step are one `vpgatherdd`
+/// element (the panel is built once per 64 rows and read by every output
+/// channel, so the gather is a small share).
+///
+/// # Safety
+/// AVX-512 F/BW available; `panel` valid for writes of
+/// `padded_k(k) / 4 * nv * 64` bytes; `x.len() >= (j0 + cnt) * k`,
+/// `cnt <= 16 * nv`, `16 * k < 2^31`.
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn build_rows_panel(x: &[i8], k: usize, j0: usize, cnt: usize, nv: usize, panel: *mut u8) {
+    let steps = padded_k(k) / 4;
+    let full = k / 4;
+    let flip = _mm512_set1_epi8(0x80u8 as i8);
+    let offs: [i32; 16] = core::array::from_fn(|l| (l * k) as i32);
+    // SAFETY: `offs` is 64 bytes.
+    let offs = unsafe { _mm512_loadu_si512(offs.as_ptr().cast()) };
+    for v in 0..nv {
+        let first = j0 + 16 * v;
+        let valid = cnt.saturating_sub(16 * v).min(16);
+        let mask = ((1u32 << valid) - 1) as u16;
+        let base = x[first * k..].as_ptr();
+        for kb in 0..full {
+            let idx = _mm512_add_epi32(offs, _mm512_set1_epi32(4 * kb as i32));
+            // SAFETY: an enabled lane l reads the 4 bytes at row
+            // first + l < j0 + cnt, columns 4 kb .. 4 kb + 4 <= k.
+            let w = unsafe {
+                _mm512_mask_i32gather_epi32::<1>(_mm512_setzero_si512(), mask, idx, base.cast())
+            };
+            // SAFETY: step kb, vector v lies within the panel.
+            unsafe {
+                _mm512_store_si512(
+                    panel.add((kb * nv + v) * 64).cast(),
+                    _mm512_xor_si512(w, flip),
+                )
+            };
+        }
+        if steps > full {
+            // The last, partial step: k % 4 weights, the rest padding.
+            let mut t = [0i8; 64];
+            for l in 0..valid {
+                for c in 4 * full..k {
+                    t[4 * l + c - 4 * full] = x[(first + l) * k + c];
+                }
+            }
+            // SAFETY: `t` is 64 bytes; the last step's vector v lies within
+            // the panel.
+            unsafe {
+                let w = _mm512_loadu_si512(t.as_ptr().cast());
+                _mm512_store_si512(
+                    panel.add((full * nv + v) * 64).cast(),
+                    _mm512_xor_si512(w, flip),
+                );
+            }
+        }
+    }
+}
+
+/// # Safety
+/// AVX-512 F/BW/VL/VNNI available; arguments checked by
+/// [`linear_gemm_i8`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn linear(x: &[i8], m: usize, d: &DecodedRows, rq: &[Requant], out: &mut [i8]) {
+    let (n, k) = (d.rows(), d.k());
+    if n == 0 || m == 0 {
+        return;
+    }
+    let nv_max = (PANEL_BYTES / (d.kp().max(4) * 16)).clamp(1, 4);
+    let mut panel = MaybeUninit::<Panel>::uninit();
+    let pp = panel.as_mut_ptr().cast::<u8>();
+    let mut j0 = 0;
+    while j0 < m {
+        let cnt = (m - j0).min(16 * nv_max);
+        let nv = cnt.div_ceil(16);
+        let mut emit = |r: usize, y: &[i8]| {
+            for (j, &v) in y.iter().enumerate() {
+                out[(j0 + j) * n + r] = v;
+            }
+        };
+        // SAFETY: the panel holds kp / 4 * nv * 64 <= PANEL_BYTES bytes,
+        // written before `rows` reads them; x holds m rows of k.
+        unsafe {
+            build_rows_panel(x, k, j0, cnt, nv, pp);
+            run_rows(nv, d, 0, n, pp, cnt, rq, &mut emit);
+        }
+        j0 += cnt;
+    }
+}
+
+/// `avx512/gemm` for a linear layer over a batch: `x` holds `m` rows of
+/// `k` int8 inputs, `out` `m` rows of `n = d.rows()` outputs, each row
+/// equal to [`crate::scalar::conv_shift_i8`] on the codes `d` was decoded
+/// from (a 1x1 layer on one pixel). The batch runs along the lanes, as the
+/// pixels of a conv do. Panics if the CPU lacks AVX-512 (F/BW/VL/VNNI),
+/// on mismatched lengths, or if `k` exceeds [`MAX_K`].
+pub fn linear_gemm_i8(x: &[i8], m: usize, d: &DecodedRows, rq: &[Requant], out: &mut [i8]) {
+    assert!(
+        Isa::Avx512.available(),
+        "avx512/gemm on a CPU without AVX-512"
+    );
+    let (n, k) = (d.rows(), d.k());
+    assert!((1..=MAX_K).contains(&k), "avx512/gemm: k outside 1..=MAX_K");
+    assert_eq!(Some(x.len()), m.checked_mul(k), "linear input length");
+    assert_eq!(Some(out.len()), m.checked_mul(n), "linear output length");
+    assert_eq!(rq.len(), n, "one requantizer per output");
+    // SAFETY: the level is available (checked above); lengths checked,
+    // and 16 * k < 2^31 since k <= MAX_K.
+    unsafe { linear(x, m, d, rq, out) }
 }
