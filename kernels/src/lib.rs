@@ -23,6 +23,7 @@ pub mod arm;
 pub mod codes;
 pub mod depthwise;
 pub mod dispatch;
+pub mod elementwise;
 pub mod fexp;
 pub mod gemm;
 pub mod geom;

@@ -324,7 +324,7 @@ impl<'m, 'b> Session<'m, 'b> {
             (Op::Quantize, _) => {
                 let (x, s) = (f32s(x0)?, 1.0 / y.scale);
                 par_elementwise(pool.as_deref_mut(), i8s_mut(out), |at, o| {
-                    scalar::quantize_i8(&x[at..at + o.len()], s, o)
+                    shiftnn_kernels::elementwise::quantize_i8(&x[at..at + o.len()], s, o)
                 })
             }
             (Op::Dequantize, _) => {
@@ -466,7 +466,7 @@ impl<'m, 'b> Session<'m, 'b> {
                 let (a, b) = (i8s(x0), i8s(input(&in_r[1])?));
                 par_elementwise(pool.as_deref_mut(), i8s_mut(out), |at, o| {
                     let n = o.len();
-                    scalar::add_i8(&a[at..at + n], &b[at..at + n], rq, o)
+                    shiftnn_kernels::elementwise::add_i8(&a[at..at + n], &b[at..at + n], rq, o)
                 })
             }
             (Op::Add { act }, NodeParams::None) => {
