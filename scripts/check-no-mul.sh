@@ -2,7 +2,8 @@
 # The multiplication-free kernel families (shift, lut, fexp) have no
 # multiply instruction: disassemble the release build of the kernels crate
 # and grep their row-kernel functions (`*::shift_rows`, `*::lut_rows`,
-# `*::fexp_rows`, which hold the inner loops: on x86 they are
+# `*::fexp_rows`, and `gemm_shift::list_rows`, the exponent-list GEMM's,
+# which hold the inner loops: on x86 they are
 # target_feature functions and stay out of line; on aarch64 NEON is
 # baseline and they are inlined into `<Shift as RowKernel>::dot` and so
 # on, which are checked whole) for integer, SIMD and float
@@ -23,7 +24,7 @@ check() { # objdump rlib multiply-regex [allowed-regex]
     /^[0-9a-f]+ </ { f = $0; next }
     /^ / { print f "|" $0 }')
   local free dot
-  free=$(grep -E '(::(shift|lut|fexp)_rows|::(Shift|Lut|Fexp) as [^>]*RowKernel>::dot)>' <<<"$dump" || true)
+  free=$(grep -E '(::(shift|lut|fexp)_rows|gemm_shift::list_rows|::(Shift|Lut|Fexp) as [^>]*RowKernel>::dot)>' <<<"$dump" || true)
   dot=$(grep -E '(::(dot|sdot|w8)_rows|::(Dot|SDot|W8) as [^>]*RowKernel>::dot)>' <<<"$dump" || true)
   if [ -z "$free" ] || [ -z "$dot" ]; then
     echo "no kernel functions found in $2" >&2

@@ -21,6 +21,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use shiftnn_kernels::codes::pack;
 use shiftnn_kernels::dispatch::{self, KernelFn};
 use shiftnn_kernels::gemm;
+use shiftnn_kernels::lists;
 use shiftnn_kernels::scalar::{conv_f32, Affine};
 use shiftnn_kernels::{Bits, Conv2dGeom, PackedRows, Requant};
 
@@ -94,6 +95,9 @@ fn bench(c: &mut Criterion) {
             let mut fix = vec![gemm::Fix::default(); gemm::fix_count(&w)];
             gemm::decode(&w, &mut dw, &mut corr, &mut at, &mut fix);
             let d = gemm::DecodedRows::new(&dw, &corr, &at, &fix, g.k()).unwrap();
+            let (mut li, mut la) = (vec![0u16; n * g.k()], vec![0u32; lists::offsets_len(&w)]);
+            lists::decode(&w, &mut li, &mut la);
+            let l = lists::ExpLists::new(&li, &la, n, g.k(), bits).unwrap();
             for k in dispatch::kernels() {
                 if !k.isa.available()
                     || !k.layers.fits(&g)
@@ -109,9 +113,13 @@ fn bench(c: &mut Criterion) {
                     KernelFn::ShiftF32(f) => {
                         group.bench_function(id, |bn| bn.iter(|| f(&g, &xf, &w, 0, &ep, &mut of)))
                     }
-                    // Rows decoded at load (`gemm::decode`, not timed).
+                    // Rows decoded at load (`gemm::decode`, `lists::decode`,
+                    // not timed).
                     KernelFn::DecodedI8(f) => {
                         group.bench_function(id, |bn| bn.iter(|| f(&g, &xi, &d, 0, &rq, &mut oi)))
+                    }
+                    KernelFn::ListsI8(f) => {
+                        group.bench_function(id, |bn| bn.iter(|| f(&g, &xi, &l, 0, &rq, &mut oi)))
                     }
                     _ => continue,
                 };

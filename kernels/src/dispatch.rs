@@ -24,6 +24,7 @@
 use core::sync::atomic::{AtomicU8, Ordering};
 
 use crate::gemm::DecodedRows;
+use crate::lists::ExpLists;
 use crate::scalar::{self, Affine};
 use crate::{Conv2dGeom, PackedRows, Requant};
 
@@ -194,6 +195,9 @@ pub enum Op {
     /// Int8 activations, shift codes decoded at load
     /// ([`crate::gemm::DecodedRows`], [`conv_decoded_i8`]).
     DecodedI8,
+    /// Int8 activations, shift codes regrouped by exponent at load
+    /// ([`crate::lists::ExpLists`], [`conv_lists_i8`]).
+    ListsI8,
 }
 
 /// The argument checks every conv kernel shares with the scalar ones: `n`
@@ -225,6 +229,8 @@ pub type W8Fn = fn(&Conv2dGeom, &[i8], &[i8], usize, &[Requant], &mut [i8]);
 pub type WfFn = fn(&Conv2dGeom, &[f32], &[f32], usize, &[Affine], &mut [f32]);
 /// Decoded-row kernel signature (that of [`crate::gemm::conv_decoded_i8`]).
 pub type DecFn = fn(&Conv2dGeom, &[i8], &DecodedRows, usize, &[Requant], &mut [i8]);
+/// Exponent-list kernel signature (that of [`crate::lists::conv_lists_i8`]).
+pub type ListFn = fn(&Conv2dGeom, &[i8], &ExpLists, usize, &[Requant], &mut [i8]);
 
 /// A kernel's function.
 #[derive(Clone, Copy, Debug)]
@@ -239,6 +245,8 @@ pub enum KernelFn {
     F32(WfFn),
     /// [`Op::DecodedI8`].
     DecodedI8(DecFn),
+    /// [`Op::ListsI8`].
+    ListsI8(ListFn),
 }
 
 impl KernelFn {
@@ -250,6 +258,7 @@ impl KernelFn {
             KernelFn::W8I8(_) => Op::W8I8,
             KernelFn::F32(_) => Op::F32,
             KernelFn::DecodedI8(_) => Op::DecodedI8,
+            KernelFn::ListsI8(_) => Op::ListsI8,
         }
     }
 }
@@ -297,6 +306,9 @@ pub enum Layers {
     /// Convs with enough pixels and channels for the pixel-lane GEMM
     /// ([`crate::gemm::applies`]).
     Gemm,
+    /// The layers of [`Layers::Gemm`] whose `k` fits the exponent-list
+    /// GEMM ([`crate::lists::applies`]).
+    GemmShift,
 }
 
 impl Layers {
@@ -309,6 +321,7 @@ impl Layers {
             Layers::SmallK => crate::pointwise::small_k(g),
             Layers::TinyK => crate::pointwise::tiny_k(g),
             Layers::Gemm => crate::gemm::applies(g),
+            Layers::GemmShift => crate::lists::applies(g),
         }
     }
 }
@@ -332,6 +345,7 @@ macro_rules! registry {
 #[cfg(target_arch = "x86_64")]
 registry! { SIMD:
     "avx512/gemm" => Avx512, Dot, Gemm, DecodedI8(crate::x86_64::gemm::conv_gemm_i8);
+    "avx512/gemm-shift" => Avx512, Shift, GemmShift, ListsI8(crate::x86_64::gemm_shift::conv_gemm_shift_i8);
     "avx512/dw-shift" => Avx512, Shift, Depthwise, ShiftI8(crate::x86_64::avx512::dw::conv_shift_i8);
     "avx2/dw-shift" => Avx2, Shift, Depthwise, ShiftI8(crate::x86_64::avx2::dw::conv_shift_i8);
     "avx512/pw-dot" => Avx512, Dot, Pointwise, ShiftI8(crate::x86_64::pointwise::conv_dot_i8_vnni);
@@ -377,6 +391,7 @@ registry! { SCALAR:
     "scalar/w8-i8" => Scalar, Scalar, All, W8I8(scalar::conv_w8_i8);
     "scalar/f32" => Scalar, Scalar, All, F32(scalar::conv_f32);
     "scalar/decoded-i8" => Scalar, Scalar, All, DecodedI8(crate::gemm::conv_decoded_i8);
+    "scalar/lists-i8" => Scalar, Scalar, All, ListsI8(crate::lists::conv_lists_i8);
 }
 
 /// Every kernel of this target, best first, the scalar references last.
@@ -626,6 +641,11 @@ fn preference(op: Op, g: &Conv2dGeom, forced: Option<Family>) -> &'static [Famil
         // multiplication-free family keeps the codes.
         (Op::DecodedI8, None | Some(Dot) | Some(Fexp)) => &[Dot, Scalar],
         (Op::DecodedI8, _) => &[Scalar],
+        // The multiplication-free GEMM runs only when a
+        // multiplication-free int8 family is forced: by default `dot`'s
+        // GEMM wins.
+        (Op::ListsI8, Some(Shift) | Some(Lut)) => &[Shift, Scalar],
+        (Op::ListsI8, _) => &[Scalar],
     }
 }
 
@@ -657,6 +677,29 @@ pub fn select(op: Op, g: &Conv2dGeom) -> &'static Kernel {
 pub fn decoded_kernel(g: &Conv2dGeom) -> Option<&'static Kernel> {
     let k = select(Op::DecodedI8, g);
     (k.isa != Isa::Scalar).then_some(k)
+}
+
+/// The SIMD kernel of [`Op::ListsI8`] for layer `g` under the process
+/// settings, if one runs here: the runtime regroups a layer's codes by
+/// exponent at load only then.
+pub fn lists_kernel(g: &Conv2dGeom) -> Option<&'static Kernel> {
+    let k = select(Op::ListsI8, g);
+    (k.isa != Isa::Scalar).then_some(k)
+}
+
+/// Dispatching [`crate::lists::conv_lists_i8`]: bit-identical output.
+pub fn conv_lists_i8(
+    g: &Conv2dGeom,
+    x: &[i8],
+    l: &ExpLists,
+    oc0: usize,
+    rq: &[Requant],
+    out: &mut [i8],
+) {
+    match select(Op::ListsI8, g).f {
+        KernelFn::ListsI8(f) => f(g, x, l, oc0, rq, out),
+        _ => crate::lists::conv_lists_i8(g, x, l, oc0, rq, out),
+    }
 }
 
 /// A batched linear kernel on decoded rows: `(x, m, rows, rq, out)` with
@@ -801,7 +844,14 @@ mod tests {
             dilation: [1, 1],
             groups: 8,
         };
-        for op in [Op::ShiftI8, Op::ShiftF32, Op::W8I8, Op::F32, Op::DecodedI8] {
+        for op in [
+            Op::ShiftI8,
+            Op::ShiftF32,
+            Op::W8I8,
+            Op::F32,
+            Op::DecodedI8,
+            Op::ListsI8,
+        ] {
             let k = select_with(op, &big, Isa::Scalar, None);
             assert_eq!(k.isa, Isa::Scalar);
             assert_eq!(k.op(), op);

@@ -100,6 +100,29 @@ impl<'a> DecodedRows<'a> {
         })
     }
 
+    /// [`DecodedRows::new`] without its checks (which read every fix),
+    /// for data checked once at load and viewed on every inference.
+    ///
+    /// # Safety
+    /// The same arguments passed [`DecodedRows::new`] before (kernels
+    /// read their activation panel at the fixes' blocks unchecked).
+    pub unsafe fn new_unchecked(
+        w: &'a [i8],
+        corr: &'a [i32],
+        fix_at: &'a [u32],
+        fix: &'a [Fix],
+        k: usize,
+    ) -> Self {
+        debug_assert!(DecodedRows::new(w, corr, fix_at, fix, k).is_ok());
+        DecodedRows {
+            w,
+            corr,
+            fix_at,
+            fix,
+            k,
+        }
+    }
+
     /// Number of rows.
     #[inline]
     pub fn rows(&self) -> usize {

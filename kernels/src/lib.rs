@@ -27,6 +27,7 @@ pub mod elementwise;
 pub mod fexp;
 pub mod gemm;
 pub mod geom;
+pub mod lists;
 pub mod pointwise;
 pub mod pool;
 pub mod requant;

@@ -18,6 +18,7 @@ use proptest::prelude::*;
 use shiftnn_kernels::codes::pack;
 use shiftnn_kernels::dispatch::{self, Family, Isa, KernelFn, Op};
 use shiftnn_kernels::gemm;
+use shiftnn_kernels::lists;
 use shiftnn_kernels::scalar::{self, Affine};
 use shiftnn_kernels::{Bits, Conv2dGeom, PackedRows, Requant};
 
@@ -242,6 +243,57 @@ fn check_decoded(c: &Case, w: &PackedRows, want: &[i8]) -> Result<(), TestCaseEr
         c.bits,
         g
     );
+    check_lists(c, w, want)
+}
+
+/// The codes regrouped by exponent at load ([`lists::decode`]) through
+/// every exponent-list kernel this CPU runs, on any layer up to its `k`
+/// limit, whole and split by channel range: equal to `scalar`.
+fn check_lists(c: &Case, w: &PackedRows, want: &[i8]) -> Result<(), TestCaseError> {
+    let g = &c.g;
+    if g.k() > lists::MAX_K {
+        return Ok(());
+    }
+    let n = g.c_out;
+    let (mut idx, mut at) = (vec![0u16; n * g.k()], vec![0u32; lists::offsets_len(w)]);
+    lists::decode(w, &mut idx, &mut at);
+    let l = lists::ExpLists::new(&idx, &at, n, g.k(), c.bits).unwrap();
+    let plane = g.out_plane();
+    let split = n / 2 + (n % 2);
+    for k in dispatch::kernels() {
+        let KernelFn::ListsI8(f) = k.f else { continue };
+        if !k.isa.available() {
+            continue;
+        }
+        let mut got = vec![0i8; g.out_len()];
+        f(g, &c.x, &l, 0, &c.rq, &mut got);
+        prop_assert_eq!(
+            &got[..],
+            want,
+            "kernel {} bits {:?} geom {:?}",
+            k.name,
+            c.bits,
+            g
+        );
+        let (lo, hi) = got.split_at_mut(split * plane);
+        f(g, &c.x, &l.sub_rows(0, split), 0, &c.rq[..split], lo);
+        f(
+            g,
+            &c.x,
+            &l.sub_rows(split, n - split),
+            split,
+            &c.rq[split..],
+            hi,
+        );
+        prop_assert_eq!(
+            &got[..],
+            want,
+            "kernel {} (split) bits {:?} geom {:?}",
+            k.name,
+            c.bits,
+            g
+        );
+    }
     Ok(())
 }
 

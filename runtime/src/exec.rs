@@ -11,6 +11,7 @@ use alloc::{format, sync::Arc, vec, vec::Vec};
 use core::ops::Range;
 use shiftnn_kernels::dispatch::{self, KernelFn};
 use shiftnn_kernels::gemm::DecodedRows;
+use shiftnn_kernels::lists::ExpLists;
 use shiftnn_kernels::scalar::{self, PoolGeom};
 use shiftnn_kernels::Conv2dGeom;
 
@@ -366,6 +367,16 @@ impl<'m, 'b> Session<'m, 'b> {
                     let yo = row * out_len;
                     match (g.mode, weight.kind, p) {
                         (Mode::Int8, WeightKind::Shift, NodeParams::Requant(rq))
+                            if lists_gemm(model, i, &geom).is_some() =>
+                        {
+                            let (l, f) = lists_gemm(model, i, &geom).expect("checked");
+                            let x = &i8s(x0)[xo..xo + in_len];
+                            let o = &mut i8s_mut(out)[yo..yo + out_len];
+                            par_conv(pool.as_deref_mut(), &geom, x, o, |geom, x, oc0, n, o| {
+                                f(geom, x, &l.sub_rows(oc0, n), oc0, &rq[oc0..oc0 + n], o)
+                            });
+                        }
+                        (Mode::Int8, WeightKind::Shift, NodeParams::Requant(rq))
                             if decoded_gemm(model, i, &geom).is_some() =>
                         {
                             let (d, f) = decoded_gemm(model, i, &geom).expect("checked");
@@ -630,6 +641,20 @@ fn decoded_gemm<'m>(
     let d = model.decoded_rows(i)?;
     match dispatch::decoded_kernel(g)?.f {
         KernelFn::DecodedI8(f) => Some((d, f)),
+        _ => None,
+    }
+}
+
+/// Node `i`'s exponent lists and the multiplication-free GEMM that runs
+/// them, as [`decoded_gemm`] for int8 rows.
+fn lists_gemm<'m>(
+    model: &'m Model,
+    i: usize,
+    g: &Conv2dGeom,
+) -> Option<(ExpLists<'m>, dispatch::ListFn)> {
+    let l = model.decoded_lists(i)?;
+    match dispatch::lists_kernel(g)?.f {
+        KernelFn::ListsI8(f) => Some((l, f)),
         _ => None,
     }
 }

@@ -10,6 +10,7 @@ use crate::planner::{self, Plan};
 use alloc::{format, string::String, vec, vec::Vec};
 use safetensors::Dtype;
 use shiftnn_kernels::gemm::{self, DecodedRows, Fix};
+use shiftnn_kernels::lists::{self, ExpLists};
 use shiftnn_kernels::{dispatch, Bits, Conv2dGeom, PackedRows};
 
 /// Largest activation accepted (elements), to reject absurd shapes early.
@@ -65,49 +66,90 @@ pub struct Model<'a> {
     table: TensorTable,
     plan: Plan,
     fingerprint: u64,
-    /// Per node: its codes decoded at load for the pixel-lane GEMM.
+    /// Per node: its codes repacked at load for a pixel-lane GEMM.
     decoded: Vec<Option<Decoded>>,
 }
 
-/// One layer's shift codes decoded to int8 rows ([`gemm::decode`]): the
-/// one repack at load. The `vpdpbusd` GEMM (`avx512/gemm`) needs plain
-/// int8 weights as broadcast operands, and runs ResNet's 3x3 convs 2-3x
-/// faster than decoding the codes in its inner loop (`avx512/dot`), so
-/// a layer is decoded exactly when that kernel would run it under the
-/// process settings at load ([`dispatch::decoded_kernel`]). The cost is
-/// `n * k` bytes of memory per layer, reported by [`Model::decoded_bytes`];
-/// `SHIFTNN_KERNEL=shift` (or any multiplication-free family) or
-/// `SHIFTNN_ISA=avx2` loads without it.
-struct Decoded {
-    w: Vec<i8>,
-    corr: Vec<i32>,
-    fix_at: Vec<u32>,
-    fix: Vec<Fix>,
-    k: usize,
+/// One layer's shift codes repacked at load for a pixel-lane GEMM: the
+/// one repack the runtime does, and only for the layers those kernels run
+/// under the process settings at load. The cost in memory is reported by
+/// [`Model::decoded_bytes`] (`inspect`, `bench`); `SHIFTNN_ISA=avx2`
+/// loads without any.
+enum Decoded {
+    /// Int8 rows ([`gemm::decode`], `n * k` bytes): the `vpdpbusd` GEMM
+    /// (`avx512/gemm`) needs plain int8 weights as broadcast operands, and
+    /// runs ResNet's 3x3 convs 2-3x faster than decoding the codes in its
+    /// inner loop (`avx512/dot`). Chosen by [`dispatch::decoded_kernel`]
+    /// and [`dispatch::decoded_linear`] (by default, `dot` allowed).
+    Rows {
+        w: Vec<i8>,
+        corr: Vec<i32>,
+        fix_at: Vec<u32>,
+        fix: Vec<Fix>,
+        k: usize,
+    },
+    /// Exponent lists ([`lists::decode`], `2 n k` bytes): the
+    /// multiplication-free GEMM (`avx512/gemm-shift`), 4x `avx512/shift`
+    /// on ResNet's 3x3 convs. Chosen by [`dispatch::lists_kernel`] (a
+    /// forced `shift` or `lut` family).
+    Lists {
+        idx: Vec<u16>,
+        at: Vec<u32>,
+        rows: usize,
+        k: usize,
+        bits: Bits,
+    },
 }
 
 impl Decoded {
-    fn new(codes: &PackedRows) -> Decoded {
+    /// Int8 rows, checked once here: [`Model::decoded_rows`] then views
+    /// them unchecked on every inference.
+    fn rows(codes: &PackedRows) -> Result<Decoded> {
         let (n, k) = (codes.rows(), codes.k());
-        let mut d = Decoded {
-            w: vec![0; n * gemm::padded_k(k)],
-            corr: vec![0; n],
-            fix_at: vec![0; n + 1],
-            fix: vec![Fix::default(); gemm::fix_count(codes)],
+        let (mut w, mut corr) = (vec![0; n * gemm::padded_k(k)], vec![0; n]);
+        let (mut fix_at, mut fix) = (vec![0; n + 1], vec![Fix::default(); gemm::fix_count(codes)]);
+        gemm::decode(codes, &mut w, &mut corr, &mut fix_at, &mut fix);
+        DecodedRows::new(&w, &corr, &fix_at, &fix, k)
+            .map_err(|e| Error::Graph(format!("decoded rows of a layer: {e:?}")))?;
+        Ok(Decoded::Rows {
+            w,
+            corr,
+            fix_at,
+            fix,
             k,
-        };
-        gemm::decode(codes, &mut d.w, &mut d.corr, &mut d.fix_at, &mut d.fix);
-        d
+        })
     }
 
-    fn view(&self) -> Option<DecodedRows<'_>> {
-        DecodedRows::new(&self.w, &self.corr, &self.fix_at, &self.fix, self.k).ok()
+    /// Exponent lists, checked once here: [`Model::decoded_lists`] then
+    /// views them unchecked on every inference.
+    fn lists(codes: &PackedRows) -> Result<Decoded> {
+        let (n, k, bits) = (codes.rows(), codes.k(), codes.bits());
+        let (mut idx, mut at) = (vec![0; n * k], vec![0; lists::offsets_len(codes)]);
+        lists::decode(codes, &mut idx, &mut at);
+        ExpLists::new(&idx, &at, n, k, bits)
+            .map_err(|e| Error::Graph(format!("exponent lists of a layer: {e:?}")))?;
+        Ok(Decoded::Lists {
+            idx,
+            at,
+            rows: n,
+            k,
+            bits,
+        })
     }
 
     fn bytes(&self) -> usize {
-        self.w.len()
-            + 4 * (self.corr.len() + self.fix_at.len())
-            + core::mem::size_of::<Fix>() * self.fix.len()
+        match self {
+            Decoded::Rows {
+                w,
+                corr,
+                fix_at,
+                fix,
+                ..
+            } => {
+                w.len() + 4 * (corr.len() + fix_at.len()) + core::mem::size_of::<Fix>() * fix.len()
+            }
+            Decoded::Lists { idx, at, .. } => 2 * idx.len() + 4 * at.len(),
+        }
     }
 }
 
@@ -185,9 +227,10 @@ impl<'a> Model<'a> {
         Ok(m)
     }
 
-    /// Decode the codes of every int8 layer the pixel-lane GEMM runs: convs
-    /// ([`dispatch::decoded_kernel`]) and batched linear layers
-    /// ([`dispatch::decoded_linear`]).
+    /// Repack the codes of every int8 layer a pixel-lane GEMM runs: int8
+    /// rows for convs ([`dispatch::decoded_kernel`]) and batched linear
+    /// layers ([`dispatch::decoded_linear`]), exponent lists for convs of
+    /// the multiplication-free one ([`dispatch::lists_kernel`]).
     fn decode_layers(&self) -> Result<Vec<Option<Decoded>>> {
         (0..self.graph.nodes.len())
             .map(|i| {
@@ -197,19 +240,22 @@ impl<'a> Model<'a> {
                         .op
                         .weight()
                         .is_some_and(|w| w.kind == WeightKind::Shift);
-                let wanted = match (self.conv_geom(i), &node.op) {
+                let (rows, lists) = match (self.conv_geom(i), &node.op) {
                     (Some(g), Op::Linear { .. }) => {
                         let m = self.graph.values[node.output].numel() / g.c_out.max(1);
-                        dispatch::decoded_linear(m, g.k(), g.c_out).is_some()
+                        (dispatch::decoded_linear(m, g.k(), g.c_out).is_some(), false)
                     }
-                    (Some(g), _) => dispatch::decoded_kernel(&g).is_some(),
-                    (None, _) => false,
+                    (Some(g), _) => (
+                        dispatch::decoded_kernel(&g).is_some(),
+                        dispatch::lists_kernel(&g).is_some(),
+                    ),
+                    (None, _) => (false, false),
                 };
-                if shift_i8 && wanted {
-                    Ok(Some(Decoded::new(&self.shift_rows(i)?)))
-                } else {
-                    Ok(None)
-                }
+                Ok(match (shift_i8, rows, lists) {
+                    (true, true, _) => Some(Decoded::rows(&self.shift_rows(i)?)?),
+                    (true, false, true) => Some(Decoded::lists(&self.shift_rows(i)?)?),
+                    _ => None,
+                })
             })
             .collect()
     }
@@ -217,7 +263,36 @@ impl<'a> Model<'a> {
     /// Node `i`'s codes as decoded at load for the pixel-lane GEMM, if they
     /// were (see [`dispatch::decoded_kernel`]).
     pub fn decoded_rows(&self, i: usize) -> Option<DecodedRows<'_>> {
-        self.decoded.get(i)?.as_ref()?.view()
+        match self.decoded.get(i)?.as_ref()? {
+            // SAFETY: `Decoded::rows` checked these rows with
+            // `DecodedRows::new` at load, and they never change afterwards.
+            Decoded::Rows {
+                w,
+                corr,
+                fix_at,
+                fix,
+                k,
+            } => Some(unsafe { DecodedRows::new_unchecked(w, corr, fix_at, fix, *k) }),
+            Decoded::Lists { .. } => None,
+        }
+    }
+
+    /// Node `i`'s codes as regrouped by exponent at load for the
+    /// multiplication-free GEMM, if they were (see
+    /// [`dispatch::lists_kernel`]).
+    pub fn decoded_lists(&self, i: usize) -> Option<ExpLists<'_>> {
+        match self.decoded.get(i)?.as_ref()? {
+            // SAFETY: `Decoded::lists` checked these lists with
+            // `ExpLists::new` at load, and they never change afterwards.
+            Decoded::Lists {
+                idx,
+                at,
+                rows,
+                k,
+                bits,
+            } => Some(unsafe { ExpLists::new_unchecked(idx, at, *rows, *k, *bits) }),
+            Decoded::Rows { .. } => None,
+        }
     }
 
     /// Bytes of weights decoded at load (beside the file's), over all layers.

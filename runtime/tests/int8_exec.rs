@@ -246,6 +246,15 @@ fn run_case(seed: u64) {
     let bytes = b.finish(&[input], &[out]);
 
     let model = Model::from_bytes(&bytes).expect("load");
+    // conv1 runs a pixel-lane GEMM on codes repacked at load wherever the
+    // CPU and the settings choose one.
+    let g1 = model.conv_geom(1).expect("conv1 is node 1");
+    let (rows, lists) = (
+        shiftnn_kernels::dispatch::decoded_kernel(&g1).is_some(),
+        shiftnn_kernels::dispatch::lists_kernel(&g1).is_some(),
+    );
+    assert_eq!(model.decoded_rows(1).is_some(), rows);
+    assert_eq!(model.decoded_lists(1).is_some(), lists && !rows);
     let mut sess = Session::new(&model).unwrap();
     let x: Vec<f32> = (0..3 * h * w).map(|_| rng.f32(-2.5, 2.5)).collect();
     let mut y = vec![0f32; 5];
@@ -340,11 +349,34 @@ fn run_case(seed: u64) {
     assert_ne!(y, y2);
 }
 
+/// The dispatch settings are process-wide: tests that change them or
+/// depend on them take this lock.
+static SETTINGS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn int8_executor_matches_independent_integer_computation() {
+    let _g = SETTINGS.lock().unwrap_or_else(|e| e.into_inner());
     for seed in [1u64, 7, 42, 1234, 99991] {
         run_case(seed);
     }
+}
+
+/// The same model with a forced multiplication-free family: where the CPU
+/// runs the exponent-list GEMM (AVX-512), the model regroups its 3x3 conv
+/// at load and runs it there (the lists are checked at load and viewed
+/// unchecked per inference); the result is the same integer computation.
+#[test]
+fn int8_executor_with_forced_shift_family() {
+    use shiftnn_kernels::dispatch::{self, Family};
+    let _g = SETTINGS.lock().unwrap_or_else(|e| e.into_inner());
+    dispatch::set_family(Some(Family::Shift));
+    let r = std::panic::catch_unwind(|| {
+        for seed in [3u64, 11, 4242] {
+            run_case(seed);
+        }
+    });
+    dispatch::set_family(None);
+    r.unwrap();
 }
 
 /// A batched int8 linear layer (16 rows of 70 inputs, 4-bit codes with
@@ -354,6 +386,7 @@ fn int8_executor_matches_independent_integer_computation() {
 /// Both at 1 and 2 threads.
 #[test]
 fn batched_linear_matches_integer_computation() {
+    let _g = SETTINGS.lock().unwrap_or_else(|e| e.into_inner());
     let (m, k, n) = (16usize, 70usize, 24usize);
     let mut rng = Rng(5);
     let (sx, sy) = (0.03f32, 0.05f32);

@@ -236,7 +236,7 @@ pub fn main(a: Args) -> Result<()> {
     outln!("arena:      {}", fmt_bytes(m.arena_bytes()));
     if m.decoded_bytes() > 0 {
         outln!(
-            "decoded:    {} (int8 rows for the GEMM kernel)",
+            "decoded:    {} (codes repacked at load for the GEMM kernels)",
             fmt_bytes(m.decoded_bytes())
         );
     }

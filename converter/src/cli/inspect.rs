@@ -193,7 +193,7 @@ pub fn main(a: Args) -> Result<()> {
     outln!("arena:        {}", fmt_bytes(m.arena_bytes()));
     if m.decoded_bytes() > 0 {
         outln!(
-            "decoded:      {} of int8 rows decoded at load for the GEMM kernel",
+            "decoded:      {} of codes repacked at load for the GEMM kernels",
             fmt_bytes(m.decoded_bytes())
         );
     }

@@ -17,6 +17,15 @@ pub fn kernel_name(model: &Model, i: usize) -> String {
         return "rows".to_string();
     }
     match (node.op.weight(), model.conv_geom(i)) {
+        (Some(_), Some(g)) if model.decoded_lists(i).is_some() => {
+            // What `Session::run` runs for a layer regrouped at load.
+            dispatch::lists_kernel(&g)
+                .map_or_else(
+                    || dispatch::kernel_name(dispatch::Op::ShiftI8, &g),
+                    |k| k.name,
+                )
+                .to_string()
+        }
         (Some(_), Some(g)) if model.decoded_rows(i).is_some() => {
             // What `Session::run` runs for a layer decoded at load.
             let name = if matches!(node.op, Op::Linear { .. }) {

@@ -33,10 +33,11 @@ use crate::gemm::{padded_k, DecodedRows, MAX_K};
 use crate::{Conv2dGeom, Requant};
 
 /// Bytes of the stack panel: `MAX_K` weights of one 16-pixel vector.
-const PANEL_BYTES: usize = padded_k(MAX_K) * 16;
+pub(super) const PANEL_BYTES: usize = padded_k(MAX_K) * 16;
 
+/// The stack panel of the pixel-lane GEMMs.
 #[repr(C, align(64))]
-struct Panel([u8; PANEL_BYTES]);
+pub(super) struct Panel(pub(super) [u8; PANEL_BYTES]);
 
 /// One run of consecutive output pixels of a block within one output row.
 #[derive(Clone, Copy, Default)]
@@ -160,9 +161,10 @@ fn row_of(g: &Conv2dGeom, s: &Seg, ky: usize) -> isize {
 /// up to [`TAB`] wide and high, each run's [`row_of`] and [`Col`] per
 /// kernel row and column, computed once per block instead of once per
 /// tap and channel.
-struct Block {
+pub(super) struct Block {
     segs: [Seg; 64],
     ns: usize,
+    cnt: usize,
     tab: bool,
     rows: [[isize; TAB]; 64],
     cols: [[Col; TAB]; 64],
@@ -173,6 +175,7 @@ impl Block {
         Block {
             segs: [Seg::default(); 64],
             ns: 0,
+            cnt: 0,
             tab: g.kh <= TAB && g.kw <= TAB,
             rows: [[-1; TAB]; 64],
             cols: [[Col::default(); TAB]; 64],
@@ -206,6 +209,12 @@ impl Block {
             q += len;
         }
         self.ns = ns;
+        self.cnt = cnt;
+    }
+
+    /// Pixels in the block.
+    pub(super) fn pixels(&self) -> usize {
+        self.cnt
     }
 
     /// Run `s`'s row offset and [`Col`] for kernel tap `(ky, kx)`.
@@ -227,7 +236,14 @@ impl Block {
 /// AVX-512 F/BW/VBMI available; `c < g.c_in`, `x.len() == g.in_len()`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
 #[inline]
-unsafe fn tap(g: &Conv2dGeom, x: &[i8], blk: &Block, c: usize, ky: usize, kx: usize) -> __m512i {
+pub(super) unsafe fn tap(
+    g: &Conv2dGeom,
+    x: &[i8],
+    blk: &Block,
+    c: usize,
+    ky: usize,
+    kx: usize,
+) -> __m512i {
     let plane = (c * g.h * g.w) as isize;
     let mut v = _mm512_setzero_si512();
     for s in 0..blk.ns {
@@ -360,7 +376,7 @@ unsafe fn build_panel(
 /// AVX-512 F/BW/VL available.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 #[inline]
-unsafe fn requant16(acc: __m512i, rq: &Requant) -> __m128i {
+pub(super) unsafe fn requant16(acc: __m512i, rq: &Requant) -> __m128i {
     debug_assert!(rq.offset.unsigned_abs() < 1 << 62);
     let m = _mm512_set1_epi64(rq.mult as i64);
     let off = _mm512_set1_epi64(rq.offset);
@@ -503,10 +519,33 @@ unsafe fn conv(
     if n == 0 || plane == 0 {
         return;
     }
-    let kp = d.kp();
-    let nv_max = (PANEL_BYTES / (kp.max(4) * 16)).clamp(1, 4);
+    let nv_max = (PANEL_BYTES / (d.kp().max(4) * 16)).clamp(1, 4);
     let mut panel = MaybeUninit::<Panel>::uninit();
     let pp = panel.as_mut_ptr().cast::<u8>();
+    for_blocks(g, n, oc0, 16 * nv_max, |grp, r, r_end, q0, blk| {
+        let cnt = blk.pixels();
+        let nv = cnt.div_ceil(16);
+        let mut emit = |r: usize, y: &[i8]| out[r * plane + q0..][..cnt].copy_from_slice(y);
+        // SAFETY: kp / 4 * nv * 64 <= PANEL_BYTES by the choice of nv_max;
+        // the panel is written before `rows` reads it.
+        unsafe {
+            build_panel(g, x, grp, blk, nv, pp);
+            run_rows(nv, d, r, r_end, pp, cnt, rq, &mut emit);
+        }
+    });
+}
+
+/// The blocks of a call over rows `0 .. n` (channels `oc0 ..`): per
+/// group, its rows `r .. r_end`, and per block of at most `px` output
+/// pixels from `q0`, `f(grp, r, r_end, q0, block)`.
+pub(super) fn for_blocks(
+    g: &Conv2dGeom,
+    n: usize,
+    oc0: usize,
+    px: usize,
+    mut f: impl FnMut(usize, usize, usize, usize, &Block),
+) {
+    let plane = g.out_plane();
     let mut blk = Block::new(g);
     let cog = g.c_out_g();
     let mut r = 0;
@@ -515,16 +554,9 @@ unsafe fn conv(
         let r_end = n.min((grp + 1) * cog - oc0);
         let mut q0 = 0;
         while q0 < plane {
-            let cnt = (plane - q0).min(16 * nv_max);
-            let nv = cnt.div_ceil(16);
+            let cnt = (plane - q0).min(px);
             blk.set(g, q0, cnt);
-            let mut emit = |r: usize, y: &[i8]| out[r * plane + q0..][..cnt].copy_from_slice(y);
-            // SAFETY: kp / 4 * nv * 64 <= PANEL_BYTES by the choice of
-            // nv_max; the panel is written before `rows` reads it.
-            unsafe {
-                build_panel(g, x, grp, &blk, nv, pp);
-                run_rows(nv, d, r, r_end, pp, cnt, rq, &mut emit);
-            }
+            f(grp, r, r_end, q0, &blk);
             q0 += cnt;
         }
         r = r_end;

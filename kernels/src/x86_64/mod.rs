@@ -8,6 +8,8 @@
 //!   and the FMA baseline the `fexp` target is measured against;
 //! * `gemm`: the pixel-lane int8 GEMM on rows decoded at load
 //!   ([`crate::gemm`]), `vpdpbusd` with broadcast weights;
+//! * `gemm_shift`: its multiplication-free twin on codes regrouped by
+//!   exponent ([`crate::lists`]): one `vpaddw` per weight and 32 pixels;
 //! * `pointwise`: the pixel-lane `dot` kernels for 1x1 and small-`k`
 //!   convs (`vpmaddwd` on AVX2, `vpdpwssd` on AVX-512 VNNI).
 //!
@@ -76,4 +78,5 @@ use depthwise_kernel;
 pub mod avx2;
 pub mod avx512;
 pub mod gemm;
+pub mod gemm_shift;
 pub mod pointwise;
