@@ -1033,3 +1033,155 @@ fn linear_batches_long_k() {
         check_linear_batch(m, k, 7, 4, k as u64).unwrap();
     }
 }
+
+/// A depthwise layer of `c` channels on an `h x w` plane, square kernel
+/// `k`, stride `s`, padding `p` on every side, dilation `d`.
+fn depthwise_geom(
+    c: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    s: usize,
+    p: usize,
+    d: usize,
+) -> Conv2dGeom {
+    Conv2dGeom {
+        c_in: c,
+        h,
+        w,
+        c_out: c,
+        kh: k,
+        kw: k,
+        stride: [s, s],
+        pads: [p; 4],
+        dilation: [d, d],
+        groups: c,
+    }
+}
+
+/// Depthwise layers on every plane from 1x1 to 20x20 (and some
+/// non-square ones), 3x3 and 5x5 kernels, strides 1 to 3, paddings 0 to
+/// 2, b = 2, 3, 4: the depthwise kernels' flattened planes, where the
+/// lanes past each row's end and the zero border of every tap must never
+/// leak into a kept output, whole and split by channel.
+#[test]
+fn depthwise_small_planes() {
+    let mut seed = 1000u64;
+    let mut planes: Vec<(usize, usize)> = (1..=20).map(|n| (n, n)).collect();
+    planes.extend([(1, 9), (9, 1), (2, 17), (7, 14), (14, 7), (5, 12), (13, 3)]);
+    for (h, w) in planes {
+        for k in [3, 5] {
+            for s in 1..=3 {
+                for p in 0..=2 {
+                    for b in 2..=4 {
+                        let g = depthwise_geom(3 + (h + w) % 3, h, w, k, s, p, 1);
+                        if g.validate().is_err() {
+                            continue;
+                        }
+                        seed += 1;
+                        check_i8(&case(g, b, seed)).unwrap();
+                    }
+                }
+            }
+        }
+    }
+    // Dilation 2 and unequal strides along y and x.
+    for (h, w, sy, sx) in [(7, 7, 1, 2), (14, 14, 2, 1), (9, 12, 2, 3), (11, 5, 3, 2)] {
+        for b in 2..=4 {
+            let mut g = depthwise_geom(4, h, w, 3, 1, 2, 2);
+            g.stride = [sy, sx];
+            seed += 1;
+            check_i8(&case(g, b, seed)).unwrap();
+        }
+    }
+}
+
+/// MobileNet's depthwise shapes (7x7 to 56x56, 3x3, stride 1 and 2, pad
+/// 1, and unpadded) with constant extreme activations (-128, 127) or a
+/// -128/127 checkerboard, and codes whose `2^p` sum to 255, 256 and 257
+/// per channel, all of one sign or mixed: the sums that just fit or just
+/// miss the kernels' `i16` lanes (whole, or in groups of three taps on
+/// the larger planes), with a gain that shows an accumulator off by
+/// 2^16.
+#[test]
+fn depthwise_extreme_codes_and_activations() {
+    // Exponents of the nine taps: sum of 2^p = 255, 256, 257, and all 7.
+    let sets: [[u32; 9]; 4] = [
+        [7, 6, 5, 4, 3, 2, 0, 0, 0],
+        [7, 6, 5, 4, 3, 2, 1, 0, 0],
+        [7, 6, 5, 4, 3, 2, 1, 1, 0],
+        [7; 9],
+    ];
+    for hw in [7usize, 14, 28, 56] {
+        for s in [1usize, 2] {
+            for p in [0usize, 1] {
+                let g = depthwise_geom(8, hw, hw, 3, s, p, 1);
+                for xv in [-128i8, 127, 0] {
+                    let mut c = case(g, 4, (hw * 10 + s) as u64);
+                    let bits = c.bits;
+                    // Channel `ch`: set `ch % 4`, signs all +, all -, or
+                    // alternating (`ch / 4`), taps in a rotated order.
+                    c.codes = (0..g.c_out * g.k())
+                        .map(|i| {
+                            let (ch, t) = (i / g.k(), i % g.k());
+                            let e = sets[ch % 4][(t + ch) % 9];
+                            let neg = match ch / 4 {
+                                0 => ch % 2 == 1,
+                                _ => t % 2 == 1,
+                            };
+                            bits.encode(neg, e)
+                        })
+                        .collect();
+                    c.packed = vec![0u8; g.c_out * bits.row_bytes(g.k())];
+                    pack(&c.codes, bits, g.c_out, g.k(), &mut c.packed);
+                    // 0 stands for the checkerboard.
+                    c.x = (0..g.in_len())
+                        .map(|i| match xv {
+                            0 => [-128, 127][(i + i / hw) % 2],
+                            v => v,
+                        })
+                        .collect();
+                    c.rq = (0..g.c_out)
+                        .map(|ch| Requant::from_real(1.0 / [512.0, 4096.0][ch % 2], 0.0, -128, 127))
+                        .collect();
+                    check_i8(&c).unwrap();
+                    for b in [2u32, 3] {
+                        let mut c2 = case(g, b, xv as u64 & 0xff);
+                        c2.x.clone_from(&c.x);
+                        check_i8(&c2).unwrap();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Depthwise layers the band buffer of the depthwise kernels cannot hold
+/// in one piece: rows split into several bands and segments (long rows),
+/// and the shapes they hand to the reference kernel (kernels past 8x8,
+/// a dilation wider than the buffer).
+#[test]
+fn depthwise_bands_segments_and_fallbacks() {
+    let mut seed = 77u64;
+    for (c, h, w, k, s, p, d) in [
+        (2usize, 4usize, 6000usize, 3usize, 1usize, 1usize, 1usize),
+        (2, 5, 12001, 3, 2, 1, 1),
+        (2, 7, 7000, 5, 3, 2, 1),
+        (3, 40, 400, 3, 1, 1, 1),
+        (3, 60, 300, 3, 2, 1, 1),
+        (2, 12, 12, 9, 1, 4, 1),
+        (2, 3, 20000, 2, 1, 0, 15000),
+    ] {
+        for b in [2, 4] {
+            let g = depthwise_geom(c, h, w, k, s, p, d);
+            let g = Conv2dGeom {
+                dilation: [1, d],
+                kh: k.min(h),
+                ..g
+            };
+            g.validate().unwrap();
+            seed += 1;
+            check_i8(&case(g, b, seed)).unwrap();
+        }
+    }
+}

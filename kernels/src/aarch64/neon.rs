@@ -639,16 +639,18 @@ pub fn conv_fexp_f32(
 }
 
 /// Depthwise layers: [`crate::depthwise`] compiled for NEON (baseline on
-/// aarch64; a weight tap runs along an output row; no multiply in
-/// `dw::shift_rows`).
+/// aarch64; the taps of a chunk of a channel's flattened plane at once;
+/// no multiply in `dw::shift_rows`).
 pub mod dw {
+    use crate::depthwise::{Scratch, Taps};
     use crate::{Conv2dGeom, PackedRows, Requant};
 
-    /// One tap along a row: `acc += ±(xs << p)`, vectorized by the compiler
-    /// with NEON. Out of line so the no-multiply check can find it.
+    /// All taps of a chunk: `acc = init + sum ±(src << p)`, vectorized by
+    /// the compiler with NEON. Out of line so the no-multiply check can
+    /// find it.
     #[inline(never)]
-    fn shift_rows(acc: &mut [i32], xs: &[i8], s: usize, neg: bool, p: u32) {
-        crate::depthwise::tap(acc, xs, s, neg, p)
+    fn shift_rows(acc: &mut [i32], tmp: &mut Scratch, src: &[i8], taps: &Taps) {
+        crate::depthwise::accumulate(acc, tmp, src, taps)
     }
 
     /// `neon/dw-shift`: equal to [`crate::scalar::conv_shift_i8`] on

@@ -16,22 +16,23 @@
 //! No `lut` kernel exists at the AVX-512 level: `lut` lost to `shift` and
 //! `dot` on every layer on AVX2, and a forced `lut` still runs `avx2/lut`.
 
-/// `pub mod dw`: [`crate::depthwise`] compiled with `$features` (a weight
-/// tap runs along an output row, vectorized by the compiler; no multiply
-/// in `dw::shift_rows`, which stays out of line so the no-multiply check
-/// finds it), registered as `$name`.
+/// `pub mod dw`: [`crate::depthwise`] compiled with `$features` (the taps
+/// of a chunk of a channel's flattened plane, vectorized by the compiler;
+/// no multiply in `dw::shift_rows`, which holds that inner loop and stays
+/// out of line so the no-multiply check finds it), registered as `$name`.
 macro_rules! depthwise_kernel {
     ($isa:ident, $features:literal, $name:literal) => {
         /// Depthwise layers: [`crate::depthwise`] compiled for this level.
         pub mod dw {
+            use crate::depthwise::{Scratch, Taps};
             use crate::dispatch::Isa;
             use crate::{Conv2dGeom, PackedRows, Requant};
 
-            /// One tap along a row: `acc += ±(xs << p)`.
+            /// All taps of a chunk: `acc = init + sum ±(src << p)`.
             #[inline(never)]
             #[target_feature(enable = $features)]
-            fn shift_rows(acc: &mut [i32], xs: &[i8], s: usize, neg: bool, p: u32) {
-                crate::depthwise::tap(acc, xs, s, neg, p)
+            fn shift_rows(acc: &mut [i32], tmp: &mut Scratch, src: &[i8], taps: &Taps) {
+                crate::depthwise::accumulate(acc, tmp, src, taps)
             }
 
             #[target_feature(enable = $features)]
@@ -45,8 +46,8 @@ macro_rules! depthwise_kernel {
             ) {
                 // The closure inherits the features of `conv`, so calling
                 // `shift_rows` (which needs nothing more) is safe here.
-                crate::depthwise::shift_i8(g, x, w, oc0, rq, out, |a, xs, s, neg, p| {
-                    shift_rows(a, xs, s, neg, p)
+                crate::depthwise::shift_i8(g, x, w, oc0, rq, out, |a, tmp, src, taps| {
+                    shift_rows(a, tmp, src, taps)
                 })
             }
 
