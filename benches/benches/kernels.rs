@@ -12,7 +12,7 @@
 //! GEMM size (128x28x28, k = 1152, patches gathered with padding), a
 //! ResNet-18 layer1 3x3 conv, its last stage's 3x3 conv (k = 4608 on 7x7
 //! pixels), a stride-2 3x3 conv, a depthwise 3x3, a pointwise expansion
-//! and a 7x7 stride-2 stem. The pixel-lane GEMM (`avx512/gemm`) runs on
+//! and a 7x7 stride-2 stem. The pixel-lane GEMM (`avx512/gemm-dot`) runs on
 //! rows decoded beforehand, as the runtime decodes them at load. Kernels run only on the layers they are registered
 //! for (`Kernel::layers`). Int8-weight kernels
 //! (`*/w8`, kept layers) run on the same shapes with random int8 weights.

@@ -582,7 +582,9 @@ def summary(res):
             def best(fams, t=t):
                 c = [(by[(f"shiftnn int8 {f}", t)], f) for f in fams if by.get((f"shiftnn int8 {f}", t))]
                 # A forced family that fell back to another kernel is not that family.
-                c = [(v, f) for v, f in c if f == "default" or any(k.endswith("/" + f) for k in kern[(f"shiftnn int8 {f}", t)])]
+                # Kernel names end with their family: avx512/shift, avx512/gemm-shift, neon/dot.
+                fam = lambda k: k.rsplit("/", 1)[-1].rsplit("-", 1)[-1]
+                c = [(v, f) for v, f in c if f == "default" or any(fam(k) == f for k in kern[(f"shiftnn int8 {f}", t)])]
                 return min(c) if c else (None, None)
 
             bi, bf = best(["default", "dot", "shift", "lut"])

@@ -388,7 +388,7 @@ fn int8_convert_run_eval_bench_diff() {
             && kernels.iter().any(|k| *k == "scalar/shift-i8"
                 || k.ends_with("/dot")
                 || k.ends_with("/shift")
-                || k.ends_with("/gemm")),
+                || k.ends_with("-dot")),
         "{kernels:?}"
     );
 
@@ -533,7 +533,7 @@ fn int8_convert_run_eval_bench_diff() {
             && (text.contains("scalar/shift-i8")
                 || text.contains("/dot")
                 || text.contains("/shift")
-                || text.contains("/gemm")),
+                || text.contains("/gemm-dot")),
         "{text}"
     );
 

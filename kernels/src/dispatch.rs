@@ -344,7 +344,7 @@ macro_rules! registry {
 // k = 144-147 layers that `avx2/px-dot` takes on AVX2 (`pointwise::MAX_K_TINY`).
 #[cfg(target_arch = "x86_64")]
 registry! { SIMD:
-    "avx512/gemm" => Avx512, Dot, Gemm, DecodedI8(crate::x86_64::gemm::conv_gemm_i8);
+    "avx512/gemm-dot" => Avx512, Dot, Gemm, DecodedI8(crate::x86_64::gemm::conv_gemm_i8);
     "avx512/gemm-shift" => Avx512, Shift, GemmShift, ListsI8(crate::x86_64::gemm_shift::conv_gemm_shift_i8);
     "avx512/dw-shift" => Avx512, Shift, Depthwise, ShiftI8(crate::x86_64::avx512::dw::conv_shift_i8);
     "avx2/dw-shift" => Avx2, Shift, Depthwise, ShiftI8(crate::x86_64::avx2::dw::conv_shift_i8);
@@ -726,7 +726,7 @@ pub fn decoded_linear(m: usize, k: usize, n: usize) -> Option<(&'static str, Lin
     let fits = m >= MIN_LINEAR_BATCH && n >= 16 && (1..=crate::gemm::MAX_K).contains(&k);
     #[cfg(target_arch = "x86_64")]
     if dot_ok && fits && Isa::Avx512.runs_on(isa()) {
-        return Some(("avx512/gemm", crate::x86_64::gemm::linear_gemm_i8));
+        return Some(("avx512/gemm-dot", crate::x86_64::gemm::linear_gemm_i8));
     }
     let _ = (dot_ok, fits);
     None

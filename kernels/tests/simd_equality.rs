@@ -695,8 +695,22 @@ fn registry_is_consistent() {
     sorted.sort();
     sorted.dedup();
     assert_eq!(sorted.len(), names.len(), "duplicate kernel names");
-    for op in [Op::ShiftI8, Op::ShiftF32, Op::W8I8, Op::F32] {
+    for op in [
+        Op::ShiftI8,
+        Op::ShiftF32,
+        Op::W8I8,
+        Op::F32,
+        Op::DecodedI8,
+        Op::ListsI8,
+    ] {
         assert!(dispatch::kernels().any(|k| k.op() == op && k.isa == Isa::Scalar));
+    }
+    // A SIMD kernel's name ends with its family (`avx512/gemm-dot`,
+    // `neon/shift`), which `inspect`, `bench` and benches/peers rely on;
+    // int8-weight kernels are named `w8`.
+    for k in dispatch::kernels().filter(|k| k.isa != Isa::Scalar && k.op() != Op::W8I8) {
+        let fam = k.name.rsplit(['/', '-']).next().unwrap();
+        assert_eq!(fam, k.family.name(), "kernel {}", k.name);
     }
     eprintln!("cpu level {:?}; kernels: {names:?}", dispatch::detected());
 }

@@ -77,7 +77,7 @@ pub struct Model<'a> {
 /// loads without any.
 enum Decoded {
     /// Int8 rows ([`gemm::decode`], `n * k` bytes): the `vpdpbusd` GEMM
-    /// (`avx512/gemm`) needs plain int8 weights as broadcast operands, and
+    /// (`avx512/gemm-dot`) needs plain int8 weights as broadcast operands, and
     /// runs ResNet's 3x3 convs 2-3x faster than decoding the codes in its
     /// inner loop (`avx512/dot`). Chosen by [`dispatch::decoded_kernel`]
     /// and [`dispatch::decoded_linear`] (by default, `dot` allowed).

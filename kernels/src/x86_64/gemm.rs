@@ -1,4 +1,4 @@
-//! `avx512/gemm`: the pixel-lane int8 GEMM on decoded rows
+//! `avx512/gemm-dot`: the pixel-lane int8 GEMM on decoded rows
 //! ([`crate::gemm`]), with `vpdpbusd` (AVX-512 VNNI).
 //!
 //! Output pixels run along the lanes, as ONNX Runtime's MLAS and XNNPACK
@@ -563,7 +563,7 @@ pub(super) fn for_blocks(
     }
 }
 
-/// `avx512/gemm`: equal to [`crate::scalar::conv_shift_i8`] on the codes
+/// `avx512/gemm-dot`: equal to [`crate::scalar::conv_shift_i8`] on the codes
 /// `d` was decoded from ([`crate::gemm::decode`]). Panics if the CPU lacks
 /// AVX-512 (F/BW/VBMI/VNNI), on mismatched arguments, or if `k` exceeds
 /// [`MAX_K`].
@@ -577,10 +577,10 @@ pub fn conv_gemm_i8(
 ) {
     assert!(
         Isa::Avx512.available(),
-        "avx512/gemm on a CPU without AVX-512"
+        "avx512/gemm-dot on a CPU without AVX-512"
     );
     assert_eq!(d.k(), g.k(), "decoded rows: k");
-    assert!(g.k() <= MAX_K, "avx512/gemm: k above MAX_K");
+    assert!(g.k() <= MAX_K, "avx512/gemm-dot: k above MAX_K");
     crate::dispatch::check_call(g, x.len(), d.k(), d.rows(), oc0, rq.len(), out.len());
     // SAFETY: the level is available (checked above) and the arguments
     // match the geometry.
@@ -677,7 +677,7 @@ unsafe fn linear(x: &[i8], m: usize, d: &DecodedRows, rq: &[Requant], out: &mut 
     }
 }
 
-/// `avx512/gemm` for a linear layer over a batch: `x` holds `m` rows of
+/// `avx512/gemm-dot` for a linear layer over a batch: `x` holds `m` rows of
 /// `k` int8 inputs, `out` `m` rows of `n = d.rows()` outputs, each row
 /// equal to [`crate::scalar::conv_shift_i8`] on the codes `d` was decoded
 /// from (a 1x1 layer on one pixel). The batch runs along the lanes, as the
@@ -686,10 +686,13 @@ unsafe fn linear(x: &[i8], m: usize, d: &DecodedRows, rq: &[Requant], out: &mut 
 pub fn linear_gemm_i8(x: &[i8], m: usize, d: &DecodedRows, rq: &[Requant], out: &mut [i8]) {
     assert!(
         Isa::Avx512.available(),
-        "avx512/gemm on a CPU without AVX-512"
+        "avx512/gemm-dot on a CPU without AVX-512"
     );
     let (n, k) = (d.rows(), d.k());
-    assert!((1..=MAX_K).contains(&k), "avx512/gemm: k outside 1..=MAX_K");
+    assert!(
+        (1..=MAX_K).contains(&k),
+        "avx512/gemm-dot: k outside 1..=MAX_K"
+    );
     assert_eq!(Some(x.len()), m.checked_mul(k), "linear input length");
     assert_eq!(Some(out.len()), m.checked_mul(n), "linear output length");
     assert_eq!(rq.len(), n, "one requantizer per output");

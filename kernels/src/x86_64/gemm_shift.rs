@@ -1,7 +1,7 @@
 //! `avx512/gemm-shift`: the multiplication-free pixel-lane GEMM on
 //! exponent lists ([`crate::lists`]).
 //!
-//! The blocks are those of `avx512/gemm` ([`super::gemm`]); the panel
+//! The blocks are those of `avx512/gemm-dot` ([`super::gemm`]); the panel
 //! keeps each weight tap's 64 activations as plain signed bytes (64 bytes
 //! per weight, so a layer's panel stays small enough to stream from L2
 //! at the rate the adds consume it), sign-extended to `i16` on load
