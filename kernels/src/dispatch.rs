@@ -612,6 +612,29 @@ pub fn forced_family() -> Option<Family> {
 /// so that choice rests on instruction counts of the inner loops (`shift`
 /// 4 per 8 MACs; `lut` 7 per 16 MACs plus about 14 per 16 MACs of code
 /// transpose shared by 4 pixels), not on a measurement.
+///
+/// Above this rule, at the AVX-512 level, the runtime repacks the codes of
+/// conv layers with enough pixels and channels ([`crate::gemm::applies`])
+/// at load for a pixel-lane GEMM, and runs those layers through
+/// [`Op::DecodedI8`] (`avx512/gemm-dot`, the default and under a forced
+/// `dot`) or [`Op::ListsI8`] (`avx512/gemm-shift`, under a forced `shift`
+/// or `lut`) instead of this op; batched linear layers likewise
+/// ([`decoded_linear`]). Same bench, b = 4, one thread, quiet machine,
+/// 2026-11-29, G MACs/s:
+///
+/// | layer                  | gemm-dot | avx512/dot | gemm-shift | avx512/shift |
+/// |------------------------|----------|------------|------------|--------------|
+/// | 1x1 conv 784x1152x128  | 135-139  | 33.4       | 72         | 12.8         |
+/// | 3x3 conv 128x28x28     | 138-144  | 54.1       | 75         | 16.1         |
+/// | 3x3 conv 64x56x56      | 135-137  | 39.6       | 68         | 13.5         |
+/// | 3x3 conv 512x7x7       | 106-110  | 58.2       | 67         | 16.9         |
+/// | 3x3/2 conv 128 -> 256  | 131-135  | 62.4       | 63         | 17.3         |
+/// | 7x7/2 stem, 3 channels | 108-116  | 27.1       | 47-58      | 9.5          |
+/// | pointwise 16 -> 96     | 38-46    | 4.5        | 14.5       | 2.0          |
+///
+/// The depthwise kernels ([`crate::depthwise`], a flattened plane per
+/// channel since) run the 3x3 64x56x56 depthwise layer in 125 us, 14.5 G
+/// MACs/s.
 fn default_i8(g: &Conv2dGeom) -> &'static [Family] {
     use Family::*;
     if g.groups > 1 && g.c_in_g() == 1 {

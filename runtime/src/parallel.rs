@@ -59,6 +59,12 @@ impl Threads {
 /// Layers below this many MACs run on the calling thread: waking the pool
 /// costs more than it saves.
 const MIN_MACS: usize = 1 << 16;
+/// Conv layers below this many MACs run on the calling thread: at the
+/// pixel-lane GEMM's 130-160 G MACs/s such a layer takes under 30 us,
+/// and waking the pool plus the band copies cost more than the second
+/// thread saves (ResNet-20, whose layers are 2.4 M MACs, ran 1.6x slower
+/// on 2 threads than on 1 with the old limit of 2^16).
+const MIN_CONV_MACS: usize = 1 << 22;
 /// Least channels per thread for the channel split: more, smaller chunks
 /// measured slower (each gathers every patch again; ResNet-20's 16-channel
 /// layers ran slower on 2 threads than on 1 with 4 chunks).
@@ -97,7 +103,7 @@ pub(crate) fn par_conv<T: bytemuck::Pod + Send + Sync>(
 ) {
     match threads {
         #[cfg(feature = "std")]
-        Some(th) if th.pool.current_num_threads() > 1 && g.macs() >= MIN_MACS => {
+        Some(th) if th.pool.current_num_threads() > 1 && g.macs() >= MIN_CONV_MACS => {
             split(th, g, x, out, f);
         }
         _ => f(g, x, 0, g.c_out, out),
