@@ -53,7 +53,8 @@ pub enum DecodedError {
     Weights,
     /// `fix_at` is not `rows + 1` non-decreasing indices within `fix`.
     FixIndex,
-    /// A fix names a block past the row's end.
+    /// A fix names a block past the row's end, or a row's fixes are not
+    /// in ascending block order.
     FixBlock,
 }
 
@@ -88,7 +89,12 @@ impl<'a> DecodedRows<'a> {
         }
         let blocks = padded_k(k) / 4;
         let (a, b) = (fix_at[0] as usize, fix_at[rows] as usize);
-        if fix[a..b].iter().any(|f| f.kb as usize >= blocks) {
+        let ascending = fix_at.windows(2).all(|p| {
+            fix[p[0] as usize..p[1] as usize]
+                .windows(2)
+                .all(|f| f[0].kb < f[1].kb)
+        });
+        if !ascending || fix[a..b].iter().any(|f| f.kb as usize >= blocks) {
             return Err(DecodedError::FixBlock);
         }
         Ok(DecodedRows {
@@ -175,11 +181,10 @@ impl<'a> DecodedRows<'a> {
     /// The true weight `r, i` (`i < k`).
     #[inline]
     pub fn weight(&self, r: usize, i: usize) -> i32 {
-        let fix = self
-            .fixes(r)
-            .iter()
-            .find(|f| f.kb as usize == i / 4)
-            .map_or(0, |f| f.word.to_le_bytes()[i % 4] as i8 as i32);
+        let fixes = self.fixes(r);
+        let fix = fixes
+            .binary_search_by_key(&(i as u32 / 4), |f| f.kb)
+            .map_or(0, |j| fixes[j].word.to_le_bytes()[i % 4] as i8 as i32);
         self.row(r)[i] as i32 + fix
     }
 }
@@ -345,5 +350,12 @@ mod tests {
             DecodedRows::new(&w, &corr, &[0, 0, 1], &far, 3).err(),
             Some(DecodedError::FixBlock)
         );
+        let (w8, twice) = ([0i8; 16], [Fix { kb: 1, word: 1 }, Fix { kb: 0, word: 1 }]);
+        assert_eq!(
+            DecodedRows::new(&w8, &corr, &[0, 2, 2], &twice, 8).err(),
+            Some(DecodedError::FixBlock),
+            "fixes out of order"
+        );
+        assert!(DecodedRows::new(&w8, &corr, &[0, 1, 2], &twice, 8).is_ok());
     }
 }
