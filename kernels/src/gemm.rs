@@ -20,9 +20,11 @@
 //!   as 127 and the missing 1 goes into a [`Fix`].
 //! * `fix`: per row (`fix_at[r] .. fix_at[r + 1]`), the blocks of four
 //!   weights that held a +128, with a word of four int8 addends (1 where
-//!   the weight was +128, else 0). In ResNet-18 at 4 bits, 1.5% of the
-//!   weights are +128; the kernel applies a fix as one more `vpdpbusd` per
-//!   16 pixels, about 6% of the work.
+//!   the weight was +128, else 0). In ResNet-18 at 4 bits (random
+//!   weights, `benches/peers`), 1.7% of the weights are +128 and 6% of
+//!   the blocks need a fix; the kernel applies one as a broadcast, a panel
+//!   load and one more `vpdpbusd` per 16 pixels, about a tenth of a
+//!   layer's time.
 //! * `corr`: per row, `-128 * sum(w)` over the true weights: the kernel
 //!   feeds activations as unsigned `x + 128` (`x ^ 0x80`), and
 //!   `sum w * (x + 128) - 128 * sum w = sum w * x`. Sums wrap in `i32`
