@@ -196,43 +196,15 @@ fn check_decoded(c: &Case, w: &PackedRows, want: &[i8]) -> Result<(), TestCaseEr
     let mut fix = vec![gemm::Fix::default(); gemm::fix_count(w)];
     gemm::decode(w, &mut dw, &mut corr, &mut at, &mut fix);
     let d = gemm::DecodedRows::new(&dw, &corr, &at, &fix, g.k()).unwrap();
-    let plane = g.out_plane();
-    let split = n / 2 + (n % 2);
     for k in dispatch::kernels() {
         let KernelFn::DecodedI8(f) = k.f else {
             continue;
         };
-        if !k.isa.available() {
-            continue;
+        if k.isa.available() {
+            whole_and_split(c, want, k.name, |oc0, n, o| {
+                f(g, &c.x, &d.sub_rows(oc0, n), oc0, &c.rq[oc0..oc0 + n], o)
+            })?;
         }
-        let mut got = vec![0i8; g.out_len()];
-        f(g, &c.x, &d, 0, &c.rq, &mut got);
-        prop_assert_eq!(
-            &got[..],
-            want,
-            "kernel {} bits {:?} geom {:?}",
-            k.name,
-            c.bits,
-            g
-        );
-        let (lo, hi) = got.split_at_mut(split * plane);
-        f(g, &c.x, &d.sub_rows(0, split), 0, &c.rq[..split], lo);
-        f(
-            g,
-            &c.x,
-            &d.sub_rows(split, n - split),
-            split,
-            &c.rq[split..],
-            hi,
-        );
-        prop_assert_eq!(
-            &got[..],
-            want,
-            "kernel {} (split) bits {:?} geom {:?}",
-            k.name,
-            c.bits,
-            g
-        );
     }
     let mut got = vec![0i8; g.out_len()];
     dispatch::conv_decoded_i8(g, &c.x, &d, 0, &c.rq, &mut got);
@@ -244,6 +216,41 @@ fn check_decoded(c: &Case, w: &PackedRows, want: &[i8]) -> Result<(), TestCaseEr
         g
     );
     check_lists(c, w, want)
+}
+
+/// `run(oc0, n, out)` computes channels `oc0 .. oc0 + n` of `c`'s layer
+/// into `out`: the whole layer, then the layer split in two channel
+/// ranges, must equal `want`.
+fn whole_and_split(
+    c: &Case,
+    want: &[i8],
+    name: &str,
+    run: impl Fn(usize, usize, &mut [i8]),
+) -> Result<(), TestCaseError> {
+    let (g, n) = (&c.g, c.g.c_out);
+    let split = n / 2 + (n % 2);
+    let mut got = vec![0i8; g.out_len()];
+    run(0, n, &mut got);
+    prop_assert_eq!(
+        &got[..],
+        want,
+        "kernel {} bits {:?} geom {:?}",
+        name,
+        c.bits,
+        g
+    );
+    let (lo, hi) = got.split_at_mut(split * g.out_plane());
+    run(0, split, lo);
+    run(split, n - split, hi);
+    prop_assert_eq!(
+        &got[..],
+        want,
+        "kernel {} (split) bits {:?} geom {:?}",
+        name,
+        c.bits,
+        g
+    );
+    Ok(())
 }
 
 /// The codes regrouped by exponent at load ([`lists::decode`]) through
@@ -258,41 +265,13 @@ fn check_lists(c: &Case, w: &PackedRows, want: &[i8]) -> Result<(), TestCaseErro
     let (mut idx, mut at) = (vec![0u16; n * g.k()], vec![0u32; lists::offsets_len(w)]);
     lists::decode(w, &mut idx, &mut at);
     let l = lists::ExpLists::new(&idx, &at, n, g.k(), c.bits).unwrap();
-    let plane = g.out_plane();
-    let split = n / 2 + (n % 2);
     for k in dispatch::kernels() {
         let KernelFn::ListsI8(f) = k.f else { continue };
-        if !k.isa.available() {
-            continue;
+        if k.isa.available() {
+            whole_and_split(c, want, k.name, |oc0, n, o| {
+                f(g, &c.x, &l.sub_rows(oc0, n), oc0, &c.rq[oc0..oc0 + n], o)
+            })?;
         }
-        let mut got = vec![0i8; g.out_len()];
-        f(g, &c.x, &l, 0, &c.rq, &mut got);
-        prop_assert_eq!(
-            &got[..],
-            want,
-            "kernel {} bits {:?} geom {:?}",
-            k.name,
-            c.bits,
-            g
-        );
-        let (lo, hi) = got.split_at_mut(split * plane);
-        f(g, &c.x, &l.sub_rows(0, split), 0, &c.rq[..split], lo);
-        f(
-            g,
-            &c.x,
-            &l.sub_rows(split, n - split),
-            split,
-            &c.rq[split..],
-            hi,
-        );
-        prop_assert_eq!(
-            &got[..],
-            want,
-            "kernel {} (split) bits {:?} geom {:?}",
-            k.name,
-            c.bits,
-            g
-        );
     }
     Ok(())
 }
