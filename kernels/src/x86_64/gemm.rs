@@ -19,7 +19,13 @@
 //!   `vpdpbusd`, each 64 MACs.
 //! * **Epilogue.** Per row: the offset correction `-128 * sum(w)`, the
 //!   row's +128 fixes (one `vpdpbusd` each per vector), and requantization
-//!   of the pixels present.
+//!   of the pixels present, stored as one 64-byte move per full block.
+//! * **Tail.** Up to [`TAIL_MAX`] pixels past a block's whole vectors (a
+//!   7x7 plane is 3 vectors and 1 pixel) do not get a vector of their
+//!   own, which would cost as much as 16 pixels: their patches are copied
+//!   out of the panel and each row meets them GEMV-style, 16 steps per
+//!   `vpdpbusd` and a horizontal sum ([`tail`]). ResNet-18's 7x7 layers
+//!   went from 870 to 750 us (b = 4, one thread).
 //!
 //! The panel (at most 288 KiB, `k` up to [`crate::gemm::MAX_K`]) is on the
 //! stack: the kernel crate never allocates. Fewer pixels per block (down to
@@ -395,13 +401,58 @@ pub(super) unsafe fn requant16(acc: __m512i, rq: &Requant) -> __m128i {
     _mm512_cvtepi32_epi8(y)
 }
 
-/// Rows `r0 .. r1` of `d` against the panel (`NV` vectors, `cnt` pixels),
-/// `MR` rows at a time; `emit(r, y)` gets row `r`'s `cnt` requantized
-/// outputs.
+/// Where requantized outputs go: `emit(r, y, a, b)` stores row `r`'s
+/// lanes `a .. b` of `y` (lane `l` being pixel `l` of the block).
+pub(super) trait Emit: FnMut(usize, &[i8; 64], usize, usize) {}
+impl<F: FnMut(usize, &[i8; 64], usize, usize)> Emit for F {}
+
+/// Row `r`'s epilogue for the accumulators of vector `v` of a block:
+/// the offset correction, the row's +128 fixes (one `vpdpbusd` on the
+/// panel's vector `v` of the fix's step each) and requantization into
+/// `y[16 v ..]`.
 ///
 /// # Safety
-/// AVX-512 F/BW/VNNI available; the panel holds `kp / 4 * NV * 64`
-/// initialized bytes at `panel`; rows and pixels within `out` and `rq`.
+/// AVX-512 F/BW/VL/VNNI available; step `kb` of vector `v` is at
+/// `panel + kb * pstride + 64 v`, initialized, for every step of `d`.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+#[inline]
+unsafe fn finish(
+    d: &DecodedRows,
+    r: usize,
+    mut a: __m512i,
+    panel: *const u8,
+    pstride: usize,
+    v: usize,
+    rq: &Requant,
+    y: &mut [i8; 64],
+) {
+    a = _mm512_add_epi32(a, _mm512_set1_epi32(d.corr(r)));
+    for f in d.fixes(r) {
+        // SAFETY: f.kb < steps (checked by DecodedRows::new); the caller
+        // vouches for the panel.
+        let p = unsafe { _mm512_loadu_si512(panel.add(f.kb as usize * pstride + 64 * v).cast()) };
+        a = _mm512_dpbusd_epi32(a, p, _mm512_set1_epi32(f.word));
+    }
+    if rq.offset.unsigned_abs() < 1 << 62 {
+        // SAFETY: y has 64 bytes; v < 4.
+        unsafe { _mm_storeu_si128(y.as_mut_ptr().add(16 * v).cast(), requant16(a, rq)) };
+    } else {
+        let mut tile = [0i32; 16];
+        // SAFETY: tile has 16 i32 lanes.
+        unsafe { _mm512_storeu_si512(tile.as_mut_ptr().cast(), a) };
+        rq.apply_run(&tile, &mut y[16 * v..16 * v + 16]);
+    }
+}
+
+/// Rows `r0 .. r1` of `d` against the panel (`NV` vectors, `cnt` pixels,
+/// a step every `pstride` bytes), `MR` rows at a time; `emit` gets each
+/// row's `cnt` requantized outputs.
+///
+/// # Safety
+/// AVX-512 F/BW/VL/VNNI available; the panel holds `kp / 4` steps of
+/// `pstride >= NV * 64` bytes at `panel` (64-byte aligned), their first
+/// `NV * 64` bytes initialized; rows within `rq`.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn rows<const NV: usize, const MR: usize>(
@@ -409,9 +460,10 @@ unsafe fn rows<const NV: usize, const MR: usize>(
     r0: usize,
     r1: usize,
     panel: *const u8,
+    pstride: usize,
     cnt: usize,
     rq: &[Requant],
-    emit: &mut impl FnMut(usize, &[i8]),
+    emit: &mut impl Emit,
 ) {
     let steps = d.kp() / 4;
     let mut rb = r0;
@@ -424,7 +476,7 @@ unsafe fn rows<const NV: usize, const MR: usize>(
             // SAFETY: step kb's NV vectors are initialized panel bytes
             // (64-byte aligned); each row has kp = 4 * steps bytes.
             unsafe {
-                let pv = panel.add(kb * NV * 64);
+                let pv = panel.add(kb * pstride);
                 let a: [__m512i; NV] =
                     core::array::from_fn(|v| _mm512_load_si512(pv.add(64 * v).cast()));
                 for i in 0..MR {
@@ -436,41 +488,17 @@ unsafe fn rows<const NV: usize, const MR: usize>(
                 }
             }
         }
-        for (i, acc) in acc.iter_mut().enumerate() {
+        for (i, acc) in acc.iter().enumerate() {
             let r = rb + i;
             if r >= r1 {
                 break;
             }
-            let c = _mm512_set1_epi32(d.corr(r));
-            for a in acc.iter_mut() {
-                *a = _mm512_add_epi32(*a, c);
-            }
-            for f in d.fixes(r) {
-                let fw = _mm512_set1_epi32(f.word);
-                let pv = panel.wrapping_add(f.kb as usize * NV * 64);
-                for (v, a) in acc.iter_mut().enumerate() {
-                    // SAFETY: f.kb < steps (checked by DecodedRows::new).
-                    let p = unsafe { _mm512_load_si512(pv.add(64 * v).cast()) };
-                    *a = _mm512_dpbusd_epi32(*a, p, fw);
-                }
-            }
             let mut y = [0i8; 64];
-            if rq[r].offset.unsigned_abs() < 1 << 62 {
-                for (v, a) in acc.iter().enumerate() {
-                    // SAFETY: y has 64 bytes; v < NV <= 4.
-                    unsafe {
-                        _mm_storeu_si128(y.as_mut_ptr().add(16 * v).cast(), requant16(*a, &rq[r]))
-                    };
-                }
-            } else {
-                let mut tile = [0i32; 64];
-                for (v, a) in acc.iter().enumerate() {
-                    // SAFETY: tile has 64 i32 lanes; v < NV <= 4.
-                    unsafe { _mm512_storeu_si512(tile.as_mut_ptr().add(16 * v).cast(), *a) };
-                }
-                rq[r].apply_run(&tile[..cnt], &mut y[..cnt]);
+            for (v, &a) in acc.iter().enumerate() {
+                // SAFETY: forwarded; v < NV.
+                unsafe { finish(d, r, a, panel, pstride, v, &rq[r], &mut y) };
             }
-            emit(r, &y[..cnt]);
+            emit(r, &y, 0, cnt);
         }
         rb += MR;
     }
@@ -488,18 +516,188 @@ unsafe fn run_rows(
     r0: usize,
     r1: usize,
     panel: *const u8,
+    pstride: usize,
     cnt: usize,
     rq: &[Requant],
-    emit: &mut impl FnMut(usize, &[i8]),
+    emit: &mut impl Emit,
 ) {
     // SAFETY: forwarded.
     unsafe {
         match nv {
-            4 => rows::<4, 6>(d, r0, r1, panel, cnt, rq, emit),
-            3 => rows::<3, 8>(d, r0, r1, panel, cnt, rq, emit),
-            2 => rows::<2, 12>(d, r0, r1, panel, cnt, rq, emit),
-            _ => rows::<1, 12>(d, r0, r1, panel, cnt, rq, emit),
+            4 => rows::<4, 6>(d, r0, r1, panel, pstride, cnt, rq, emit),
+            3 => rows::<3, 8>(d, r0, r1, panel, pstride, cnt, rq, emit),
+            2 => rows::<2, 12>(d, r0, r1, panel, pstride, cnt, rq, emit),
+            _ => rows::<1, 12>(d, r0, r1, panel, pstride, cnt, rq, emit),
         }
+    }
+}
+
+/// Most pixels left over past a block's whole vectors that [`tail`] takes
+/// instead of one more, mostly empty, panel vector. A vector costs a
+/// `vpdpbusd` per row and step for its 16 lanes, the tail one per row and
+/// 16 steps for each pixel, plus a horizontal sum per row and pixel.
+/// ResNet-18's 7 x 7 layers have one such pixel per row (49 = 3 * 16 + 1),
+/// its 14 x 14 layers four (196 = 3 * 64 + 4).
+pub(super) const TAIL_MAX: usize = 8;
+
+/// Pixels per pass of [`tail`]: 4 rows x 4 pixels of accumulators.
+const TAIL_PX: usize = 4;
+
+/// Rows per chunk when a block has a tail: 24 is a multiple of every
+/// microkernel's `MR`, and 24 rows of `k = 4608` (108 KiB) stay in L2.
+const TAIL_CHUNK: usize = 24;
+
+/// Bytes of the tail's contiguous patches (pixels times `kp`); a block
+/// whose tail needs more keeps the vector. 36 KiB holds one pixel at
+/// ResNet's `k = 4608` and four at 2304.
+const TAIL_BYTES: usize = 36 * 1024;
+
+/// The contiguous patches of [`tail`], `kp` bytes apart.
+#[repr(C, align(64))]
+pub(super) struct Patches([u8; TAIL_BYTES]);
+
+/// True when [`tail`] takes the `t` pixels left past a block's whole
+/// vectors.
+fn tail_fits(t: usize, kp: usize) -> bool {
+    (1..=TAIL_MAX).contains(&t) && t * kp <= TAIL_BYTES
+}
+
+/// Copy the patches of the `t` pixels in lanes `0 .. t` of the panel's
+/// vector `v` out into contiguous rows of `kp` bytes at `pp`.
+///
+/// # Safety
+/// As [`rows`] for vector `v`; `t * kp <= TAIL_BYTES`, `t <= 16`.
+unsafe fn tail_patches(
+    kp: usize,
+    panel: *const u8,
+    pstride: usize,
+    v: usize,
+    t: usize,
+    pp: *mut u8,
+) {
+    for j in 0..t {
+        for kb in 0..kp / 4 {
+            // SAFETY: step kb of vector v holds lane j < 16 at byte 4 j;
+            // patch j is bytes j kp .. (j + 1) kp <= TAIL_BYTES.
+            unsafe {
+                let w = panel
+                    .add(kb * pstride + 64 * v + 4 * j)
+                    .cast::<u32>()
+                    .read_unaligned();
+                pp.add(j * kp + 4 * kb).cast::<u32>().write_unaligned(w);
+            }
+        }
+    }
+}
+
+/// Rows `r0 .. r1` of `d` for the `t` pixels in lanes `0 .. t` of the
+/// panel's vector `v`, whose patches [`tail_patches`] put at `pp`, in
+/// passes of `TAIL_PX` pixels: a row of weights and a patch meet 16
+/// steps at a time in one `vpdpbusd` (the GEMV layout), summed across
+/// lanes at the end. `emit` gets lanes `16 v .. 16 v + t`.
+///
+/// # Safety
+/// AVX-512 F/BW/VL/VNNI available; as [`tail_patches`], the patches
+/// written.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn tail(
+    d: &DecodedRows,
+    r0: usize,
+    r1: usize,
+    panel: *const u8,
+    pstride: usize,
+    v: usize,
+    t: usize,
+    pp: *const u8,
+    rq: &[Requant],
+    emit: &mut impl Emit,
+) {
+    let mut j0 = 0;
+    while j0 < t {
+        let tg = (t - j0).min(TAIL_PX);
+        let pj = pp.wrapping_add(j0 * d.kp());
+        // SAFETY: forwarded; patches j0 .. j0 + tg are written.
+        unsafe {
+            match tg {
+                1 => tail_pass::<1>(d, r0, r1, panel, pstride, v, j0, pj, rq, emit),
+                2 => tail_pass::<2>(d, r0, r1, panel, pstride, v, j0, pj, rq, emit),
+                3 => tail_pass::<3>(d, r0, r1, panel, pstride, v, j0, pj, rq, emit),
+                _ => tail_pass::<4>(d, r0, r1, panel, pstride, v, j0, pj, rq, emit),
+            }
+        }
+        j0 += tg;
+    }
+}
+
+/// One pass of [`tail`]: `TG` pixels from lane `j0` of vector `v`, their
+/// patches at `pp` (`kp` bytes apart).
+///
+/// # Safety
+/// As [`tail`]; patches `0 .. TG` hold `kp` initialized bytes.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn tail_pass<const TG: usize>(
+    d: &DecodedRows,
+    r0: usize,
+    r1: usize,
+    panel: *const u8,
+    pstride: usize,
+    v: usize,
+    j0: usize,
+    pp: *const u8,
+    rq: &[Requant],
+    emit: &mut impl Emit,
+) {
+    const RB: usize = 4;
+    let steps = d.kp() / 4;
+    let mut rb = r0;
+    while rb < r1 {
+        let wp: [*const u8; RB] =
+            core::array::from_fn(|i| d.row((rb + i).min(r1 - 1)).as_ptr().cast::<u8>());
+        let mut acc = [[_mm512_setzero_si512(); TG]; RB];
+        let mut c = 0;
+        while c < steps {
+            // The last chunk of fewer than 16 steps reads only its words.
+            let m = if steps - c >= 16 {
+                u16::MAX
+            } else {
+                (1u16 << (steps - c)) - 1
+            };
+            // SAFETY: the enabled words are steps c .. c + 16 < steps of
+            // each patch and row (4 * steps = kp bytes each).
+            unsafe {
+                let x: [__m512i; TG] = core::array::from_fn(|j| {
+                    _mm512_maskz_loadu_epi32(m, pp.add(j * 4 * steps + 4 * c).cast())
+                });
+                for i in 0..RB {
+                    let w = _mm512_maskz_loadu_epi32(m, wp[i].add(4 * c).cast());
+                    for j in 0..TG {
+                        acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], x[j], w);
+                    }
+                }
+            }
+            c += 16;
+        }
+        for (i, acc) in acc.iter().enumerate() {
+            let r = rb + i;
+            if r >= r1 {
+                break;
+            }
+            // The sums in their pixels' lanes, then the usual epilogue.
+            let mut lanes = [0i32; 16];
+            for (j, &a) in acc.iter().enumerate() {
+                lanes[j0 + j] = _mm512_reduce_add_epi32(a);
+            }
+            let mut y = [0i8; 64];
+            // SAFETY: `lanes` is 64 bytes; panel as the caller vouches.
+            unsafe {
+                let a = _mm512_loadu_si512(lanes.as_ptr().cast());
+                finish(d, r, a, panel, pstride, v, &rq[r], &mut y);
+            }
+            emit(r, &y, 16 * v + j0, 16 * v + j0 + TG);
+        }
+        rb += RB;
     }
 }
 
@@ -522,15 +720,44 @@ unsafe fn conv(
     let nv_max = (PANEL_BYTES / (d.kp().max(4) * 16)).clamp(1, 4);
     let mut panel = MaybeUninit::<Panel>::uninit();
     let pp = panel.as_mut_ptr().cast::<u8>();
+    let mut patches = MaybeUninit::<Patches>::uninit();
+    let tp = patches.as_mut_ptr().cast::<u8>();
     for_blocks(g, n, oc0, 16 * nv_max, |grp, r, r_end, q0, blk| {
         let cnt = blk.pixels();
         let nv = cnt.div_ceil(16);
-        let mut emit = |r: usize, y: &[i8]| out[r * plane + q0..][..cnt].copy_from_slice(y);
+        let (whole, t) = (cnt / 16, cnt % 16);
+        let mut emit = |r: usize, y: &[i8; 64], a: usize, b: usize| {
+            let o = &mut out[r * plane + q0..];
+            if b - a == 64 {
+                // A constant length: stored inline, not through memmove
+                // (a call per row and block had cost 2.6% of ResNet-18).
+                o[..64].copy_from_slice(y);
+            } else {
+                o[a..b].copy_from_slice(&y[a..b]);
+            }
+        };
         // SAFETY: kp / 4 * nv * 64 <= PANEL_BYTES by the choice of nv_max;
-        // the panel is written before `rows` reads it.
+        // the panel (steps nv * 64 bytes apart) is written before `rows`
+        // and `tail` read it; whole < nv, t < 16 and t * kp <= TAIL_BYTES
+        // when the tail runs, its patches written first.
         unsafe {
             build_panel(g, x, grp, blk, nv, pp);
-            run_rows(nv, d, r, r_end, pp, cnt, rq, &mut emit);
+            if tail_fits(t, d.kp()) {
+                tail_patches(d.kp(), pp, nv * 64, whole, t, tp);
+                // Chunks of rows (a multiple of every MR) so that the tail
+                // re-reads their weights from L2, not from L3.
+                let mut rc = r;
+                while rc < r_end {
+                    let re = r_end.min(rc + TAIL_CHUNK);
+                    if whole > 0 {
+                        run_rows(whole, d, rc, re, pp, nv * 64, 16 * whole, rq, &mut emit);
+                    }
+                    tail(d, rc, re, pp, nv * 64, whole, t, tp, rq, &mut emit);
+                    rc = re;
+                }
+            } else {
+                run_rows(nv, d, r, r_end, pp, nv * 64, cnt, rq, &mut emit);
+            }
         }
     });
 }
@@ -662,8 +889,8 @@ unsafe fn linear(x: &[i8], m: usize, d: &DecodedRows, rq: &[Requant], out: &mut 
     while j0 < m {
         let cnt = (m - j0).min(16 * nv_max);
         let nv = cnt.div_ceil(16);
-        let mut emit = |r: usize, y: &[i8]| {
-            for (j, &v) in y.iter().enumerate() {
+        let mut emit = |r: usize, y: &[i8; 64], a: usize, b: usize| {
+            for (j, &v) in y.iter().enumerate().take(b).skip(a) {
                 out[(j0 + j) * n + r] = v;
             }
         };
@@ -671,7 +898,7 @@ unsafe fn linear(x: &[i8], m: usize, d: &DecodedRows, rq: &[Requant], out: &mut 
         // written before `rows` reads them; x holds m rows of k.
         unsafe {
             build_rows_panel(x, k, j0, cnt, nv, pp);
-            run_rows(nv, d, 0, n, pp, cnt, rq, &mut emit);
+            run_rows(nv, d, 0, n, pp, nv * 64, cnt, rq, &mut emit);
         }
         j0 += cnt;
     }
