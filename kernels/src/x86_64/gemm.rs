@@ -20,11 +20,11 @@
 //! * **Epilogue.** Per row: the offset correction `-128 * sum(w)`, the
 //!   row's +128 fixes (one `vpdpbusd` each per vector), and requantization
 //!   of the pixels present, stored as one 64-byte move per full block.
-//! * **Tail.** Up to [`TAIL_MAX`] pixels past a block's whole vectors (a
+//! * **Tail.** Up to `TAIL_MAX` (8) pixels past a block's whole vectors (a
 //!   7x7 plane is 3 vectors and 1 pixel) do not get a vector of their
 //!   own, which would cost as much as 16 pixels: their patches are copied
 //!   out of the panel and each row meets them GEMV-style, 16 steps per
-//!   `vpdpbusd` and a horizontal sum ([`tail`]). ResNet-18's 7x7 layers
+//!   `vpdpbusd` and a horizontal sum (`tail`). ResNet-18's 7x7 layers
 //!   went from 870 to 750 us (b = 4, one thread).
 //!
 //! The panel (at most 288 KiB, `k` up to [`crate::gemm::MAX_K`]) is on the
