@@ -72,7 +72,7 @@ pub const fn applies(g: &Conv2dGeom) -> bool {
 /// Output columns `ox` in `x0 .. x1` whose input column `ox * s + off`
 /// lies in `0 .. w`.
 #[inline(always)]
-fn valid_cols(off: isize, s: usize, w: usize, x0: usize, x1: usize) -> (usize, usize) {
+pub(crate) fn valid_cols(off: isize, s: usize, w: usize, x0: usize, x1: usize) -> (usize, usize) {
     let s = s as isize;
     let lo = if off >= 0 { 0 } else { (-off + s - 1) / s };
     let hi = if (w as isize) <= off {

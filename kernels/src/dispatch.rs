@@ -348,6 +348,8 @@ registry! { SIMD:
     "avx512/gemm-shift" => Avx512, Shift, GemmShift, ListsI8(crate::x86_64::gemm_shift::conv_gemm_shift_i8);
     "avx512/dw-shift" => Avx512, Shift, Depthwise, ShiftI8(crate::x86_64::avx512::dw::conv_shift_i8);
     "avx2/dw-shift" => Avx2, Shift, Depthwise, ShiftI8(crate::x86_64::avx2::dw::conv_shift_i8);
+    "avx512/dw-fexp" => Avx512, Fexp, Depthwise, ShiftF32(crate::x86_64::avx512::dw::conv_fexp_f32);
+    "avx2/dw-fexp" => Avx2, Fexp, Depthwise, ShiftF32(crate::x86_64::avx2::dw::conv_fexp_f32);
     "avx512/pw-dot" => Avx512, Dot, Pointwise, ShiftI8(crate::x86_64::pointwise::conv_dot_i8_vnni);
     "avx512/px-dot" => Avx512, Dot, TinyK, ShiftI8(crate::x86_64::pointwise::conv_small_k_i8_vnni);
     "avx2/pw-dot" => Avx2, Dot, Pointwise, ShiftI8(crate::x86_64::pointwise::conv_dot_i8);
@@ -365,6 +367,7 @@ registry! { SIMD:
 #[cfg(target_arch = "aarch64")]
 registry! { SIMD:
     "neon/dw-shift" => Neon, Shift, Depthwise, ShiftI8(crate::aarch64::neon::dw::conv_shift_i8);
+    "neon/dw-fexp" => Neon, Fexp, Depthwise, ShiftF32(crate::aarch64::neon::dw::conv_fexp_f32);
     "neondot/dot" => NeonDot, Dot, All, ShiftI8(crate::aarch64::neon::conv_sdot_i8);
     "neon/lut" => Neon, Lut, All, ShiftI8(crate::aarch64::neon::conv_lut_i8);
     "neon/shift" => Neon, Shift, All, ShiftI8(crate::aarch64::neon::conv_shift_i8);
@@ -604,8 +607,13 @@ pub fn forced_family() -> Option<Family> {
 /// scalar 225 / 200 M, avx2/shift 138 / 145 M, avx2/dot 134 / 144 M MACs/s.
 /// Pointwise layers (1x1, stride 1, unpadded) take `dot`'s pixel-lane
 /// kernel `avx2/pw-dot` ([`crate::pointwise`], where its measurements and
-/// limits are). Float depthwise layers run `scalar` (200 M against
-/// avx2/fexp's 97 M in that run). `lut` never won on AVX2 (one
+/// limits are). Float depthwise layers run `*/dw-fexp`
+/// ([`crate::depthwise_fexp`]: a flattened plane per channel, each tap
+/// one exponent-add run; bit-identical to `scalar` but for the sign of a
+/// zero sum): MobileNetV2 b4 float on AVX-512, its depthwise layers
+/// 150 -> 10 ms of the profile, the model 243 -> 82 ms (2026-11-29,
+/// machine shared); before, they ran `scalar`
+/// (200 M against avx2/fexp's 97 M MACs/s). `lut` never won on AVX2 (one
 /// `vpshufb` gives 16 MACs against 32 for `vpmaddubsw`, and the code
 /// transpose is paid per pixel tile), so it runs only when forced. On NEON
 /// without `dotprod` the order falls to `shift`; qemu timings mean nothing,
@@ -653,7 +661,10 @@ fn preference(op: Op, g: &Conv2dGeom, forced: Option<Family>) -> &'static [Famil
         (Op::ShiftI8, Some(Dot)) => &[Dot, Scalar],
         (Op::ShiftI8, Some(Shift)) => &[Shift, Scalar],
         (Op::ShiftI8, Some(Lut)) => &[Lut, Shift, Scalar],
-        (Op::ShiftF32, _) if crate::depthwise::applies(g) => &[Scalar],
+        // Float depthwise layers: the row-vectorized `*/dw-fexp` (the
+        // tiled `fexp` kernels lose to `scalar` there), whatever family is
+        // forced: they are the only float kernels, and multiplication-free.
+        (Op::ShiftF32, _) if crate::depthwise::applies(g) => &[Fexp, Scalar],
         (Op::ShiftF32, _) => &[Fexp, Scalar],
         // Int8 weights (kept layers) multiply in every family, the scalar
         // reference included: a forced multiplication-free family cannot

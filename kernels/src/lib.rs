@@ -22,6 +22,7 @@ pub mod aarch64;
 pub mod arm;
 pub mod codes;
 pub mod depthwise;
+pub(crate) mod depthwise_fexp;
 pub mod dispatch;
 pub mod elementwise;
 pub mod fexp;

@@ -1178,3 +1178,120 @@ fn depthwise_bands_segments_and_fallbacks() {
         }
     }
 }
+
+/// The float depthwise kernels (`*/dw-fexp`) add each pixel's taps in the
+/// scalar order, with exact products: bit for bit equal to `scalar` (but
+/// for the sign of zero outputs), on
+/// small planes, strides 1-3, paddings, dilation 2, rows wider than the
+/// kernel's 256-column chunk, with zeros, subnormals, huge values,
+/// infinities and NaN among the activations, whole and split by channel.
+#[test]
+fn depthwise_float_equals_scalar_bitwise() {
+    let specials = [
+        0.0f32,
+        -0.0,
+        f32::from_bits(1),
+        -f32::from_bits(0x0040_0000),
+        1.0e38,
+        -3.0e38,
+        f32::INFINITY,
+        f32::NAN,
+    ];
+    let mut geoms = Vec::new();
+    for (h, w) in [
+        (1, 1),
+        (2, 17),
+        (5, 5),
+        (7, 7),
+        (9, 12),
+        (14, 7),
+        (3, 300),
+        (2, 520),
+        (40, 30),
+        (120, 130),
+        (200, 100),
+    ] {
+        for k in [3, 5] {
+            for s in 1..=3 {
+                for p in 0..=2 {
+                    geoms.push(depthwise_geom(3 + (h + w) % 3, h, w, k, s, p, 1));
+                }
+            }
+        }
+    }
+    for (h, w, sy, sx) in [(7, 7, 1, 2), (14, 14, 2, 1), (9, 12, 2, 3), (9, 9, 1, 1)] {
+        let mut g = depthwise_geom(4, h, w, 3, 1, 2, 2);
+        g.stride = [sy, sx];
+        geoms.push(g);
+    }
+    geoms.push(depthwise_geom(3, 12, 10, 3, 1, 1, 3));
+    let mut seed = 7000u64;
+    let mut ran = 0;
+    for g in geoms.into_iter().filter(|g| g.validate().is_ok()) {
+        for b in 2..=4 {
+            seed += 1;
+            let c = case(g, b, seed);
+            let w = PackedRows::new(&c.packed, c.bits, g.c_out, g.k()).unwrap();
+            // Post-ReLU-like: about half the activations are zeros, whole
+            // neighbourhoods of them, whose sums must stay exactly zero.
+            let mut xf: Vec<f32> = c.x.iter().map(|&v| v.max(0) as f32 / 8.0).collect();
+            let mut rng = Rng(seed);
+            for _ in 0..xf.len() / 7 {
+                let i = rng.next() as usize % xf.len();
+                xf[i] = specials[rng.next() as usize % specials.len()];
+            }
+            let ep: Vec<Affine> = (0..g.c_out)
+                .map(|i| Affine {
+                    scale: 0.5 + i as f32,
+                    bias: if i % 2 == 0 { 0.0 } else { -1.0 },
+                    lo: -50.0,
+                    hi: f32::INFINITY,
+                })
+                .collect();
+            let mut want = vec![0f32; g.out_len()];
+            scalar::conv_shift_f32(&g, &xf, &w, 0, &ep, &mut want);
+            for k in dispatch::kernels() {
+                let KernelFn::ShiftF32(f) = k.f else { continue };
+                if !k.isa.available() || k.layers != dispatch::Layers::Depthwise {
+                    continue;
+                }
+                let plane = g.out_h() * g.out_w();
+                let mut got = vec![0f32; g.out_len()];
+                let split = g.c_out / 2;
+                f(
+                    &g,
+                    &xf,
+                    &w.sub_rows(0, split),
+                    0,
+                    &ep[..split],
+                    &mut got[..split * plane],
+                );
+                f(
+                    &g,
+                    &xf,
+                    &w.sub_rows(split, g.c_out - split),
+                    split,
+                    &ep[split..],
+                    &mut got[split * plane..],
+                );
+                for (i, (&a, &e)) in got.iter().zip(&want).enumerate() {
+                    // The flattened planes add padded taps as zeros: a zero
+                    // output's sign may differ (the documented exception).
+                    let zeros = a == 0.0 && e == 0.0;
+                    assert!(
+                        a.to_bits() == e.to_bits() || (a.is_nan() && e.is_nan()) || zeros,
+                        "kernel {} {g:?} b {b} out {i}: got {a:e} want {e:e}",
+                        k.name
+                    );
+                }
+                ran += 1;
+            }
+        }
+    }
+    let available = dispatch::kernels().any(|k| {
+        matches!(k.f, KernelFn::ShiftF32(_))
+            && k.layers == dispatch::Layers::Depthwise
+            && k.isa.available()
+    });
+    assert_eq!(ran > 0, available, "the dw-fexp kernels of this level ran");
+}

@@ -666,4 +666,27 @@ pub mod dw {
     ) {
         crate::depthwise::shift_i8(g, x, w, oc0, rq, out, shift_rows)
     }
+
+    /// One float tap along a run of output columns
+    /// ([`crate::depthwise_fexp::tap`]), out of line for the no-multiply
+    /// check.
+    #[inline(never)]
+    fn fexp_rows(acc: &mut [f32], src: &[f32], neg: bool, p: u32) -> bool {
+        crate::depthwise_fexp::tap(acc, src, neg, p)
+    }
+
+    /// `neon/dw-fexp`: equal, bit for bit, to
+    /// [`crate::scalar::conv_shift_f32`] on depthwise layers
+    /// ([`crate::depthwise::applies`]); no multiply in the taps. Panics if
+    /// the layer is not depthwise.
+    pub fn conv_fexp_f32(
+        g: &Conv2dGeom,
+        x: &[f32],
+        w: &PackedRows,
+        oc0: usize,
+        ep: &[crate::scalar::Affine],
+        out: &mut [f32],
+    ) {
+        crate::depthwise_fexp::fexp_f32(g, x, w, oc0, ep, out, fexp_rows)
+    }
 }

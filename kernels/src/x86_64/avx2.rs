@@ -818,4 +818,4 @@ pub fn conv_fexp_f32(
     tile::shift_f32::<Fexp>(Isa::Avx2, g, x, w, oc0, ep, out)
 }
 
-super::depthwise_kernel!(Avx2, "avx2", "avx2/dw-shift");
+super::depthwise_kernel!(Avx2, "avx2", "avx2/dw-shift", "avx2/dw-fexp");

@@ -763,4 +763,9 @@ pub fn conv_fma_f32(
     tile::shift_f32::<Fma>(Isa::Avx512, g, x, w, oc0, ep, out)
 }
 
-super::depthwise_kernel!(Avx512, "avx512f,avx512bw", "avx512/dw-shift");
+super::depthwise_kernel!(
+    Avx512,
+    "avx512f,avx512bw",
+    "avx512/dw-shift",
+    "avx512/dw-fexp"
+);

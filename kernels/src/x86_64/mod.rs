@@ -19,9 +19,11 @@
 /// `pub mod dw`: [`crate::depthwise`] compiled with `$features` (the taps
 /// of a chunk of a channel's flattened plane, vectorized by the compiler;
 /// no multiply in `dw::shift_rows`, which holds that inner loop and stays
-/// out of line so the no-multiply check finds it), registered as `$name`.
+/// out of line so the no-multiply check finds it), registered as `$name`;
+/// and its float twin [`crate::depthwise_fexp`] (inner loop
+/// `dw::fexp_rows`), registered as `$fname`.
 macro_rules! depthwise_kernel {
-    ($isa:ident, $features:literal, $name:literal) => {
+    ($isa:ident, $features:literal, $name:literal, $fname:literal) => {
         /// Depthwise layers: [`crate::depthwise`] compiled for this level.
         pub mod dw {
             use crate::depthwise::{Scratch, Taps};
@@ -70,6 +72,50 @@ macro_rules! depthwise_kernel {
                 // SAFETY: the level, hence `$features`, is available
                 // (checked above).
                 unsafe { conv(g, x, w, oc0, rq, out) }
+            }
+
+            /// One float tap along a run of output columns.
+            #[inline(never)]
+            #[target_feature(enable = $features)]
+            fn fexp_rows(acc: &mut [f32], src: &[f32], neg: bool, p: u32) -> bool {
+                crate::depthwise_fexp::tap(acc, src, neg, p)
+            }
+
+            #[target_feature(enable = $features)]
+            fn conv_f(
+                g: &Conv2dGeom,
+                x: &[f32],
+                w: &PackedRows,
+                oc0: usize,
+                ep: &[crate::scalar::Affine],
+                out: &mut [f32],
+            ) {
+                // As in `conv`: the closure inherits the features.
+                crate::depthwise_fexp::fexp_f32(g, x, w, oc0, ep, out, |a, s, n, p| {
+                    fexp_rows(a, s, n, p)
+                })
+            }
+
+            #[doc = concat!("`", $fname, "`: equal, bit for bit, to")]
+            /// [`crate::scalar::conv_shift_f32`] on depthwise layers
+            /// ([`crate::depthwise::applies`]); no multiply in the taps.
+            /// Panics if the CPU lacks the level or the layer is not
+            /// depthwise.
+            pub fn conv_fexp_f32(
+                g: &Conv2dGeom,
+                x: &[f32],
+                w: &PackedRows,
+                oc0: usize,
+                ep: &[crate::scalar::Affine],
+                out: &mut [f32],
+            ) {
+                assert!(
+                    Isa::$isa.available(),
+                    concat!($fname, " on a CPU without that level")
+                );
+                // SAFETY: the level, hence `$features`, is available
+                // (checked above).
+                unsafe { conv_f(g, x, w, oc0, ep, out) }
             }
         }
     };
