@@ -364,6 +364,7 @@ registry! { SIMD:
 }
 #[cfg(target_arch = "aarch64")]
 registry! { SIMD:
+    "neondot/gemm-dot" => NeonDot, Dot, Gemm, DecodedI8(crate::aarch64::gemm::conv_gemm_i8);
     "neon/dw-shift" => Neon, Shift, Depthwise, ShiftI8(crate::aarch64::neon::dw::conv_shift_i8);
     "neondot/dot" => NeonDot, Dot, All, ShiftI8(crate::aarch64::neon::conv_sdot_i8);
     "neon/lut" => Neon, Lut, All, ShiftI8(crate::aarch64::neon::conv_lut_i8);
@@ -631,6 +632,19 @@ pub fn forced_family() -> Option<Family> {
 /// | 3x3/2 conv 128 -> 256  | 131-135  | 62.4       | 63         | 17.3         |
 /// | 7x7/2 stem, 3 channels | 108-116  | 27.1       | 47-58      | 9.5          |
 /// | pointwise 16 -> 96     | 38-46    | 4.5        | 14.5       | 2.0          |
+///
+/// On aarch64 with `dotprod` ([`Isa::NeonDot`]) the same rule holds and
+/// the same decoded rows feed `neondot/gemm-dot` ([`crate::gemm::applies`]
+/// layers, under the default or a forced `dot`): pixels in the lanes,
+/// `sdot` by element with the lane selecting the step, so one `ldr q` of a
+/// row serves 4 steps. Its inner loop (8 rows x 8 pixels, 4 steps of 4
+/// weights, 1024 MACs) is 64 `sdot`, 4 `ldp q` of the panel, 8 `ldr q` of
+/// weights and 5 of loop control: 81 instructions, 0.079 per MAC (the
+/// tiled `neondot/dot`: a load and an `sdot` per 16 MACs, two of each at
+/// b = 4, plus the in-loop decode of the codes, 0.125-0.25 per MAC and
+/// more).
+/// Chosen on that count; qemu timings mean nothing, and no aarch64 board
+/// has measured it yet.
 ///
 /// The depthwise kernels ([`crate::depthwise`], a flattened plane per
 /// channel since) run the 3x3 64x56x56 depthwise layer in 125 us, 14.5 G
