@@ -1178,3 +1178,38 @@ fn depthwise_bands_segments_and_fallbacks() {
         }
     }
 }
+
+/// The decoded-row GEMMs at each width of their pixel blocks: `k` whose
+/// panel holds 64, 48, 32 and 16 pixels (`neondot/gemm-dot` sizes its
+/// blocks from `k`), on a plane of 100 pixels (full blocks and a tail of
+/// 4, a partial 8-pixel sub-block), 9 rows (a full 8-row block and a
+/// 1-row tail; split, 5 and 4), random 4-bit codes and, for the extremes,
+/// every weight +128 (a fix in every block) against -128 activations.
+#[test]
+fn gemm_block_widths_and_extremes() {
+    for c_in in [512usize, 600, 700, 1100] {
+        let g = Conv2dGeom {
+            c_in,
+            h: 10,
+            w: 10,
+            c_out: 9,
+            kh: 3,
+            kw: 3,
+            stride: [1, 1],
+            pads: [1; 4],
+            dilation: [1, 1],
+            groups: 1,
+        };
+        check_i8(&case(g, 4, c_in as u64)).unwrap();
+        let mut c = case(g, 4, c_in as u64 + 1);
+        c.codes.fill(0b0111);
+        pack(&c.codes, c.bits, g.c_out, g.k(), &mut c.packed);
+        c.x.fill(-128);
+        for (i, v) in c.x.iter_mut().enumerate() {
+            if i % 5 == 0 {
+                *v = 127;
+            }
+        }
+        check_i8(&c).unwrap();
+    }
+}
