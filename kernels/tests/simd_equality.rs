@@ -1213,3 +1213,38 @@ fn gemm_block_widths_and_extremes() {
         check_i8(&c).unwrap();
     }
 }
+
+/// The runtime decodes a layer's codes at load exactly when
+/// `decoded_kernel` (the selection below under the process settings,
+/// which other tests change meanwhile) names a SIMD kernel: on aarch64
+/// that is `neondot/gemm-dot` with dotprod (qemu `-cpu max`) and the
+/// scalar reference without it (`-cpu cortex-a72`: the layer keeps its
+/// codes).
+#[cfg(target_arch = "aarch64")]
+#[test]
+fn aarch64_decoded_kernel_follows_dotprod() {
+    let g = Conv2dGeom {
+        c_in: 16,
+        h: 8,
+        w: 8,
+        c_out: 16,
+        kh: 3,
+        kw: 3,
+        stride: [1, 1],
+        pads: [1; 4],
+        dilation: [1, 1],
+        groups: 1,
+    };
+    assert!(gemm::applies(&g));
+    let dot = Isa::NeonDot.available();
+    let got = dispatch::select_with(Op::DecodedI8, &g, dispatch::detected(), None);
+    assert_eq!(
+        got.name,
+        if dot {
+            "neondot/gemm-dot"
+        } else {
+            "scalar/decoded-i8"
+        }
+    );
+    eprintln!("dotprod {dot}: decoded-row kernel {}", got.name);
+}
