@@ -639,7 +639,7 @@ pub fn forced_family() -> Option<Family> {
 /// `sdot` by element with the lane selecting the step, so one `ldr q` of a
 /// row serves 4 steps. Its inner loop (8 rows x 8 pixels, 4 steps of 4
 /// weights, 1024 MACs) is 64 `sdot`, 4 `ldp q` of the panel, 8 `ldr q` of
-/// weights and 5 of loop control: 81 instructions, 0.079 per MAC (the
+/// weights and 3 of loop control: 79 instructions, 0.077 per MAC (the
 /// tiled `neondot/dot`: a load and an `sdot` per 16 MACs, two of each at
 /// b = 4, plus the in-loop decode of the codes, 0.125-0.25 per MAC and
 /// more).
@@ -753,8 +753,10 @@ pub const MIN_LINEAR_BATCH: usize = 8;
 /// outputs under the process settings, if it runs here (`(name, fn)`): the
 /// runtime decodes such a layer's codes at load, as for convs
 /// ([`decoded_kernel`]). Only with `dot` allowed (no forced
-/// multiplication-free family), at the AVX-512 level, for batches of at
-/// least [`MIN_LINEAR_BATCH`] rows and 16 outputs.
+/// multiplication-free family), at the AVX-512 level (`avx512/gemm-dot`)
+/// or on aarch64 with `dotprod` (`neondot/gemm-dot`,
+/// `crate::aarch64::gemm::linear_gemm_i8`), for batches of at least
+/// [`MIN_LINEAR_BATCH`] rows and 16 outputs.
 pub fn decoded_linear(m: usize, k: usize, n: usize) -> Option<(&'static str, LinFn)> {
     let dot_ok = matches!(
         forced_family(),
@@ -764,6 +766,10 @@ pub fn decoded_linear(m: usize, k: usize, n: usize) -> Option<(&'static str, Lin
     #[cfg(target_arch = "x86_64")]
     if dot_ok && fits && Isa::Avx512.runs_on(isa()) {
         return Some(("avx512/gemm-dot", crate::x86_64::gemm::linear_gemm_i8));
+    }
+    #[cfg(target_arch = "aarch64")]
+    if dot_ok && fits && Isa::NeonDot.runs_on(isa()) {
+        return Some(("neondot/gemm-dot", crate::aarch64::gemm::linear_gemm_i8));
     }
     let _ = (dot_ok, fits);
     None

@@ -956,11 +956,24 @@ fn gemm_long_k_panels() {
     }
 }
 
+/// The batched linear GEMM of this target, if this CPU runs it.
+fn linear_gemm() -> Option<dispatch::LinFn> {
+    #[cfg(target_arch = "x86_64")]
+    if Isa::Avx512.available() {
+        return Some(shiftnn_kernels::x86_64::gemm::linear_gemm_i8);
+    }
+    #[cfg(target_arch = "aarch64")]
+    if Isa::NeonDot.available() {
+        return Some(shiftnn_kernels::aarch64::gemm::linear_gemm_i8);
+    }
+    None
+}
+
 /// Batched linear layers through the pixel-lane GEMM (batch rows in the
-/// lanes, `vpgatherdd` panel), where this CPU runs it: each output row
-/// equals `scalar` on that input row; batches around the 16-lane vectors
-/// and 64-row blocks, `k` with and without a partial last step.
-#[cfg(target_arch = "x86_64")]
+/// lanes; `vpgatherdd` panel on x86, 8-row sub-blocks on aarch64), where
+/// this CPU runs it: each output row equals `scalar` on that input row;
+/// batches around the vectors and 64-row blocks, `k` with and without a
+/// partial last step.
 fn check_linear_batch(
     m: usize,
     k: usize,
@@ -968,7 +981,10 @@ fn check_linear_batch(
     b: u32,
     seed: u64,
 ) -> Result<(), TestCaseError> {
-    if !Isa::Avx512.available() || k > gemm::MAX_K {
+    let Some(f) = linear_gemm() else {
+        return Ok(());
+    };
+    if k > gemm::MAX_K {
         return Ok(());
     }
     let g = Conv2dGeom::linear(k, n);
@@ -992,12 +1008,11 @@ fn check_linear_batch(
     gemm::decode(&w, &mut dw, &mut corr, &mut at, &mut fix);
     let d = gemm::DecodedRows::new(&dw, &corr, &at, &fix, k).unwrap();
     let mut got = vec![0i8; m * n];
-    shiftnn_kernels::x86_64::gemm::linear_gemm_i8(&x, m, &d, &c.rq, &mut got);
+    f(&x, m, &d, &c.rq, &mut got);
     prop_assert_eq!(&got, &want, "m {} k {} n {} b {}", m, k, n, b);
     Ok(())
 }
 
-#[cfg(target_arch = "x86_64")]
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
 
@@ -1014,7 +1029,6 @@ proptest! {
 }
 
 /// Long rows: every panel width of the batched GEMM.
-#[cfg(target_arch = "x86_64")]
 #[test]
 fn linear_batches_long_k() {
     for (m, k) in [
