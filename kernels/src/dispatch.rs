@@ -366,6 +366,7 @@ registry! { SIMD:
 }
 #[cfg(target_arch = "aarch64")]
 registry! { SIMD:
+    "neondot/gemm-dot" => NeonDot, Dot, Gemm, DecodedI8(crate::aarch64::gemm::conv_gemm_i8);
     "neon/dw-shift" => Neon, Shift, Depthwise, ShiftI8(crate::aarch64::neon::dw::conv_shift_i8);
     "neon/dw-fexp" => Neon, Fexp, Depthwise, ShiftF32(crate::aarch64::neon::dw::conv_fexp_f32);
     "neondot/dot" => NeonDot, Dot, All, ShiftI8(crate::aarch64::neon::conv_sdot_i8);
@@ -640,6 +641,19 @@ pub fn forced_family() -> Option<Family> {
 /// | 7x7/2 stem, 3 channels | 108-116  | 27.1       | 47-58      | 9.5          |
 /// | pointwise 16 -> 96     | 38-46    | 4.5        | 14.5       | 2.0          |
 ///
+/// On aarch64 with `dotprod` ([`Isa::NeonDot`]) the same rule holds and
+/// the same decoded rows feed `neondot/gemm-dot` ([`crate::gemm::applies`]
+/// layers, under the default or a forced `dot`): pixels in the lanes,
+/// `sdot` by element with the lane selecting the step, so one `ldr q` of a
+/// row serves 4 steps. Its inner loop (8 rows x 8 pixels, 4 steps of 4
+/// weights, 1024 MACs) is 64 `sdot`, 4 `ldp q` of the panel, 8 `ldr q` of
+/// weights and 3 of loop control: 79 instructions, 0.077 per MAC (the
+/// tiled `neondot/dot`: a load and an `sdot` per 16 MACs, two of each at
+/// b = 4, plus the in-loop decode of the codes, 0.125-0.25 per MAC and
+/// more).
+/// Chosen on that count; qemu timings mean nothing, and no aarch64 board
+/// has measured it yet.
+///
 /// The depthwise kernels ([`crate::depthwise`], a flattened plane per
 /// channel since) run the 3x3 64x56x56 depthwise layer in 125 us, 14.5 G
 /// MACs/s.
@@ -750,8 +764,10 @@ pub const MIN_LINEAR_BATCH: usize = 8;
 /// outputs under the process settings, if it runs here (`(name, fn)`): the
 /// runtime decodes such a layer's codes at load, as for convs
 /// ([`decoded_kernel`]). Only with `dot` allowed (no forced
-/// multiplication-free family), at the AVX-512 level, for batches of at
-/// least [`MIN_LINEAR_BATCH`] rows and 16 outputs.
+/// multiplication-free family), at the AVX-512 level (`avx512/gemm-dot`)
+/// or on aarch64 with `dotprod` (`neondot/gemm-dot`,
+/// `crate::aarch64::gemm::linear_gemm_i8`), for batches of at least
+/// [`MIN_LINEAR_BATCH`] rows and 16 outputs.
 pub fn decoded_linear(m: usize, k: usize, n: usize) -> Option<(&'static str, LinFn)> {
     let dot_ok = matches!(
         forced_family(),
@@ -761,6 +777,10 @@ pub fn decoded_linear(m: usize, k: usize, n: usize) -> Option<(&'static str, Lin
     #[cfg(target_arch = "x86_64")]
     if dot_ok && fits && Isa::Avx512.runs_on(isa()) {
         return Some(("avx512/gemm-dot", crate::x86_64::gemm::linear_gemm_i8));
+    }
+    #[cfg(target_arch = "aarch64")]
+    if dot_ok && fits && Isa::NeonDot.runs_on(isa()) {
+        return Some(("neondot/gemm-dot", crate::aarch64::gemm::linear_gemm_i8));
     }
     let _ = (dot_ok, fits);
     None

@@ -956,11 +956,24 @@ fn gemm_long_k_panels() {
     }
 }
 
+/// The batched linear GEMM of this target, if this CPU runs it.
+fn linear_gemm() -> Option<dispatch::LinFn> {
+    #[cfg(target_arch = "x86_64")]
+    if Isa::Avx512.available() {
+        return Some(shiftnn_kernels::x86_64::gemm::linear_gemm_i8);
+    }
+    #[cfg(target_arch = "aarch64")]
+    if Isa::NeonDot.available() {
+        return Some(shiftnn_kernels::aarch64::gemm::linear_gemm_i8);
+    }
+    None
+}
+
 /// Batched linear layers through the pixel-lane GEMM (batch rows in the
-/// lanes, `vpgatherdd` panel), where this CPU runs it: each output row
-/// equals `scalar` on that input row; batches around the 16-lane vectors
-/// and 64-row blocks, `k` with and without a partial last step.
-#[cfg(target_arch = "x86_64")]
+/// lanes; `vpgatherdd` panel on x86, 8-row sub-blocks on aarch64), where
+/// this CPU runs it: each output row equals `scalar` on that input row;
+/// batches around the vectors and 64-row blocks, `k` with and without a
+/// partial last step.
 fn check_linear_batch(
     m: usize,
     k: usize,
@@ -968,7 +981,10 @@ fn check_linear_batch(
     b: u32,
     seed: u64,
 ) -> Result<(), TestCaseError> {
-    if !Isa::Avx512.available() || k > gemm::MAX_K {
+    let Some(f) = linear_gemm() else {
+        return Ok(());
+    };
+    if k > gemm::MAX_K {
         return Ok(());
     }
     let g = Conv2dGeom::linear(k, n);
@@ -992,12 +1008,11 @@ fn check_linear_batch(
     gemm::decode(&w, &mut dw, &mut corr, &mut at, &mut fix);
     let d = gemm::DecodedRows::new(&dw, &corr, &at, &fix, k).unwrap();
     let mut got = vec![0i8; m * n];
-    shiftnn_kernels::x86_64::gemm::linear_gemm_i8(&x, m, &d, &c.rq, &mut got);
+    f(&x, m, &d, &c.rq, &mut got);
     prop_assert_eq!(&got, &want, "m {} k {} n {} b {}", m, k, n, b);
     Ok(())
 }
 
-#[cfg(target_arch = "x86_64")]
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
 
@@ -1014,7 +1029,6 @@ proptest! {
 }
 
 /// Long rows: every panel width of the batched GEMM.
-#[cfg(target_arch = "x86_64")]
 #[test]
 fn linear_batches_long_k() {
     for (m, k) in [
@@ -1294,4 +1308,74 @@ fn depthwise_float_equals_scalar_bitwise() {
             && k.isa.available()
     });
     assert_eq!(ran > 0, available, "the dw-fexp kernels of this level ran");
+}
+
+/// The decoded-row GEMMs at each width of their pixel blocks: `k` whose
+/// panel holds 64, 48, 32 and 16 pixels (`neondot/gemm-dot` sizes its
+/// blocks from `k`), on a plane of 100 pixels (full blocks and a tail of
+/// 4, a partial 8-pixel sub-block), 9 rows (a full 8-row block and a
+/// 1-row tail; split, 5 and 4), random 4-bit codes and, for the extremes,
+/// every weight +128 (a fix in every block) against -128 activations.
+#[test]
+fn gemm_block_widths_and_extremes() {
+    for c_in in [512usize, 600, 700, 1100] {
+        let g = Conv2dGeom {
+            c_in,
+            h: 10,
+            w: 10,
+            c_out: 9,
+            kh: 3,
+            kw: 3,
+            stride: [1, 1],
+            pads: [1; 4],
+            dilation: [1, 1],
+            groups: 1,
+        };
+        check_i8(&case(g, 4, c_in as u64)).unwrap();
+        let mut c = case(g, 4, c_in as u64 + 1);
+        c.codes.fill(0b0111);
+        pack(&c.codes, c.bits, g.c_out, g.k(), &mut c.packed);
+        c.x.fill(-128);
+        for (i, v) in c.x.iter_mut().enumerate() {
+            if i % 5 == 0 {
+                *v = 127;
+            }
+        }
+        check_i8(&c).unwrap();
+    }
+}
+
+/// The runtime decodes a layer's codes at load exactly when
+/// `decoded_kernel` (the selection below under the process settings,
+/// which other tests change meanwhile) names a SIMD kernel: on aarch64
+/// that is `neondot/gemm-dot` with dotprod (qemu `-cpu max`) and the
+/// scalar reference without it (`-cpu cortex-a72`: the layer keeps its
+/// codes).
+#[cfg(target_arch = "aarch64")]
+#[test]
+fn aarch64_decoded_kernel_follows_dotprod() {
+    let g = Conv2dGeom {
+        c_in: 16,
+        h: 8,
+        w: 8,
+        c_out: 16,
+        kh: 3,
+        kw: 3,
+        stride: [1, 1],
+        pads: [1; 4],
+        dilation: [1, 1],
+        groups: 1,
+    };
+    assert!(gemm::applies(&g));
+    let dot = Isa::NeonDot.available();
+    let got = dispatch::select_with(Op::DecodedI8, &g, dispatch::detected(), None);
+    assert_eq!(
+        got.name,
+        if dot {
+            "neondot/gemm-dot"
+        } else {
+            "scalar/decoded-i8"
+        }
+    );
+    eprintln!("dotprod {dot}: decoded-row kernel {}", got.name);
 }

@@ -3,4 +3,5 @@
 //! without it. Tested under qemu-user (`scripts/test-aarch64.sh`) with
 //! `-cpu cortex-a72` (no dotprod) and the default `max`.
 
+pub mod gemm;
 pub mod neon;
