@@ -401,20 +401,55 @@ pub(super) unsafe fn requant16(acc: __m512i, rq: &Requant) -> __m128i {
     _mm512_cvtepi32_epi8(y)
 }
 
-/// Where requantized outputs go: `emit(r, y, a, b)` stores row `r`'s
-/// lanes `a .. b` of `y` (lane `l` being pixel `l` of the block).
-pub(super) trait Emit: FnMut(usize, &[i8; 64], usize, usize) {}
-impl<F: FnMut(usize, &[i8; 64], usize, usize)> Emit for F {}
+/// Where a call's requantized outputs go: row `r`, lane `l` (pixel `l` of
+/// the block) at `base + r * rs + l * ls`. A conv block: `rs` is the
+/// output plane and `ls` 1, so a row's lanes are one masked store; a
+/// linear batch: `rs` is 1 and `ls` the outputs per batch row. (A closure
+/// here compiled without the kernel's target features, so it could not
+/// be inlined: a call, a `memset` and a `memcpy` per row and block, 2.3%
+/// of ResNet-18.)
+#[derive(Clone, Copy)]
+pub(super) struct Sink {
+    base: *mut i8,
+    rs: usize,
+    ls: usize,
+}
+
+impl Sink {
+    /// Store lanes `a .. b` (`a < b <= 64`) of `v` as row `r`'s.
+    ///
+    /// # Safety
+    /// AVX-512 F/BW available; those lanes' destinations are valid for
+    /// writes.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    #[inline]
+    unsafe fn put(&self, r: usize, v: __m512i, a: usize, b: usize) {
+        let p = self.base.wrapping_add(r * self.rs);
+        if self.ls == 1 {
+            // SAFETY: the enabled bytes are lanes a .. b, valid (the
+            // caller); masked-off bytes are not accessed.
+            unsafe { _mm512_mask_storeu_epi8(p.cast(), lanes(a, b), v) };
+        } else {
+            let mut y = [0i8; 64];
+            // SAFETY: `y` is 64 bytes; lane l's destination is valid.
+            unsafe {
+                _mm512_storeu_si512(y.as_mut_ptr().cast(), v);
+                for (l, &y) in y.iter().enumerate().take(b).skip(a) {
+                    *p.wrapping_add(l * self.ls) = y;
+                }
+            }
+        }
+    }
+}
 
 /// Row `r`'s epilogue for the accumulators of vector `v` of a block:
 /// the offset correction, the row's +128 fixes (one `vpdpbusd` on the
-/// panel's vector `v` of the fix's step each) and requantization into
-/// `y[16 v ..]`.
+/// panel's vector `v` of the fix's step each) and requantization: the
+/// vector's 16 outputs.
 ///
 /// # Safety
 /// AVX-512 F/BW/VL/VNNI available; step `kb` of vector `v` is at
 /// `panel + kb * pstride + 64 v`, initialized, for every step of `d`.
-#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 #[inline]
 unsafe fn finish(
@@ -425,8 +460,7 @@ unsafe fn finish(
     pstride: usize,
     v: usize,
     rq: &Requant,
-    y: &mut [i8; 64],
-) {
+) -> __m128i {
     a = _mm512_add_epi32(a, _mm512_set1_epi32(d.corr(r)));
     for f in d.fixes(r) {
         // SAFETY: f.kb < steps (checked by DecodedRows::new); the caller
@@ -435,24 +469,44 @@ unsafe fn finish(
         a = _mm512_dpbusd_epi32(a, p, _mm512_set1_epi32(f.word));
     }
     if rq.offset.unsigned_abs() < 1 << 62 {
-        // SAFETY: y has 64 bytes; v < 4.
-        unsafe { _mm_storeu_si128(y.as_mut_ptr().add(16 * v).cast(), requant16(a, rq)) };
+        // SAFETY: the features are enabled (this function's contract).
+        unsafe { requant16(a, rq) }
     } else {
-        let mut tile = [0i32; 16];
-        // SAFETY: tile has 16 i32 lanes.
+        let (mut tile, mut y) = ([0i32; 16], [0i8; 16]);
+        // SAFETY: `tile` has 16 i32 lanes, `y` 16 bytes.
         unsafe { _mm512_storeu_si512(tile.as_mut_ptr().cast(), a) };
-        rq.apply_run(&tile, &mut y[16 * v..16 * v + 16]);
+        rq.apply_run(&tile, &mut y);
+        // SAFETY: as above.
+        unsafe { _mm_loadu_si128(y.as_ptr().cast()) }
     }
 }
 
+/// Four vectors of 16 outputs as one of 64 (vector `v` in lanes
+/// `16 v ..`; missing ones zero).
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn join(q: &[__m128i]) -> __m512i {
+    let mut y = _mm512_setzero_si512();
+    for (v, &q) in q.iter().enumerate() {
+        y = match v {
+            0 => _mm512_inserti32x4::<0>(y, q),
+            1 => _mm512_inserti32x4::<1>(y, q),
+            2 => _mm512_inserti32x4::<2>(y, q),
+            _ => _mm512_inserti32x4::<3>(y, q),
+        };
+    }
+    y
+}
+
 /// Rows `r0 .. r1` of `d` against the panel (`NV` vectors, `cnt` pixels,
-/// a step every `pstride` bytes), `MR` rows at a time; `emit` gets each
+/// a step every `pstride` bytes), `MR` rows at a time; `out` gets each
 /// row's `cnt` requantized outputs.
 ///
 /// # Safety
 /// AVX-512 F/BW/VL/VNNI available; the panel holds `kp / 4` steps of
 /// `pstride >= NV * 64` bytes at `panel` (64-byte aligned), their first
-/// `NV * 64` bytes initialized; rows within `rq`.
+/// `NV * 64` bytes initialized; rows within `rq`; `out` valid for rows
+/// `r0 .. r1`, lanes `0 .. cnt`.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn rows<const NV: usize, const MR: usize>(
@@ -463,7 +517,7 @@ unsafe fn rows<const NV: usize, const MR: usize>(
     pstride: usize,
     cnt: usize,
     rq: &[Requant],
-    emit: &mut impl Emit,
+    out: Sink,
 ) {
     let steps = d.kp() / 4;
     let mut rb = r0;
@@ -493,12 +547,12 @@ unsafe fn rows<const NV: usize, const MR: usize>(
             if r >= r1 {
                 break;
             }
-            let mut y = [0i8; 64];
-            for (v, &a) in acc.iter().enumerate() {
-                // SAFETY: forwarded; v < NV.
-                unsafe { finish(d, r, a, panel, pstride, v, &rq[r], &mut y) };
-            }
-            emit(r, &y, 0, cnt);
+            // SAFETY: forwarded; v < NV.
+            let q: [__m128i; NV] = core::array::from_fn(|v| unsafe {
+                finish(d, r, acc[v], panel, pstride, v, &rq[r])
+            });
+            // SAFETY: lanes 0 .. cnt of row r are the caller's to write.
+            unsafe { out.put(r, join(&q), 0, cnt) };
         }
         rb += MR;
     }
@@ -519,15 +573,15 @@ unsafe fn run_rows(
     pstride: usize,
     cnt: usize,
     rq: &[Requant],
-    emit: &mut impl Emit,
+    out: Sink,
 ) {
     // SAFETY: forwarded.
     unsafe {
         match nv {
-            4 => rows::<4, 6>(d, r0, r1, panel, pstride, cnt, rq, emit),
-            3 => rows::<3, 8>(d, r0, r1, panel, pstride, cnt, rq, emit),
-            2 => rows::<2, 12>(d, r0, r1, panel, pstride, cnt, rq, emit),
-            _ => rows::<1, 12>(d, r0, r1, panel, pstride, cnt, rq, emit),
+            4 => rows::<4, 6>(d, r0, r1, panel, pstride, cnt, rq, out),
+            3 => rows::<3, 8>(d, r0, r1, panel, pstride, cnt, rq, out),
+            2 => rows::<2, 12>(d, r0, r1, panel, pstride, cnt, rq, out),
+            _ => rows::<1, 12>(d, r0, r1, panel, pstride, cnt, rq, out),
         }
     }
 }
@@ -594,11 +648,11 @@ unsafe fn tail_patches(
 /// panel's vector `v`, whose patches [`tail_patches`] put at `pp`, in
 /// passes of `TAIL_PX` pixels: a row of weights and a patch meet 16
 /// steps at a time in one `vpdpbusd` (the GEMV layout), summed across
-/// lanes at the end. `emit` gets lanes `16 v .. 16 v + t`.
+/// lanes at the end. `out` gets lanes `16 v .. 16 v + t`.
 ///
 /// # Safety
 /// AVX-512 F/BW/VL/VNNI available; as [`tail_patches`], the patches
-/// written.
+/// written; `out` valid for rows `r0 .. r1`, lanes `16 v .. 16 v + t`.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn tail(
@@ -611,7 +665,7 @@ unsafe fn tail(
     t: usize,
     pp: *const u8,
     rq: &[Requant],
-    emit: &mut impl Emit,
+    out: Sink,
 ) {
     let mut j0 = 0;
     while j0 < t {
@@ -620,10 +674,10 @@ unsafe fn tail(
         // SAFETY: forwarded; patches j0 .. j0 + tg are written.
         unsafe {
             match tg {
-                1 => tail_pass::<1>(d, r0, r1, panel, pstride, v, j0, pj, rq, emit),
-                2 => tail_pass::<2>(d, r0, r1, panel, pstride, v, j0, pj, rq, emit),
-                3 => tail_pass::<3>(d, r0, r1, panel, pstride, v, j0, pj, rq, emit),
-                _ => tail_pass::<4>(d, r0, r1, panel, pstride, v, j0, pj, rq, emit),
+                1 => tail_pass::<1>(d, r0, r1, panel, pstride, v, j0, pj, rq, out),
+                2 => tail_pass::<2>(d, r0, r1, panel, pstride, v, j0, pj, rq, out),
+                3 => tail_pass::<3>(d, r0, r1, panel, pstride, v, j0, pj, rq, out),
+                _ => tail_pass::<4>(d, r0, r1, panel, pstride, v, j0, pj, rq, out),
             }
         }
         j0 += tg;
@@ -647,7 +701,7 @@ unsafe fn tail_pass<const TG: usize>(
     j0: usize,
     pp: *const u8,
     rq: &[Requant],
-    emit: &mut impl Emit,
+    out: Sink,
 ) {
     const RB: usize = 4;
     let steps = d.kp() / 4;
@@ -689,13 +743,15 @@ unsafe fn tail_pass<const TG: usize>(
             for (j, &a) in acc.iter().enumerate() {
                 lanes[j0 + j] = _mm512_reduce_add_epi32(a);
             }
-            let mut y = [0i8; 64];
-            // SAFETY: `lanes` is 64 bytes; panel as the caller vouches.
+            // SAFETY: `lanes` is 64 bytes; panel as the caller vouches;
+            // lanes 16 v + j0 .. + TG of row r are the caller's to write.
             unsafe {
                 let a = _mm512_loadu_si512(lanes.as_ptr().cast());
-                finish(d, r, a, panel, pstride, v, &rq[r], &mut y);
+                // Lane j of vector v is block lane 16 v + j.
+                let mut q = [_mm_setzero_si128(); 4];
+                q[v] = finish(d, r, a, panel, pstride, v, &rq[r]);
+                out.put(r, join(&q), 16 * v + j0, 16 * v + j0 + TG);
             }
-            emit(r, &y, 16 * v + j0, 16 * v + j0 + TG);
         }
         rb += RB;
     }
@@ -722,24 +778,24 @@ unsafe fn conv(
     let pp = panel.as_mut_ptr().cast::<u8>();
     let mut patches = MaybeUninit::<Patches>::uninit();
     let tp = patches.as_mut_ptr().cast::<u8>();
+    // Written only through the sinks below, within rows and pixels of the
+    // call (checked by conv_gemm_i8).
+    let op = out.as_mut_ptr();
     for_blocks(g, n, oc0, 16 * nv_max, |grp, r, r_end, q0, blk| {
         let cnt = blk.pixels();
         let nv = cnt.div_ceil(16);
         let (whole, t) = (cnt / 16, cnt % 16);
-        let mut emit = |r: usize, y: &[i8; 64], a: usize, b: usize| {
-            let o = &mut out[r * plane + q0..];
-            if b - a == 64 {
-                // A constant length: stored inline, not through memmove
-                // (a call per row and block had cost 2.6% of ResNet-18).
-                o[..64].copy_from_slice(y);
-            } else {
-                o[a..b].copy_from_slice(&y[a..b]);
-            }
+        let sink = Sink {
+            base: op.wrapping_add(q0),
+            rs: plane,
+            ls: 1,
         };
         // SAFETY: kp / 4 * nv * 64 <= PANEL_BYTES by the choice of nv_max;
         // the panel (steps nv * 64 bytes apart) is written before `rows`
         // and `tail` read it; whole < nv, t < 16 and t * kp <= TAIL_BYTES
-        // when the tail runs, its patches written first.
+        // when the tail runs, its patches written first; the sink's rows
+        // r .. r_end < n and lanes below cnt are pixels q0 .. q0 + cnt of
+        // planes within `out` (conv_gemm_i8 checked its length).
         unsafe {
             build_panel(g, x, grp, blk, nv, pp);
             if tail_fits(t, d.kp()) {
@@ -750,13 +806,13 @@ unsafe fn conv(
                 while rc < r_end {
                     let re = r_end.min(rc + TAIL_CHUNK);
                     if whole > 0 {
-                        run_rows(whole, d, rc, re, pp, nv * 64, 16 * whole, rq, &mut emit);
+                        run_rows(whole, d, rc, re, pp, nv * 64, 16 * whole, rq, sink);
                     }
-                    tail(d, rc, re, pp, nv * 64, whole, t, tp, rq, &mut emit);
+                    tail(d, rc, re, pp, nv * 64, whole, t, tp, rq, sink);
                     rc = re;
                 }
             } else {
-                run_rows(nv, d, r, r_end, pp, nv * 64, cnt, rq, &mut emit);
+                run_rows(nv, d, r, r_end, pp, nv * 64, cnt, rq, sink);
             }
         }
     });
@@ -885,20 +941,24 @@ unsafe fn linear(x: &[i8], m: usize, d: &DecodedRows, rq: &[Requant], out: &mut 
     let nv_max = (PANEL_BYTES / (d.kp().max(4) * 16)).clamp(1, 4);
     let mut panel = MaybeUninit::<Panel>::uninit();
     let pp = panel.as_mut_ptr().cast::<u8>();
+    // Written only through the sinks below: batch rows j0 .. j0 + cnt of
+    // n outputs each (lengths checked by linear_gemm_i8).
+    let op = out.as_mut_ptr();
     let mut j0 = 0;
     while j0 < m {
         let cnt = (m - j0).min(16 * nv_max);
         let nv = cnt.div_ceil(16);
-        let mut emit = |r: usize, y: &[i8; 64], a: usize, b: usize| {
-            for (j, &v) in y.iter().enumerate().take(b).skip(a) {
-                out[(j0 + j) * n + r] = v;
-            }
+        let sink = Sink {
+            base: op.wrapping_add(j0 * n),
+            rs: 1,
+            ls: n,
         };
         // SAFETY: the panel holds kp / 4 * nv * 64 <= PANEL_BYTES bytes,
-        // written before `rows` reads them; x holds m rows of k.
+        // written before `rows` reads them; x holds m rows of k; the sink
+        // writes outputs 0 .. n of batch rows j0 .. j0 + cnt <= m.
         unsafe {
             build_rows_panel(x, k, j0, cnt, nv, pp);
-            run_rows(nv, d, 0, n, pp, nv * 64, cnt, rq, &mut emit);
+            run_rows(nv, d, 0, n, pp, nv * 64, cnt, rq, sink);
         }
         j0 += cnt;
     }
