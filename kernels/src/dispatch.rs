@@ -357,6 +357,7 @@ registry! { SIMD:
     "avx2/lut" => Avx2, Lut, All, ShiftI8(crate::x86_64::avx2::conv_lut_i8);
     "avx512/shift" => Avx512, Shift, All, ShiftI8(crate::x86_64::avx512::conv_shift_i8);
     "avx2/shift" => Avx2, Shift, All, ShiftI8(crate::x86_64::avx2::conv_shift_i8);
+    "avx512/gemm-fexp" => Avx512, Fexp, Gemm, ShiftF32(crate::x86_64::gemm_fexp::conv_gemm_fexp_f32);
     "avx512/fexp" => Avx512, Fexp, All, ShiftF32(crate::x86_64::avx512::conv_fexp_f32);
     "avx2/fexp" => Avx2, Fexp, All, ShiftF32(crate::x86_64::avx2::conv_fexp_f32);
     "avx512/w8" => Avx512, Dot, All, W8I8(crate::x86_64::avx512::conv_w8_i8);
