@@ -15,7 +15,7 @@
 //!   become 64 broadcast constants, `(p << 23) | (s << 31)`, by the
 //!   `vpermb`/`vpmultishiftqb` decode of `avx512/fexp` and a 16-entry
 //!   `vpermd` table, into a small stack buffer.
-//! * **Microkernel** ([`fexp_rows`]). `MR` rows by `NV` vectors (6 x 4,
+//! * **Microkernel** (`fexp_rows`). `MR` rows by `NV` vectors (6 x 4,
 //!   8 x 3, 12 x 2, 12 x 1: 24 or fewer accumulators); per weight tap,
 //!   `NV` panel loads and `NV` masks of the nonzero activations (computed
 //!   once when the panel is built, loaded by `kmovw`), then per row one
@@ -37,7 +37,7 @@
 //! [`conv_gemm_fma_f32`] is the same kernel with the weight as a float and
 //! `vfmadd231ps`: the baseline the `fexp` target is measured against.
 //!
-//! The panel shares the stack buffer of the int8 GEMM ([`PANEL_BYTES`]):
+//! The panel shares the stack buffer of the int8 GEMM (`PANEL_BYTES`):
 //! `k * 64` bytes per vector of 16 pixels, so up to 64 pixels per block
 //! for `k <= 1152`, 16 for `k <= 4608`; beyond that the call runs the
 //! tiled `avx512/fexp` (or its FMA baseline) instead.
