@@ -135,6 +135,20 @@ fn bench(c: &mut Criterion) {
                     })
                 });
             }
+            // The FMA baseline of `avx512/gemm-fexp` (registered, so run
+            // above on its layers): same blocks, panel and decode, a
+            // multiply-add per weight.
+            #[cfg(target_arch = "x86_64")]
+            if dispatch::Isa::Avx512.available() && gemm::applies(&g) {
+                let id = BenchmarkId::new("avx512/gemm-fma-baseline", format!("{name}/b{b}"));
+                group.bench_function(id, |bn| {
+                    bn.iter(|| {
+                        shiftnn_kernels::x86_64::gemm_fexp::conv_gemm_fma_f32(
+                            &g, &xf, &w, 0, &ep, &mut of,
+                        )
+                    })
+                });
+            }
         }
         // Int8 weights (kept layers): the registered w8 kernels, and the
         // multiply-based float reference.

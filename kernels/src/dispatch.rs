@@ -359,6 +359,7 @@ registry! { SIMD:
     "avx2/lut" => Avx2, Lut, All, ShiftI8(crate::x86_64::avx2::conv_lut_i8);
     "avx512/shift" => Avx512, Shift, All, ShiftI8(crate::x86_64::avx512::conv_shift_i8);
     "avx2/shift" => Avx2, Shift, All, ShiftI8(crate::x86_64::avx2::conv_shift_i8);
+    "avx512/gemm-fexp" => Avx512, Fexp, Gemm, ShiftF32(crate::x86_64::gemm_fexp::conv_gemm_fexp_f32);
     "avx512/fexp" => Avx512, Fexp, All, ShiftF32(crate::x86_64::avx512::conv_fexp_f32);
     "avx2/fexp" => Avx2, Fexp, All, ShiftF32(crate::x86_64::avx2::conv_fexp_f32);
     "avx512/w8" => Avx512, Dot, All, W8I8(crate::x86_64::avx512::conv_w8_i8);
@@ -597,6 +598,32 @@ pub fn forced_family() -> Option<Family> {
 /// for the tiled kernels; pointwise 16 -> 96 at 112x112: `avx512/pw-dot`
 /// 23.7 G, `avx512/dot` 4.5 G.) The same order as on AVX2, so the same
 /// rule; the pixel-lane kernels' reach differs (`pointwise::MAX_K_TINY`).
+///
+/// Float layers (`Op::ShiftF32`) that fit the pixel-lane GEMM
+/// ([`crate::gemm::applies`]) take `avx512/gemm-fexp`
+/// ([`crate::x86_64::gemm_fexp`]): pixels in the lanes, an f32 panel per
+/// block of 64 pixels, codes decoded in place to exponent constants, one
+/// `vpaddd` and one masked `vaddps` per 16 MACs. Its unregistered FMA
+/// baseline `avx512/gemm-fma-baseline` is the same kernel with
+/// `vfmadd231ps`; the `fexp` target is 0.8x the MAC rate of an FMA kernel
+/// on the same layout. `SHIFTNN_BENCH_BITS=4 SHIFTNN_BENCH_SCALAR=0 cargo
+/// bench -p shiftnn-benches --bench kernels -- 'fexp|fma'` (Zen4,
+/// 2026-11-29, one thread, machine shared, load 2-4; the second of two
+/// runs, ratio of both), G MACs/s:
+///
+/// | layer                  | avx512/fexp | FMA baseline | gemm-fexp | gemm FMA baseline | ratio       |
+/// |------------------------|-------------|--------------|-----------|-------------------|-------------|
+/// | GEMV 4096x4096         | 7.5         | 8.5          | -         | -                 | -           |
+/// | 1x1 conv 784x1152x128  | 11.2        | 13.4         | 38.3      | 44.2              | 0.97 / 0.87 |
+/// | 3x3 conv 128x28x28     | 14.9        | 18.9         | 42.3      | 48.0              | 0.87 / 0.88 |
+/// | 3x3 conv 64x56x56      | 13.0        | 16.0         | 40.0      | 46.1              | 0.94 / 0.87 |
+/// | 3x3 conv 512x7x7       | 17.6        | 24.2         | 33.2      | 35.4              | 0.97 / 0.94 |
+/// | 3x3/2 conv 128 -> 256  | 17.2        | 21.2         | 42.2      | 44.1              | 0.82 / 0.96 |
+/// | pointwise 16 -> 96     | 2.7         | 2.9          | 26.1      | 23.7              | 1.13 / 1.10 |
+/// | 7x7/2 stem, 3 channels | 9.3         | 11.4         | 32.2      | 36.5              | 0.90 / 0.88 |
+///
+/// The tiled `avx512/fexp` stays for the other float layers (linear,
+/// small planes, `k` above 4608, which the GEMM's panel does not hold).
 ///
 /// So: `dot` wherever a kernel of it runs (2.5-5x the multiplication-free
 /// families on every dense layer), except depthwise convs (one input

@@ -83,15 +83,21 @@ fn env_forces_level_and_family() {
         );
         assert_eq!(run(Some("avx2"), Some("lut")), ("avx2/lut", "avx2/fexp"));
         let top = if Isa::Avx512.available() {
-            assert_eq!(run(Some("avx512"), None), ("avx512/dot", "avx512/fexp"));
+            // The float layer (36 pixels, 7 channels) fits the pixel-lane
+            // GEMM (`gemm::applies`), which the float op runs on the codes
+            // as they are, whatever int8 family is forced.
+            assert_eq!(
+                run(Some("avx512"), None),
+                ("avx512/dot", "avx512/gemm-fexp")
+            );
             assert_eq!(
                 run(Some("avx512"), Some("shift")),
-                ("avx512/shift", "avx512/fexp")
+                ("avx512/shift", "avx512/gemm-fexp")
             );
             // No `lut` at this level: the AVX2 one runs.
             assert_eq!(
                 run(Some("avx512"), Some("lut")),
-                ("avx2/lut", "avx512/fexp")
+                ("avx2/lut", "avx512/gemm-fexp")
             );
             "avx512/dot"
         } else {

@@ -276,18 +276,25 @@ fn check_lists(c: &Case, w: &PackedRows, want: &[i8]) -> Result<(), TestCaseErro
     Ok(())
 }
 
-/// The unregistered FMA baseline of the `fexp` benchmark, where this CPU
-/// runs it: it must compute the same layer, or the comparison means
+/// The unregistered FMA baselines of the `fexp` benchmarks (the tiled
+/// kernel's and the pixel-lane GEMM's), where this CPU runs them, on any
+/// layer: they must compute the same layer, or the comparison means
 /// nothing.
-fn fma_baseline() -> Option<(&'static str, dispatch::F32Fn)> {
+fn fma_baseline() -> Vec<(&'static str, dispatch::F32Fn)> {
     #[cfg(target_arch = "x86_64")]
     if Isa::Avx512.available() {
-        return Some((
-            "avx512/fma-baseline",
-            shiftnn_kernels::x86_64::avx512::conv_fma_f32,
-        ));
+        return vec![
+            (
+                "avx512/fma-baseline",
+                shiftnn_kernels::x86_64::avx512::conv_fma_f32,
+            ),
+            (
+                "avx512/gemm-fma-baseline",
+                shiftnn_kernels::x86_64::gemm_fexp::conv_gemm_fma_f32,
+            ),
+        ];
     }
-    None
+    Vec::new()
 }
 
 /// All float kernels against the exact sum, within the stated bound.
@@ -901,6 +908,166 @@ proptest! {
     #[test]
     fn gemm_shaped_convs_equal_scalar(g in gemm_conv(), b in 2u32..5, seed in any::<u64>()) {
         check_i8(&case(g, b, seed))?;
+    }
+}
+
+/// True for an activation the `fexp` kernels take on their fast path:
+/// zero, or normal with a biased exponent of at most 247 (`* 2^7` stays
+/// normal).
+fn fexp_fast(v: f32) -> bool {
+    let e = (v.to_bits() >> 23) & 0xff;
+    v == 0.0 || (1..=247).contains(&e)
+}
+
+/// Every float kernel this CPU runs on `g` (the registered ones that fit
+/// it and the FMA baselines), whole and split by channel range: outputs
+/// whose patch reads an activation off the fast path equal `scalar` bit
+/// for bit (NaN: NaN); the others are within the summation bound.
+fn check_f32_edges(c: &Case, xf: &[f32]) -> Result<usize, TestCaseError> {
+    let g = &c.g;
+    let w = PackedRows::new(&c.packed, c.bits, g.c_out, g.k()).unwrap();
+    let ep = vec![Affine::IDENTITY; g.c_out];
+    let mut want = vec![0f32; g.out_len()];
+    scalar::conv_shift_f32(g, xf, &w, 0, &ep, &mut want);
+    let eps = f32::EPSILON as f64 / 2.0;
+    let plane = g.out_plane();
+    let split = g.c_out / 2 + (g.c_out % 2);
+    let kernels: Vec<_> = dispatch::kernels()
+        .filter(|k| k.isa != Isa::Scalar && k.isa.available() && k.layers.fits(g))
+        .filter_map(|k| match k.f {
+            KernelFn::ShiftF32(f) => Some((k.name, f)),
+            _ => None,
+        })
+        .chain(fma_baseline())
+        .collect();
+    for &(name, f) in &kernels {
+        let mut whole = vec![0f32; g.out_len()];
+        f(g, xf, &w, 0, &ep, &mut whole);
+        let mut parts = vec![0f32; g.out_len()];
+        let (lo, hi) = parts.split_at_mut(split * plane);
+        f(g, xf, &w.sub_rows(0, split), 0, &ep[..split], lo);
+        let rest = g.c_out - split;
+        f(g, xf, &w.sub_rows(split, rest), split, &ep[split..], hi);
+        for (got, how) in [(&whole, "whole"), (&parts, "split")] {
+            for oc in 0..g.c_out {
+                for oy in 0..g.out_h() {
+                    for ox in 0..g.out_w() {
+                        let (mut exact, mut abs, mut n, mut fast) = (0f64, 0f64, 0usize, true);
+                        g.for_each_tap(oc, oy, ox, |xi, ki| {
+                            let t = xf[xi] as f64 * c.bits.value(c.codes[oc * g.k() + ki]) as f64;
+                            exact += t;
+                            abs += t.abs();
+                            n += 1;
+                            fast &= fexp_fast(xf[xi]);
+                        });
+                        let i = (oc * g.out_h() + oy) * g.out_w() + ox;
+                        let (v, e) = (got[i], want[i]);
+                        if fast {
+                            let bound = n as f64 * eps * abs + f64::MIN_POSITIVE;
+                            prop_assert!(
+                                (v as f64 - exact).abs() <= bound,
+                                "kernel {} ({}) oc {} px {:?} got {} exact {} bound {} geom {:?}",
+                                name,
+                                how,
+                                oc,
+                                (oy, ox),
+                                v,
+                                exact,
+                                bound,
+                                g
+                            );
+                        } else {
+                            prop_assert!(
+                                v.to_bits() == e.to_bits() || (v.is_nan() && e.is_nan()),
+                                "kernel {} ({}) oc {} px {:?} (exact path) got {:e} want {:e} geom {:?}",
+                                name, how, oc, (oy, ox), v, e, g
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(kernels.len())
+}
+
+/// Float activations for `c`: zeros of both signs one time in six, and,
+/// when `edges`, about one in 1500 off the fast path (subnormals, values
+/// too large for `* 2^7`, infinities, NaN).
+fn float_acts(c: &Case, seed: u64, edges: bool) -> Vec<f32> {
+    let specials = [
+        f32::from_bits(1),
+        -f32::from_bits(0x0040_0000),
+        1.0e37,
+        -3.0e38,
+        f32::INFINITY,
+        f32::NAN,
+    ];
+    let mut r = Rng(seed ^ 0x5a5a);
+    c.x.iter()
+        .map(|&v| match r.next() % 6 {
+            0 => 0.0,
+            1 => -0.0,
+            _ if edges && r.next().is_multiple_of(1500) => specials[(r.next() % 6) as usize],
+            _ => v as f32 / 16.0 + (r.next() % 1000) as f32 * 1e-4,
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// The float kernels on the GEMM's shapes (`avx512/gemm-fexp` where
+    /// this CPU runs it): planes of one to several 64-pixel blocks and
+    /// tails, strides 1-3, padding, dilation, groups, odd channel counts,
+    /// zeros and, in half the cases, activations off the fast path.
+    #[test]
+    fn float_gemm_shaped_convs_within_bound(
+        g in gemm_conv(),
+        b in 2u32..5,
+        seed in any::<u64>(),
+        edges in any::<bool>(),
+    ) {
+        let c = case(g, b, seed);
+        let xf = float_acts(&c, seed, edges);
+        check_f32_edges(&c, &xf)?;
+    }
+}
+
+/// The float GEMM's panel widths (64, 48, 32 and 16 pixels per block as
+/// `k` grows, and the tiled kernel beyond its panel), kernels wider or
+/// taller than the tap tables, strides 1-3, with edge activations.
+#[test]
+fn float_gemm_long_k_and_wide_kernels() {
+    let geo = |c_in, h, w, kh, kw, sx| Conv2dGeom {
+        c_in,
+        h,
+        w,
+        c_out: 7,
+        kh,
+        kw,
+        stride: [1, sx],
+        pads: [kh / 2, kw / 2, kh / 2, 1],
+        dilation: [1, 1],
+        groups: 1,
+    };
+    let shapes = [
+        geo(130, 9, 9, 3, 3, 1),
+        geo(200, 9, 9, 3, 3, 2),
+        geo(300, 9, 9, 3, 3, 1),
+        geo(450, 8, 9, 3, 3, 1),
+        geo(520, 9, 9, 3, 3, 1),
+        geo(5, 20, 40, 1, 17, 1),
+        geo(5, 20, 40, 17, 1, 2),
+        geo(5, 20, 40, 1, 18, 3),
+        geo(5, 20, 40, 3, 3, 3),
+    ];
+    for (si, g) in shapes.into_iter().enumerate() {
+        for b in 2..=4 {
+            let c = case(g, b, (si * 10 + b as usize) as u64);
+            let xf = float_acts(&c, si as u64, si % 2 == 0);
+            assert!(check_f32_edges(&c, &xf).unwrap() >= 1);
+        }
     }
 }
 

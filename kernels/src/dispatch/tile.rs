@@ -683,7 +683,14 @@ pub(crate) fn fexp_put_bits(slot: &mut [u32], i: usize, v: f32) -> bool {
 
 /// Exact scalar value of one float output (for pixels with edge-case
 /// activations): the reference's own loop.
-fn fexp_slow(g: &Conv2dGeom, x: &[f32], w: &PackedRows, oc: usize, r: usize, q: usize) -> f32 {
+pub(crate) fn fexp_slow(
+    g: &Conv2dGeom,
+    x: &[f32],
+    w: &PackedRows,
+    oc: usize,
+    r: usize,
+    q: usize,
+) -> f32 {
     let (oy, ox) = (q / g.out_w(), q % g.out_w());
     let row = w.row(r);
     let mut acc = 0f32;

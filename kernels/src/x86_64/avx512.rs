@@ -107,7 +107,7 @@ unsafe fn load_codes<const B: u32, const SPLIT: bool>(codes: &[u8], blk: usize) 
 /// AVX-512 (F, BW, VBMI) available.
 #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
 #[inline]
-unsafe fn decode64<const B: u32>(codes: &[u8], blk: usize) -> __m512i {
+pub(super) unsafe fn decode64<const B: u32>(codes: &[u8], blk: usize) -> __m512i {
     // SAFETY: forwarded.
     let v = unsafe { load_codes::<B, false>(codes, blk) };
     if B == 8 {
@@ -528,7 +528,7 @@ unsafe impl RowKernel for Shift {
 
 /// Per code, the `i32` added to an activation's bits: `(p << 23)` with the
 /// sign bit of a negative weight (16 entries).
-const fn fexp_table(b: u32) -> [u32; 16] {
+pub(super) const fn fexp_table(b: u32) -> [u32; 16] {
     let maxp = (1u32 << (b - 1)) - 1;
     let mut t = [0u32; 16];
     let mut i = 0;
@@ -542,7 +542,7 @@ const fn fexp_table(b: u32) -> [u32; 16] {
 
 /// Per code, the bits of the weight as an `f32` (16 entries): 1.0 with
 /// the code's exponent and sign added.
-const fn weight_bits(b: u32) -> [u32; 16] {
+pub(super) const fn weight_bits(b: u32) -> [u32; 16] {
     let mut t = fexp_table(b);
     let mut i = 0;
     while i < 16 {
@@ -555,7 +555,7 @@ const fn weight_bits(b: u32) -> [u32; 16] {
 /// The four 16-code quarters of a decoded block as `i32` lanes.
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn quarters(c: __m512i) -> [__m512i; 4] {
+pub(super) unsafe fn quarters(c: __m512i) -> [__m512i; 4] {
     [
         _mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32::<0>(c)),
         _mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32::<1>(c)),

@@ -113,11 +113,11 @@ const TAB: usize = 16;
 /// two 64-byte loads, `mlo` and `mhi`), and `off`, the column lane 0 would
 /// read: lane `l` reads column `off + l * stride`.
 #[derive(Clone, Copy, Default)]
-struct Col {
-    m: u64,
+pub(super) struct Col {
+    pub(super) m: u64,
     mlo: u64,
     mhi: u64,
-    off: isize,
+    pub(super) off: isize,
 }
 
 impl Col {
@@ -169,7 +169,7 @@ fn row_of(g: &Conv2dGeom, s: &Seg, ky: usize) -> isize {
 /// tap and channel.
 pub(super) struct Block {
     segs: [Seg; 64],
-    ns: usize,
+    pub(super) ns: usize,
     cnt: usize,
     tab: bool,
     rows: [[isize; TAB]; 64],
@@ -225,7 +225,7 @@ impl Block {
 
     /// Run `s`'s row offset and [`Col`] for kernel tap `(ky, kx)`.
     #[inline(always)]
-    fn at(&self, g: &Conv2dGeom, s: usize, ky: usize, kx: usize) -> (isize, Col) {
+    pub(super) fn at(&self, g: &Conv2dGeom, s: usize, ky: usize, kx: usize) -> (isize, Col) {
         if self.tab {
             (self.rows[s][ky], self.cols[s][kx])
         } else {

@@ -10,6 +10,9 @@
 //!   ([`crate::gemm`]), `vpdpbusd` with broadcast weights;
 //! * `gemm_shift`: its multiplication-free twin on codes regrouped by
 //!   exponent ([`crate::lists`]): one `vpaddw` per weight and 32 pixels;
+//! * `gemm_fexp`: the float-mode pixel-lane GEMM on the packed codes:
+//!   an exponent add (`vpaddd`) and `vaddps` per weight and 16 pixels,
+//!   and its FMA baseline;
 //! * `pointwise`: the pixel-lane `dot` kernels for 1x1 and small-`k`
 //!   convs (`vpmaddwd` on AVX2, `vpdpwssd` on AVX-512 VNNI).
 //!
@@ -125,5 +128,6 @@ use depthwise_kernel;
 pub mod avx2;
 pub mod avx512;
 pub mod gemm;
+pub mod gemm_fexp;
 pub mod gemm_shift;
 pub mod pointwise;
