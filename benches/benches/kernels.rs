@@ -89,12 +89,7 @@ fn bench(c: &mut Criterion) {
             let mut packed = vec![0u8; g.c_out * bits.row_bytes(g.k())];
             pack(&codes, bits, g.c_out, g.k(), &mut packed);
             let w = PackedRows::new(&packed, bits, g.c_out, g.k()).unwrap();
-            let (n, kp) = (g.c_out, gemm::padded_k(g.k()));
-            let (mut dw, mut corr) = (vec![0i8; n * kp], vec![0i32; n]);
-            let mut at = vec![0u32; n + 1];
-            let mut fix = vec![gemm::Fix::default(); gemm::fix_count(&w)];
-            gemm::decode(&w, &mut dw, &mut corr, &mut at, &mut fix);
-            let d = gemm::DecodedRows::new(&dw, &corr, &at, &fix, g.k()).unwrap();
+            let n = g.c_out;
             let (mut li, mut la) = (vec![0u16; n * g.k()], vec![0u32; lists::offsets_len(&w)]);
             lists::decode(&w, &mut li, &mut la);
             let l = lists::ExpLists::new(&li, &la, n, g.k(), bits).unwrap();
@@ -116,6 +111,10 @@ fn bench(c: &mut Criterion) {
                     // Rows decoded at load (`gemm::decode`, `lists::decode`,
                     // not timed).
                     KernelFn::DecodedI8(f) => {
+                        let order = k.decoded_order(&g);
+                        let (dw, corr, at, fix) = decode_rows(&w, order);
+                        let d =
+                            gemm::DecodedRows::new(&dw, &corr, &at, &fix, g.k(), order).unwrap();
                         group.bench_function(id, |bn| bn.iter(|| f(&g, &xi, &d, 0, &rq, &mut oi)))
                     }
                     KernelFn::ListsI8(f) => {
@@ -179,3 +178,16 @@ fn bench(c: &mut Criterion) {
 
 criterion_group!(benches, bench);
 criterion_main!(benches);
+
+/// `w` decoded in `order` (the layout the runtime builds at load).
+fn decode_rows(
+    w: &PackedRows,
+    order: gemm::Order,
+) -> (Vec<i8>, Vec<i32>, Vec<u32>, Vec<gemm::Fix>) {
+    let n = w.rows();
+    let (mut dw, mut corr) = (vec![0i8; n * order.kp(w.k())], vec![0i32; n]);
+    let mut at = vec![0u32; n + 1];
+    let mut fix = vec![gemm::Fix::default(); gemm::fix_count(w, order)];
+    gemm::decode(w, order, &mut dw, &mut corr, &mut at, &mut fix);
+    (dw, corr, at, fix)
+}

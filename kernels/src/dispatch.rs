@@ -286,7 +286,28 @@ impl Kernel {
     pub const fn op(&self) -> Op {
         self.f.op()
     }
+
+    /// The order in which layer `g`'s codes are decoded for this
+    /// ([`Op::DecodedI8`]) kernel: tap-major where the x86 GEMM then reads
+    /// its steps in place ([`crate::gemm::direct_applies`]), else the
+    /// codes' own. Every other decoded-row kernel, the scalar reference
+    /// included, takes code order (the reference takes either).
+    pub fn decoded_order(&self, g: &Conv2dGeom) -> crate::gemm::Order {
+        match crate::gemm::taps_order(g) {
+            Some(o) if TAP_MAJOR.contains(&self.name) && crate::gemm::direct_applies(g) => o,
+            _ => crate::gemm::Order::Codes,
+        }
+    }
+
+    /// True when this decoded-row kernel also runs tap-major rows (on
+    /// layers with a [`crate::gemm::taps_order`]).
+    pub fn takes_tap_major(&self) -> bool {
+        TAP_MAJOR.contains(&self.name) || self.isa == Isa::Scalar
+    }
 }
+
+/// The decoded-row kernels that run tap-major rows.
+const TAP_MAJOR: &[&str] = &["avx512/gemm-dot"];
 
 /// The layers a kernel handles.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -190,22 +190,27 @@ fn check_decoded(c: &Case, w: &PackedRows, want: &[i8]) -> Result<(), TestCaseEr
     if g.k() > gemm::MAX_K {
         return Ok(());
     }
-    let n = g.c_out;
-    let (mut dw, mut corr) = (vec![0i8; n * gemm::padded_k(g.k())], vec![0i32; n]);
-    let mut at = vec![0u32; n + 1];
-    let mut fix = vec![gemm::Fix::default(); gemm::fix_count(w)];
-    gemm::decode(w, &mut dw, &mut corr, &mut at, &mut fix);
-    let d = gemm::DecodedRows::new(&dw, &corr, &at, &fix, g.k()).unwrap();
-    for k in dispatch::kernels() {
-        let KernelFn::DecodedI8(f) = k.f else {
-            continue;
-        };
-        if k.isa.available() {
-            whole_and_split(c, want, k.name, |oc0, n, o| {
-                f(g, &c.x, &d.sub_rows(oc0, n), oc0, &c.rq[oc0..oc0 + n], o)
-            })?;
+    // Code order for every kernel; tap-major, wherever the layer has one,
+    // for the kernels that take it (whatever `direct_applies` would pick).
+    let orders = [Some(gemm::Order::Codes), gemm::taps_order(g)];
+    for order in orders.into_iter().flatten() {
+        let (dw, corr, at, fix) = decode_rows(w, order);
+        let d = gemm::DecodedRows::new(&dw, &corr, &at, &fix, g.k(), order).unwrap();
+        for k in dispatch::kernels() {
+            let KernelFn::DecodedI8(f) = k.f else {
+                continue;
+            };
+            let takes = order == gemm::Order::Codes || k.takes_tap_major();
+            if k.isa.available() && takes {
+                let name = format!("{} {order:?}", k.name);
+                whole_and_split(c, want, &name, |oc0, n, o| {
+                    f(g, &c.x, &d.sub_rows(oc0, n), oc0, &c.rq[oc0..oc0 + n], o)
+                })?;
+            }
         }
     }
+    let (dw, corr, at, fix) = decode_rows(w, gemm::Order::Codes);
+    let d = gemm::DecodedRows::new(&dw, &corr, &at, &fix, g.k(), gemm::Order::Codes).unwrap();
     let mut got = vec![0i8; g.out_len()];
     dispatch::conv_decoded_i8(g, &c.x, &d, 0, &c.rq, &mut got);
     prop_assert_eq!(
@@ -216,6 +221,19 @@ fn check_decoded(c: &Case, w: &PackedRows, want: &[i8]) -> Result<(), TestCaseEr
         g
     );
     check_lists(c, w, want)
+}
+
+/// `w` decoded in `order`: rows, corrections, fix index and fixes.
+fn decode_rows(
+    w: &PackedRows,
+    order: gemm::Order,
+) -> (Vec<i8>, Vec<i32>, Vec<u32>, Vec<gemm::Fix>) {
+    let n = w.rows();
+    let (mut dw, mut corr) = (vec![0i8; n * order.kp(w.k())], vec![0i32; n]);
+    let mut at = vec![0u32; n + 1];
+    let mut fix = vec![gemm::Fix::default(); gemm::fix_count(w, order)];
+    gemm::decode(w, order, &mut dw, &mut corr, &mut at, &mut fix);
+    (dw, corr, at, fix)
 }
 
 /// `run(oc0, n, out)` computes channels `oc0 .. oc0 + n` of `c`'s layer
@@ -1169,11 +1187,8 @@ fn check_linear_batch(
     for j in 0..m {
         scalar::conv_shift_i8(&g, &x[j * k..][..k], &w, 0, &c.rq, &mut want[j * n..][..n]);
     }
-    let (mut dw, mut corr) = (vec![0i8; n * gemm::padded_k(k)], vec![0i32; n]);
-    let mut at = vec![0u32; n + 1];
-    let mut fix = vec![gemm::Fix::default(); gemm::fix_count(&w)];
-    gemm::decode(&w, &mut dw, &mut corr, &mut at, &mut fix);
-    let d = gemm::DecodedRows::new(&dw, &corr, &at, &fix, k).unwrap();
+    let (dw, corr, at, fix) = decode_rows(&w, gemm::Order::Codes);
+    let d = gemm::DecodedRows::new(&dw, &corr, &at, &fix, k, gemm::Order::Codes).unwrap();
     let mut got = vec![0i8; m * n];
     f(&x, m, &d, &c.rq, &mut got);
     prop_assert_eq!(&got, &want, "m {} k {} n {} b {}", m, k, n, b);
@@ -1545,4 +1560,70 @@ fn aarch64_decoded_kernel_follows_dotprod() {
         }
     );
     eprintln!("dotprod {dot}: decoded-row kernel {}", got.name);
+}
+
+/// Stride-1 layers through the tap-major rows of the direct GEMM (every
+/// decoded-row kernel that takes them, against `scalar`): input channels
+/// not a multiple of 4 (padded quads), dilations along y and x, paddings
+/// wider than the kernel's reach, unequal pads, 1x1 and 5x3 kernels,
+/// planes needing several bands of the stack buffer (64 channels x 200
+/// columns), output rows shorter than a vector and single-row outputs.
+#[test]
+fn direct_gemm_shapes() {
+    let mut seed = 9000u64;
+    let shapes = [
+        // (c_in, h, w, c_out, kh, kw, pads [t, l, b, r], dilation)
+        (
+            3usize,
+            9usize,
+            11usize,
+            5usize,
+            3usize,
+            3usize,
+            [1usize, 1, 1, 1],
+            [1usize, 1],
+        ),
+        (6, 12, 10, 9, 3, 3, [2, 0, 1, 3], [2, 1]),
+        (5, 10, 13, 8, 3, 3, [1, 2, 1, 2], [1, 2]),
+        (8, 7, 20, 13, 5, 3, [2, 1, 2, 1], [1, 1]),
+        (16, 18, 18, 4, 1, 1, [0, 0, 0, 0], [1, 1]),
+        (7, 1, 40, 6, 1, 3, [0, 1, 0, 1], [1, 3]),
+        (4, 3, 5, 12, 3, 3, [0, 0, 0, 0], [1, 1]),
+        (64, 60, 200, 5, 3, 3, [1, 1, 1, 1], [1, 1]),
+        (130, 20, 40, 7, 3, 3, [1, 1, 1, 1], [2, 2]),
+    ];
+    let mut ran = 0;
+    for (c_in, h, w, c_out, kh, kw, pads, dilation) in shapes {
+        let g = Conv2dGeom {
+            c_in,
+            h,
+            w,
+            c_out,
+            kh,
+            kw,
+            stride: [1, 1],
+            pads,
+            dilation,
+            groups: 1,
+        };
+        g.validate().unwrap();
+        assert!(
+            gemm::taps_order(&g).is_some(),
+            "{g:?} has a tap-major order"
+        );
+        for b in [2, 4] {
+            seed += 1;
+            let mut c = case(g, b, seed);
+            // Extremes in a third of the activations: the +128 fixes and
+            // the unsigned offset at their limits.
+            for (i, v) in c.x.iter_mut().enumerate() {
+                if i % 3 == 0 {
+                    *v = if i % 2 == 0 { -128 } else { 127 };
+                }
+            }
+            check_i8(&c).unwrap();
+            ran += 1;
+        }
+    }
+    assert_eq!(ran, 18);
 }

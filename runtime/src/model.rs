@@ -9,7 +9,7 @@ use crate::graph::{Act, DType, Graph, Mode, Op, WeightKind};
 use crate::planner::{self, Plan};
 use alloc::{format, string::String, vec, vec::Vec};
 use safetensors::Dtype;
-use shiftnn_kernels::gemm::{self, DecodedRows, Fix};
+use shiftnn_kernels::gemm::{self, DecodedRows, Fix, Order};
 use shiftnn_kernels::lists::{self, ExpLists};
 use shiftnn_kernels::{dispatch, Bits, Conv2dGeom, PackedRows};
 
@@ -87,6 +87,8 @@ enum Decoded {
         fix_at: Vec<u32>,
         fix: Vec<Fix>,
         k: usize,
+        /// Code order, or tap-major for the direct GEMM.
+        order: Order,
     },
     /// Exponent lists ([`lists::decode`], `2 n k` bytes): the
     /// multiplication-free GEMM (`avx512/gemm-shift`), 4x `avx512/shift`
@@ -104,12 +106,13 @@ enum Decoded {
 impl Decoded {
     /// Int8 rows, checked once here: [`Model::decoded_rows`] then views
     /// them unchecked on every inference.
-    fn rows(codes: &PackedRows) -> Result<Decoded> {
+    fn rows(codes: &PackedRows, order: Order) -> Result<Decoded> {
         let (n, k) = (codes.rows(), codes.k());
-        let (mut w, mut corr) = (vec![0; n * gemm::padded_k(k)], vec![0; n]);
-        let (mut fix_at, mut fix) = (vec![0; n + 1], vec![Fix::default(); gemm::fix_count(codes)]);
-        gemm::decode(codes, &mut w, &mut corr, &mut fix_at, &mut fix);
-        DecodedRows::new(&w, &corr, &fix_at, &fix, k)
+        let (mut w, mut corr) = (vec![0; n * order.kp(k)], vec![0; n]);
+        let nf = gemm::fix_count(codes, order);
+        let (mut fix_at, mut fix) = (vec![0; n + 1], vec![Fix::default(); nf]);
+        gemm::decode(codes, order, &mut w, &mut corr, &mut fix_at, &mut fix);
+        DecodedRows::new(&w, &corr, &fix_at, &fix, k, order)
             .map_err(|e| Error::Graph(format!("decoded rows of a layer: {e:?}")))?;
         Ok(Decoded::Rows {
             w,
@@ -117,6 +120,7 @@ impl Decoded {
             fix_at,
             fix,
             k,
+            order,
         })
     }
 
@@ -243,17 +247,18 @@ impl<'a> Model<'a> {
                 let (rows, lists) = match (self.conv_geom(i), &node.op) {
                     (Some(g), Op::Linear { .. }) => {
                         let m = self.graph.values[node.output].numel() / g.c_out.max(1);
-                        (dispatch::decoded_linear(m, g.k(), g.c_out).is_some(), false)
+                        let rows = dispatch::decoded_linear(m, g.k(), g.c_out);
+                        (rows.map(|_| Order::Codes), false)
                     }
                     (Some(g), _) => (
-                        dispatch::decoded_kernel(&g).is_some(),
+                        dispatch::decoded_kernel(&g).map(|k| k.decoded_order(&g)),
                         dispatch::lists_kernel(&g).is_some(),
                     ),
-                    (None, _) => (false, false),
+                    (None, _) => (None, false),
                 };
                 Ok(match (shift_i8, rows, lists) {
-                    (true, true, _) => Some(Decoded::rows(&self.shift_rows(i)?)?),
-                    (true, false, true) => Some(Decoded::lists(&self.shift_rows(i)?)?),
+                    (true, Some(order), _) => Some(Decoded::rows(&self.shift_rows(i)?, order)?),
+                    (true, None, true) => Some(Decoded::lists(&self.shift_rows(i)?)?),
                     _ => None,
                 })
             })
@@ -272,7 +277,8 @@ impl<'a> Model<'a> {
                 fix_at,
                 fix,
                 k,
-            } => Some(unsafe { DecodedRows::new_unchecked(w, corr, fix_at, fix, *k) }),
+                order,
+            } => Some(unsafe { DecodedRows::new_unchecked(w, corr, fix_at, fix, *k, *order) }),
             Decoded::Lists { .. } => None,
         }
     }

@@ -51,7 +51,7 @@ use core::arch::aarch64::*;
 use core::mem::MaybeUninit;
 
 use crate::dispatch::Isa;
-use crate::gemm::{padded_k, DecodedRows, MAX_K};
+use crate::gemm::{padded_k, DecodedRows, Order, MAX_K};
 use crate::{Conv2dGeom, Requant};
 
 /// Rows of the microkernel.
@@ -512,6 +512,11 @@ pub fn conv_gemm_i8(
     );
     assert_eq!(d.k(), g.k(), "decoded rows: k");
     assert!(g.k() <= MAX_K, "neondot/gemm-dot: k above MAX_K");
+    assert_eq!(
+        d.order(),
+        Order::Codes,
+        "neondot/gemm-dot: rows in code order"
+    );
     crate::dispatch::check_call(g, x.len(), d.k(), d.rows(), oc0, rq.len(), out.len());
     // SAFETY: dotprod is available (checked above) and the arguments
     // match the geometry.
@@ -601,6 +606,11 @@ pub fn linear_gemm_i8(x: &[i8], m: usize, d: &DecodedRows, rq: &[Requant], out: 
     assert!(
         (1..=MAX_K).contains(&k),
         "neondot/gemm-dot: k outside 1..=MAX_K"
+    );
+    assert_eq!(
+        d.order(),
+        Order::Codes,
+        "neondot/gemm-dot: linear rows in code order"
     );
     assert_eq!(Some(x.len()), m.checked_mul(k), "linear input length");
     assert_eq!(Some(out.len()), m.checked_mul(n), "linear output length");

@@ -35,11 +35,13 @@ use core::arch::x86_64::*;
 use core::mem::MaybeUninit;
 
 use crate::dispatch::Isa;
-use crate::gemm::{padded_k, DecodedRows, MAX_K};
+use crate::gemm::{padded_k, taps_order, DecodedRows, Order, DIRECT_BYTES, MAX_K};
 use crate::{Conv2dGeom, Requant};
 
 /// Bytes of the stack panel: `MAX_K` weights of one 16-pixel vector.
 pub(super) const PANEL_BYTES: usize = padded_k(MAX_K) * 16;
+// The direct kernel's band lives in the panel's buffer.
+const _: () = assert!(DIRECT_BYTES <= PANEL_BYTES);
 
 /// The stack panel of the pixel-lane GEMMs.
 #[repr(C, align(64))]
@@ -401,6 +403,51 @@ pub(super) unsafe fn requant16(acc: __m512i, rq: &Requant) -> __m128i {
     _mm512_cvtepi32_epi8(y)
 }
 
+/// Where each step's `NV` vectors of activations are: a panel built per
+/// block ([`Strided`]) or, for tap-major rows, the channel-interleaved
+/// input itself at a per-step offset ([`Table`]).
+pub(super) trait Steps {
+    /// Vector 0 of step `kb`; vector `v` follows at `+ 64 v`.
+    fn at(&self, kb: usize) -> *const u8;
+}
+
+/// A panel: step `kb` at `base + kb * stride`.
+pub(super) struct Strided {
+    base: *const u8,
+    stride: usize,
+}
+
+impl Steps for Strided {
+    #[inline(always)]
+    fn at(&self, kb: usize) -> *const u8 {
+        self.base.wrapping_add(kb * self.stride)
+    }
+}
+
+/// The direct kernel's steps: `base + offs[kb]`.
+struct Table<'a> {
+    base: *const u8,
+    offs: &'a [u32],
+}
+
+impl Steps for Table<'_> {
+    #[inline(always)]
+    fn at(&self, kb: usize) -> *const u8 {
+        // In bounds: kb < steps = offs.len() in every caller.
+        self.base.wrapping_add(self.offs[kb] as usize)
+    }
+}
+
+/// Where requantized rows go.
+pub(super) trait Store {
+    /// Store lanes `a .. b` (`a < b <= 64`) of `v` as row `r`'s.
+    ///
+    /// # Safety
+    /// AVX-512 F/BW available; those lanes' destinations (per the
+    /// implementation) are valid for writes.
+    unsafe fn put(&self, r: usize, v: __m512i, a: usize, b: usize);
+}
+
 /// Where a call's requantized outputs go: row `r`, lane `l` (pixel `l` of
 /// the block) at `base + r * rs + l * ls`. A conv block: `rs` is the
 /// output plane and `ls` 1, so a row's lanes are one masked store; a
@@ -415,14 +462,8 @@ pub(super) struct Sink {
     ls: usize,
 }
 
-impl Sink {
-    /// Store lanes `a .. b` (`a < b <= 64`) of `v` as row `r`'s.
-    ///
-    /// # Safety
-    /// AVX-512 F/BW available; those lanes' destinations are valid for
-    /// writes.
-    #[target_feature(enable = "avx512f,avx512bw")]
-    #[inline]
+impl Store for Sink {
+    #[inline(always)]
     unsafe fn put(&self, r: usize, v: __m512i, a: usize, b: usize) {
         let p = self.base.wrapping_add(r * self.rs);
         if self.ls == 1 {
@@ -448,25 +489,29 @@ impl Sink {
 /// vector's 16 outputs.
 ///
 /// # Safety
-/// AVX-512 F/BW/VL/VNNI available; step `kb` of vector `v` is at
-/// `panel + kb * pstride + 64 v`, initialized, for every step of `d`.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-#[inline]
+/// AVX-512 F/BW/VL/VNNI available; vector `v` of every step of `d` is at
+/// `st.at(kb) + 64 v`, initialized. (Always inlined, hence no target
+/// features of its own: out of line, the microkernel kept its 24
+/// accumulators in memory, a store per `vpdpbusd`, and ran at half speed.)
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
 unsafe fn finish(
     d: &DecodedRows,
     r: usize,
     mut a: __m512i,
-    panel: *const u8,
-    pstride: usize,
+    st: &impl Steps,
     v: usize,
     rq: &Requant,
 ) -> __m128i {
-    a = _mm512_add_epi32(a, _mm512_set1_epi32(d.corr(r)));
+    // SAFETY (the intrinsics): the features are available (contract).
+    a = unsafe { _mm512_add_epi32(a, _mm512_set1_epi32(d.corr(r))) };
     for f in d.fixes(r) {
         // SAFETY: f.kb < steps (checked by DecodedRows::new); the caller
-        // vouches for the panel.
-        let p = unsafe { _mm512_loadu_si512(panel.add(f.kb as usize * pstride + 64 * v).cast()) };
-        a = _mm512_dpbusd_epi32(a, p, _mm512_set1_epi32(f.word));
+        // vouches for the steps.
+        unsafe {
+            let p = _mm512_loadu_si512(st.at(f.kb as usize).add(64 * v).cast());
+            a = _mm512_dpbusd_epi32(a, p, _mm512_set1_epi32(f.word));
+        }
     }
     if rq.offset.unsigned_abs() < 1 << 62 {
         // SAFETY: the features are enabled (this function's contract).
@@ -483,19 +528,24 @@ unsafe fn finish(
 
 /// Four vectors of 16 outputs as one of 64 (vector `v` in lanes
 /// `16 v ..`; missing ones zero).
-#[target_feature(enable = "avx512f")]
-#[inline]
-fn join(q: &[__m128i]) -> __m512i {
-    let mut y = _mm512_setzero_si512();
-    for (v, &q) in q.iter().enumerate() {
-        y = match v {
-            0 => _mm512_inserti32x4::<0>(y, q),
-            1 => _mm512_inserti32x4::<1>(y, q),
-            2 => _mm512_inserti32x4::<2>(y, q),
-            _ => _mm512_inserti32x4::<3>(y, q),
-        };
+///
+/// # Safety
+/// AVX-512 F available.
+#[inline(always)]
+unsafe fn join(q: &[__m128i]) -> __m512i {
+    // SAFETY: the feature is available (contract).
+    unsafe {
+        let mut y = _mm512_setzero_si512();
+        for (v, &q) in q.iter().enumerate() {
+            y = match v {
+                0 => _mm512_inserti32x4::<0>(y, q),
+                1 => _mm512_inserti32x4::<1>(y, q),
+                2 => _mm512_inserti32x4::<2>(y, q),
+                _ => _mm512_inserti32x4::<3>(y, q),
+            };
+        }
+        y
     }
-    y
 }
 
 /// Rows `r0 .. r1` of `d` against the panel (`NV` vectors, `cnt` pixels,
@@ -513,11 +563,10 @@ unsafe fn rows<const NV: usize, const MR: usize>(
     d: &DecodedRows,
     r0: usize,
     r1: usize,
-    panel: *const u8,
-    pstride: usize,
+    st: &impl Steps,
     cnt: usize,
     rq: &[Requant],
-    out: Sink,
+    out: &impl Store,
 ) {
     let steps = d.kp() / 4;
     let mut rb = r0;
@@ -530,9 +579,9 @@ unsafe fn rows<const NV: usize, const MR: usize>(
             // SAFETY: step kb's NV vectors are initialized panel bytes
             // (64-byte aligned); each row has kp = 4 * steps bytes.
             unsafe {
-                let pv = panel.add(kb * pstride);
+                let pv = st.at(kb);
                 let a: [__m512i; NV] =
-                    core::array::from_fn(|v| _mm512_load_si512(pv.add(64 * v).cast()));
+                    core::array::from_fn(|v| _mm512_loadu_si512(pv.add(64 * v).cast()));
                 for i in 0..MR {
                     let wd = (wp[i].add(4 * kb) as *const i32).read_unaligned();
                     let b = _mm512_set1_epi32(wd);
@@ -547,10 +596,11 @@ unsafe fn rows<const NV: usize, const MR: usize>(
             if r >= r1 {
                 break;
             }
-            // SAFETY: forwarded; v < NV.
-            let q: [__m128i; NV] = core::array::from_fn(|v| unsafe {
-                finish(d, r, acc[v], panel, pstride, v, &rq[r])
-            });
+            let mut q = [_mm_setzero_si128(); NV];
+            for (v, q) in q.iter_mut().enumerate() {
+                // SAFETY: forwarded; v < NV.
+                *q = unsafe { finish(d, r, acc[v], st, v, &rq[r]) };
+            }
             // SAFETY: lanes 0 .. cnt of row r are the caller's to write.
             unsafe { out.put(r, join(&q), 0, cnt) };
         }
@@ -569,19 +619,18 @@ unsafe fn run_rows(
     d: &DecodedRows,
     r0: usize,
     r1: usize,
-    panel: *const u8,
-    pstride: usize,
+    st: &impl Steps,
     cnt: usize,
     rq: &[Requant],
-    out: Sink,
+    out: &impl Store,
 ) {
     // SAFETY: forwarded.
     unsafe {
         match nv {
-            4 => rows::<4, 6>(d, r0, r1, panel, pstride, cnt, rq, out),
-            3 => rows::<3, 8>(d, r0, r1, panel, pstride, cnt, rq, out),
-            2 => rows::<2, 12>(d, r0, r1, panel, pstride, cnt, rq, out),
-            _ => rows::<1, 12>(d, r0, r1, panel, pstride, cnt, rq, out),
+            4 => rows::<4, 6>(d, r0, r1, st, cnt, rq, out),
+            3 => rows::<3, 8>(d, r0, r1, st, cnt, rq, out),
+            2 => rows::<2, 12>(d, r0, r1, st, cnt, rq, out),
+            _ => rows::<1, 12>(d, r0, r1, st, cnt, rq, out),
         }
     }
 }
@@ -621,23 +670,13 @@ fn tail_fits(t: usize, kp: usize) -> bool {
 ///
 /// # Safety
 /// As [`rows`] for vector `v`; `t * kp <= TAIL_BYTES`, `t <= 16`.
-unsafe fn tail_patches(
-    kp: usize,
-    panel: *const u8,
-    pstride: usize,
-    v: usize,
-    t: usize,
-    pp: *mut u8,
-) {
+unsafe fn tail_patches(kp: usize, st: &impl Steps, v: usize, t: usize, pp: *mut u8) {
     for j in 0..t {
         for kb in 0..kp / 4 {
             // SAFETY: step kb of vector v holds lane j < 16 at byte 4 j;
             // patch j is bytes j kp .. (j + 1) kp <= TAIL_BYTES.
             unsafe {
-                let w = panel
-                    .add(kb * pstride + 64 * v + 4 * j)
-                    .cast::<u32>()
-                    .read_unaligned();
+                let w = st.at(kb).add(64 * v + 4 * j).cast::<u32>().read_unaligned();
                 pp.add(j * kp + 4 * kb).cast::<u32>().write_unaligned(w);
             }
         }
@@ -659,13 +698,12 @@ unsafe fn tail(
     d: &DecodedRows,
     r0: usize,
     r1: usize,
-    panel: *const u8,
-    pstride: usize,
+    st: &impl Steps,
     v: usize,
     t: usize,
     pp: *const u8,
     rq: &[Requant],
-    out: Sink,
+    out: &impl Store,
 ) {
     let mut j0 = 0;
     while j0 < t {
@@ -674,10 +712,10 @@ unsafe fn tail(
         // SAFETY: forwarded; patches j0 .. j0 + tg are written.
         unsafe {
             match tg {
-                1 => tail_pass::<1>(d, r0, r1, panel, pstride, v, j0, pj, rq, out),
-                2 => tail_pass::<2>(d, r0, r1, panel, pstride, v, j0, pj, rq, out),
-                3 => tail_pass::<3>(d, r0, r1, panel, pstride, v, j0, pj, rq, out),
-                _ => tail_pass::<4>(d, r0, r1, panel, pstride, v, j0, pj, rq, out),
+                1 => tail_pass::<1>(d, r0, r1, st, v, j0, pj, rq, out),
+                2 => tail_pass::<2>(d, r0, r1, st, v, j0, pj, rq, out),
+                3 => tail_pass::<3>(d, r0, r1, st, v, j0, pj, rq, out),
+                _ => tail_pass::<4>(d, r0, r1, st, v, j0, pj, rq, out),
             }
         }
         j0 += tg;
@@ -695,13 +733,12 @@ unsafe fn tail_pass<const TG: usize>(
     d: &DecodedRows,
     r0: usize,
     r1: usize,
-    panel: *const u8,
-    pstride: usize,
+    st: &impl Steps,
     v: usize,
     j0: usize,
     pp: *const u8,
     rq: &[Requant],
-    out: Sink,
+    out: &impl Store,
 ) {
     const RB: usize = 4;
     let steps = d.kp() / 4;
@@ -749,7 +786,7 @@ unsafe fn tail_pass<const TG: usize>(
                 let a = _mm512_loadu_si512(lanes.as_ptr().cast());
                 // Lane j of vector v is block lane 16 v + j.
                 let mut q = [_mm_setzero_si128(); 4];
-                q[v] = finish(d, r, a, panel, pstride, v, &rq[r]);
+                q[v] = finish(d, r, a, st, v, &rq[r]);
                 out.put(r, join(&q), 16 * v + j0, 16 * v + j0 + TG);
             }
         }
@@ -773,6 +810,11 @@ unsafe fn conv(
     if n == 0 || plane == 0 {
         return;
     }
+    if let Order::Taps { cp, .. } = d.order() {
+        // SAFETY: forwarded; conv_gemm_i8 checked the tap-major layout
+        // against the geometry (direct_fits).
+        return unsafe { direct(g, x, d, cp, rq, out) };
+    }
     let nv_max = (PANEL_BYTES / (d.kp().max(4) * 16)).clamp(1, 4);
     let mut panel = MaybeUninit::<Panel>::uninit();
     let pp = panel.as_mut_ptr().cast::<u8>();
@@ -790,6 +832,10 @@ unsafe fn conv(
             rs: plane,
             ls: 1,
         };
+        let st = Strided {
+            base: pp,
+            stride: nv * 64,
+        };
         // SAFETY: kp / 4 * nv * 64 <= PANEL_BYTES by the choice of nv_max;
         // the panel (steps nv * 64 bytes apart) is written before `rows`
         // and `tail` read it; whole < nv, t < 16 and t * kp <= TAIL_BYTES
@@ -799,23 +845,230 @@ unsafe fn conv(
         unsafe {
             build_panel(g, x, grp, blk, nv, pp);
             if tail_fits(t, d.kp()) {
-                tail_patches(d.kp(), pp, nv * 64, whole, t, tp);
+                tail_patches(d.kp(), &st, whole, t, tp);
                 // Chunks of rows (a multiple of every MR) so that the tail
                 // re-reads their weights from L2, not from L3.
                 let mut rc = r;
                 while rc < r_end {
                     let re = r_end.min(rc + TAIL_CHUNK);
                     if whole > 0 {
-                        run_rows(whole, d, rc, re, pp, nv * 64, 16 * whole, rq, sink);
+                        run_rows(whole, d, rc, re, &st, 16 * whole, rq, &sink);
                     }
-                    tail(d, rc, re, pp, nv * 64, whole, t, tp, rq, sink);
+                    tail(d, rc, re, &st, whole, t, tp, rq, &sink);
                     rc = re;
                 }
             } else {
-                run_rows(nv, d, r, r_end, pp, nv * 64, cnt, rq, sink);
+                run_rows(nv, d, r, r_end, &st, cnt, rq, &sink);
             }
         }
     });
+}
+
+/// Output rows of a direct band and the input rows it reads, for layer
+/// `g` with input channels padded to `cp`: as many as the stack buffer
+/// holds (each input row is `cp * P` bytes, `P` the padded width, plus
+/// 64 bytes for the last vector's overreach), or `None` if not one fits.
+fn direct_band(g: &Conv2dGeom, cp: usize) -> Option<(usize, usize)> {
+    let pitch = g.w + g.pads[1] + g.pads[3];
+    let reach = (g.kh - 1) * g.dilation[0];
+    let rows_in = (DIRECT_BYTES - 64) / (cp * pitch).max(1);
+    let rows = rows_in.checked_sub(reach)?.min(g.out_h());
+    (rows > 0).then_some((rows, rows + reach))
+}
+
+/// True when tap-major rows with `taps` and `cp` run layer `g` directly:
+/// its [`taps_order`] (a band of one output row then fits).
+fn direct_fits(g: &Conv2dGeom, taps: usize, cp: usize) -> bool {
+    taps_order(g) == Some(Order::Taps { taps, cp }) && direct_band(g, cp).is_some()
+}
+
+/// Copy input rows `iy0 .. iy0 + rows` (`iy0` may start in the top
+/// padding) into `buf`, channel-interleaved and zero-padded: quad `c4`
+/// at `buf + c4 * qplane`, row `j` of it `4 * P` bytes in, pixel `px`
+/// the word of channels `4 c4 .. 4 c4 + 4` at input column `px - pl`, as
+/// unsigned `x ^ 0x80` (padding and channels past `c_in`: 0x80, i.e. 0).
+///
+/// # Safety
+/// AVX-512 F/BW/VL available; `buf` valid for writes of
+/// `cp / 4 * qplane` bytes, `qplane >= rows * 4 * P`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn fill_band(
+    g: &Conv2dGeom,
+    x: &[i8],
+    cp: usize,
+    iy0: isize,
+    rows: usize,
+    qplane: usize,
+    buf: *mut u8,
+) {
+    let (h, w, pl) = (g.h as isize, g.w, g.pads[1]);
+    let pitch = w + pl + g.pads[3];
+    let flip = _mm_set1_epi8(0x80u8 as i8);
+    for c4 in 0..cp / 4 {
+        for j in 0..rows {
+            let iy = iy0 + j as isize;
+            let dst = buf.wrapping_add(c4 * qplane + j * 4 * pitch);
+            let mut px0 = 0;
+            while px0 < pitch {
+                let npx = (pitch - px0).min(16);
+                // Lanes whose input column px0 + l - pl lies in the row.
+                let lo = pl.saturating_sub(px0).min(16);
+                let hi = (pl + w).saturating_sub(px0).min(npx);
+                let m: u16 = if (0..h).contains(&iy) && lo < hi {
+                    ((u32::MAX >> (32 - (hi - lo))) << lo) as u16
+                } else {
+                    0
+                };
+                let q: [__m128i; 4] = core::array::from_fn(|i| {
+                    let c = 4 * c4 + i;
+                    if c >= g.c_in || m == 0 {
+                        return flip;
+                    }
+                    let at = (c as isize * h + iy) * w as isize + px0 as isize - pl as isize;
+                    // SAFETY: the enabled lanes read columns lo - pl + px0
+                    // .. hi - pl + px0 of row iy of channel c, inside x;
+                    // masked-off lanes are not accessed.
+                    let v =
+                        unsafe { _mm_maskz_loadu_epi8(m, x.as_ptr().wrapping_offset(at).cast()) };
+                    _mm_xor_si128(v, flip)
+                });
+                let (ab_lo, ab_hi) = (_mm_unpacklo_epi8(q[0], q[1]), _mm_unpackhi_epi8(q[0], q[1]));
+                let (cd_lo, cd_hi) = (_mm_unpacklo_epi8(q[2], q[3]), _mm_unpackhi_epi8(q[2], q[3]));
+                let mut y = _mm512_castsi128_si512(_mm_unpacklo_epi16(ab_lo, cd_lo));
+                y = _mm512_inserti32x4::<1>(y, _mm_unpackhi_epi16(ab_lo, cd_lo));
+                y = _mm512_inserti32x4::<2>(y, _mm_unpacklo_epi16(ab_hi, cd_hi));
+                y = _mm512_inserti32x4::<3>(y, _mm_unpackhi_epi16(ab_hi, cd_hi));
+                // SAFETY: bytes 4 px0 .. 4 (px0 + npx) of row j of quad c4,
+                // within the buffer (the caller's qplane).
+                unsafe { _mm512_mask_storeu_epi8(dst.add(4 * px0).cast(), lanes(0, 4 * npx), y) };
+                px0 += npx;
+            }
+        }
+    }
+}
+
+/// A direct block's lanes as output pixels: the runs of lanes that are
+/// columns `0 .. out_w` of an output row (at most 64 / (P - out_w) + 2).
+struct RowSegs {
+    /// `(first lane, end lane, destination of lane 0 of the run's row)`.
+    segs: [(usize, usize, *mut i8); 66],
+    ns: usize,
+    /// Output plane (row stride of a channel).
+    rs: usize,
+}
+
+impl Store for RowSegs {
+    #[inline(always)]
+    unsafe fn put(&self, r: usize, v: __m512i, a: usize, b: usize) {
+        for &(sa, sb, base) in &self.segs[..self.ns] {
+            let (a, b) = (a.max(sa), b.min(sb));
+            if a < b {
+                // SAFETY: lanes a .. b of this run are output pixels of
+                // row r (the caller vouches for rows; the run was built
+                // from the band's pixels); masked-off bytes untouched.
+                unsafe {
+                    _mm512_mask_storeu_epi8(base.wrapping_add(r * self.rs).cast(), lanes(a, b), v)
+                };
+            }
+        }
+    }
+}
+
+/// The conv on tap-major rows ([`Order::Taps`]): each step's activations
+/// are read in place from a channel-interleaved, zero-padded copy of a
+/// band of input rows ([`fill_band`]): lane `q = oy * P + ox` of the band,
+/// tap `(ky, kx)` at `q + ky dy P + kx dx`, so no panel is built; the
+/// `P - out_w` lanes past each output row are computed and dropped.
+///
+/// # Safety
+/// AVX-512 F/BW/VL/VNNI available; arguments checked by [`conv_gemm_i8`],
+/// `direct_fits(g, taps, cp)`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vbmi,avx512vnni")]
+unsafe fn direct(
+    g: &Conv2dGeom,
+    x: &[i8],
+    d: &DecodedRows,
+    cp: usize,
+    rq: &[Requant],
+    out: &mut [i8],
+) {
+    let (n, oh, ow) = (d.rows(), g.out_h(), g.out_w());
+    let plane = oh * ow;
+    let pitch = g.w + g.pads[1] + g.pads[3];
+    let Some((band, rows_in)) = direct_band(g, cp) else {
+        return;
+    };
+    let qplane = rows_in * pitch * 4;
+    // Step s = tap t, quad c4 (the rows' order): its word of lane 0.
+    let quads = cp / 4;
+    let steps = d.kp() / 4;
+    let mut offs = [0u32; MAX_K / 4];
+    for (s, o) in offs[..steps].iter_mut().enumerate() {
+        let (t, c4) = (s / quads, s % quads);
+        let (ky, kx) = (t / g.kw, t % g.kw);
+        let lane = ky * g.dilation[0] * pitch + kx * g.dilation[1];
+        *o = (c4 * qplane + 4 * lane) as u32;
+    }
+    let mut panel = MaybeUninit::<Panel>::uninit();
+    let buf = panel.as_mut_ptr().cast::<u8>();
+    // The bytes past the last quad that a block's last vector may read
+    // (lanes past the band's last pixel): initialized, then dropped.
+    // SAFETY: quads * qplane + 64 <= PANEL_BYTES (direct_band).
+    unsafe {
+        _mm512_storeu_si512(
+            buf.add(quads * qplane).cast(),
+            _mm512_set1_epi8(0x80u8 as i8),
+        )
+    };
+    let op = out.as_mut_ptr();
+    let mut oy0 = 0;
+    while oy0 < oh {
+        let nb = band.min(oh - oy0);
+        // SAFETY: quads * qplane bytes of the buffer; nb + reach <= rows_in.
+        unsafe {
+            fill_band(
+                g,
+                x,
+                cp,
+                oy0 as isize - g.pads[0] as isize,
+                nb + rows_in - band,
+                qplane,
+                buf,
+            )
+        };
+        let lanes_n = (nb - 1) * pitch + ow;
+        let mut q0 = 0;
+        while q0 < lanes_n {
+            let cnt = (lanes_n - q0).min(64);
+            let mut segs = RowSegs {
+                segs: [(0, 0, core::ptr::null_mut()); 66],
+                ns: 0,
+                rs: plane,
+            };
+            let mut oy = q0 / pitch;
+            while oy * pitch < q0 + cnt {
+                let (a, b) = ((oy * pitch).max(q0), (oy * pitch + ow).min(q0 + cnt));
+                if a < b {
+                    // Lane l of this run is pixel (oy0 + oy, l + q0 - oy P).
+                    let lane0 = ((oy0 + oy) * ow) as isize + q0 as isize - (oy * pitch) as isize;
+                    segs.segs[segs.ns] = (a - q0, b - q0, op.wrapping_offset(lane0));
+                    segs.ns += 1;
+                }
+                oy += 1;
+            }
+            let st = Table {
+                base: buf.wrapping_add(4 * q0),
+                offs: &offs[..steps],
+            };
+            // SAFETY: every step's vectors lie in the filled band (lanes
+            // below lanes_n read input rows below nb + reach; the last
+            // vector's extra lanes at most 64 bytes past the last quad,
+            // initialized above); the runs are pixels of the band.
+            unsafe { run_rows(cnt.div_ceil(16), d, 0, n, &st, cnt, rq, &segs) };
+            q0 += cnt;
+        }
+        oy0 += nb;
+    }
 }
 
 /// The blocks of a call over rows `0 .. n` (channels `oc0 ..`): per
@@ -864,6 +1117,12 @@ pub fn conv_gemm_i8(
     );
     assert_eq!(d.k(), g.k(), "decoded rows: k");
     assert!(g.k() <= MAX_K, "avx512/gemm-dot: k above MAX_K");
+    if let Order::Taps { taps, cp } = d.order() {
+        assert!(
+            direct_fits(g, taps, cp),
+            "avx512/gemm-dot: tap-major rows on a layer they do not fit"
+        );
+    }
     crate::dispatch::check_call(g, x.len(), d.k(), d.rows(), oc0, rq.len(), out.len());
     // SAFETY: the level is available (checked above) and the arguments
     // match the geometry.
@@ -953,12 +1212,16 @@ unsafe fn linear(x: &[i8], m: usize, d: &DecodedRows, rq: &[Requant], out: &mut 
             rs: 1,
             ls: n,
         };
+        let st = Strided {
+            base: pp,
+            stride: nv * 64,
+        };
         // SAFETY: the panel holds kp / 4 * nv * 64 <= PANEL_BYTES bytes,
         // written before `rows` reads them; x holds m rows of k; the sink
         // writes outputs 0 .. n of batch rows j0 .. j0 + cnt <= m.
         unsafe {
             build_rows_panel(x, k, j0, cnt, nv, pp);
-            run_rows(nv, d, 0, n, pp, nv * 64, cnt, rq, sink);
+            run_rows(nv, d, 0, n, &st, cnt, rq, &sink);
         }
         j0 += cnt;
     }
@@ -979,6 +1242,11 @@ pub fn linear_gemm_i8(x: &[i8], m: usize, d: &DecodedRows, rq: &[Requant], out: 
     assert!(
         (1..=MAX_K).contains(&k),
         "avx512/gemm-dot: k outside 1..=MAX_K"
+    );
+    assert_eq!(
+        d.order(),
+        Order::Codes,
+        "avx512/gemm-dot: linear rows in code order"
     );
     assert_eq!(Some(x.len()), m.checked_mul(k), "linear input length");
     assert_eq!(Some(out.len()), m.checked_mul(n), "linear output length");
