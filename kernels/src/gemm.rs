@@ -88,22 +88,22 @@ impl Order {
         }
     }
 
-    /// The weight (in code order) stored at `s`, if it is not padding.
+    /// `f(s, i)` for every stored position `s` in ascending order, `i`
+    /// the weight (in code order) stored there or `None` for padding:
+    /// no division per weight (decoding at load runs it on every weight
+    /// of the model).
     #[inline]
-    pub const fn original(self, s: usize, k: usize) -> Option<usize> {
-        let i = match self {
-            Order::Codes => s,
+    pub fn each_stored(self, k: usize, mut f: impl FnMut(usize, Option<usize>)) {
+        match self {
+            Order::Codes => (0..padded_k(k)).for_each(|s| f(s, (s < k).then_some(s))),
             Order::Taps { taps, cp } => {
-                if s % cp >= k / taps {
-                    return None;
+                let cin = k / taps.max(1);
+                for t in 0..taps {
+                    for c in 0..cp {
+                        f(t * cp + c, (c < cin).then_some(c * taps + t));
+                    }
                 }
-                (s % cp) * taps + s / cp
             }
-        };
-        if i < k {
-            Some(i)
-        } else {
-            None
         }
     }
 }
@@ -279,17 +279,18 @@ pub fn fix_count(w: &PackedRows, order: Order) -> usize {
     if !plus128 {
         return 0;
     }
-    let (k, kp) = (w.k(), order.kp(w.k()));
-    (0..w.rows())
-        .map(|r| {
-            (0..kp / 4)
-                .filter(|&kb| {
-                    (4 * kb..4 * kb + 4)
-                        .any(|s| order.original(s, k).is_some_and(|i| w.get(r, i) == top))
-                })
-                .count()
-        })
-        .sum()
+    let mut blocks = 0;
+    for r in 0..w.rows() {
+        let mut hit = false;
+        order.each_stored(w.k(), |s, i| {
+            hit |= i.is_some_and(|i| w.get(r, i) == top);
+            if s % 4 == 3 {
+                blocks += hit as usize;
+                hit = false;
+            }
+        });
+    }
+    blocks
 }
 
 /// Decode `w` into the layout of [`DecodedRows`] in `order`: `out` holds
@@ -313,24 +314,24 @@ pub fn decode(
         let row = &mut out[r * kp..(r + 1) * kp];
         let mut sum = 0i32;
         let mut word = [0u8; 4];
-        for (i, o) in row.iter_mut().enumerate() {
-            let v = order.original(i, k).map_or(0, |j| bits.value(w.get(r, j)));
+        order.each_stored(k, |s, i| {
+            let v = i.map_or(0, |j| bits.value(w.get(r, j)));
             sum += v;
             if v == 128 {
-                *o = 127;
-                word[i % 4] = 1;
+                row[s] = 127;
+                word[s % 4] = 1;
             } else {
-                *o = v as i8;
+                row[s] = v as i8;
             }
-            if i % 4 == 3 && word != [0; 4] {
+            if s % 4 == 3 && word != [0; 4] {
                 fix[nf] = Fix {
-                    kb: (i / 4) as u32,
+                    kb: (s / 4) as u32,
                     word: i32::from_le_bytes(word),
                 };
                 nf += 1;
                 word = [0; 4];
             }
-        }
+        });
         corr[r] = sum.wrapping_mul(-128);
     }
     fix_at[n] = nf as u32;
