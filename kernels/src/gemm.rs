@@ -382,10 +382,16 @@ pub const fn taps_order(g: &Conv2dGeom) -> Option<Order> {
 /// dropped. That waste has to cost less than the panel it saves, whose
 /// share of a layer's time falls with its output channels (measured on
 /// ResNet-18 b4: 16% at 64 channels, 8% at 128): taken when
-/// `waste < 10 / n`.
+/// `waste < 10 / n`. Not for 1x1 kernels: their panel is the interleave
+/// itself, built once per pixel block from one tap, so there is nothing
+/// to save, and the direct kernel's bands cut the plane into more partial
+/// blocks.
 pub const fn direct_applies(g: &Conv2dGeom) -> bool {
     let pitch = g.w + g.pads[1] + g.pads[3];
-    applies(g) && taps_order(g).is_some() && (g.kw - 1) * g.dilation[1] * g.c_out < 10 * pitch
+    applies(g)
+        && g.kh * g.kw > 1
+        && taps_order(g).is_some()
+        && (g.kw - 1) * g.dilation[1] * g.c_out < 10 * pitch
 }
 
 /// Largest `k` of the GEMM kernel: its activation panel (`k` rounded to
