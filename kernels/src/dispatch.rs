@@ -677,17 +677,20 @@ pub fn forced_family() -> Option<Family> {
 /// `dot`) or [`Op::ListsI8`] (`avx512/gemm-shift`, under a forced `shift`
 /// or `lut`) instead of this op; batched linear layers likewise
 /// ([`decoded_linear`]). Same bench, b = 4, one thread, quiet machine,
-/// 2026-11-29, G MACs/s:
+/// 2026-11-29, G MACs/s (gemm-dot: the morning's version, then the
+/// evening's with the direct stride-1 path and the tail, measured back to
+/// back; the absolute level moves 10-20% between sessions, so compare
+/// within a column pair):
 ///
-/// | layer                  | gemm-dot | avx512/dot | gemm-shift | avx512/shift |
-/// |------------------------|----------|------------|------------|--------------|
-/// | 1x1 conv 784x1152x128  | 135-139  | 33.4       | 72         | 12.8         |
-/// | 3x3 conv 128x28x28     | 138-144  | 54.1       | 75         | 16.1         |
-/// | 3x3 conv 64x56x56      | 135-137  | 39.6       | 68         | 13.5         |
-/// | 3x3 conv 512x7x7       | 106-110  | 58.2       | 67         | 16.9         |
-/// | 3x3/2 conv 128 -> 256  | 131-135  | 62.4       | 63         | 17.3         |
-/// | 7x7/2 stem, 3 channels | 108-116  | 27.1       | 47-58      | 9.5          |
-/// | pointwise 16 -> 96     | 38-46    | 4.5        | 14.5       | 2.0          |
+/// | layer                  | gemm-dot   | avx512/dot | gemm-shift | avx512/shift |
+/// |------------------------|------------|------------|------------|--------------|
+/// | 1x1 conv 784x1152x128  | 123 -> 125 | 33.4       | 72         | 12.8         |
+/// | 3x3 conv 128x28x28     | 129 -> 157 | 54.1       | 75         | 16.1         |
+/// | 3x3 conv 64x56x56      | 116 -> 156 | 39.6       | 68         | 13.5         |
+/// | 3x3 conv 512x7x7       | 102 -> 112 | 58.2       | 67         | 16.9         |
+/// | 3x3/2 conv 128 -> 256  | 128 -> 128 | 62.4       | 63         | 17.3         |
+/// | 7x7/2 stem, 3 channels | 103 -> 102 | 27.1       | 47-58      | 9.5          |
+/// | pointwise 16 -> 96     | 41 -> 44   | 4.5        | 14.5       | 2.0          |
 ///
 /// On aarch64 with `dotprod` ([`Isa::NeonDot`]) the same rule holds and
 /// the same decoded rows feed `neondot/gemm-dot` ([`crate::gemm::applies`]
