@@ -92,7 +92,7 @@ impl Order {
     /// the weight (in code order) stored there or `None` for padding:
     /// no division per weight (decoding at load runs it on every weight
     /// of the model).
-    #[inline]
+    #[inline(always)]
     pub fn each_stored(self, k: usize, mut f: impl FnMut(usize, Option<usize>)) {
         match self {
             Order::Codes => (0..padded_k(k)).for_each(|s| f(s, (s < k).then_some(s))),
@@ -279,11 +279,11 @@ pub fn fix_count(w: &PackedRows, order: Order) -> usize {
     if !plus128 {
         return 0;
     }
-    let mut blocks = 0;
+    let (mut blocks, bits) = (0, w.bits());
     for r in 0..w.rows() {
-        let mut hit = false;
+        let (codes, mut hit) = (w.row(r), false);
         order.each_stored(w.k(), |s, i| {
-            hit |= i.is_some_and(|i| w.get(r, i) == top);
+            hit |= i.is_some_and(|i| crate::codes::code_at(codes, bits, i) == top);
             if s % 4 == 3 {
                 blocks += hit as usize;
                 hit = false;
@@ -308,14 +308,20 @@ pub fn decode(
     assert_eq!(out.len(), n * kp, "decode: weights length");
     assert_eq!(corr.len(), n, "decode: corrections length");
     assert_eq!(fix_at.len(), n + 1, "decode: fix index length");
+    // Each code's value, looked up: decoding runs over every weight of
+    // the model at load.
+    let mut value = [0i32; 256];
+    for (c, v) in value.iter_mut().enumerate().take(1 << bits.get()) {
+        *v = bits.value(c as u8);
+    }
     let mut nf = 0usize;
     for r in 0..n {
         fix_at[r] = nf as u32;
-        let row = &mut out[r * kp..(r + 1) * kp];
+        let (row, codes) = (&mut out[r * kp..(r + 1) * kp], w.row(r));
         let mut sum = 0i32;
         let mut word = [0u8; 4];
         order.each_stored(k, |s, i| {
-            let v = i.map_or(0, |j| bits.value(w.get(r, j)));
+            let v = i.map_or(0, |j| value[crate::codes::code_at(codes, bits, j) as usize]);
             sum += v;
             if v == 128 {
                 row[s] = 127;
