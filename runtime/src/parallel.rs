@@ -56,9 +56,12 @@ impl Threads {
     }
 }
 
-/// Layers below this many MACs run on the calling thread: waking the pool
-/// costs more than it saves.
-const MIN_MACS: usize = 1 << 16;
+/// Elementwise and pooling ops below this many outputs run on the calling
+/// thread: waking the pool costs more than it saves. At 2^16, ResNet-18's
+/// and MobileNetV2's input quantize (150 K) ran 1.2-1.8x slower on 2
+/// threads than on 1 in every run (ResNet-18 74 -> 93 us, MobileNetV2 67
+/// -> 96 us), ResNet-18's residual adds (100-200 K) up to 1.6x.
+const MIN_MACS: usize = 1 << 20;
 /// Conv layers below this many MACs run on the calling thread: at the
 /// pixel-lane GEMM's 130-160 G MACs/s such a layer takes under 30 us,
 /// and waking the pool plus the band copies cost more than the second
