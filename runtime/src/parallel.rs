@@ -356,6 +356,77 @@ mod tests {
         assert!(seen.iter().all(|&n| n >= 10), "splits exercised: {seen:?}");
     }
 
+    /// Row bands of stride-1 layers through the decoded-row kernels in
+    /// both orders (tap-major where the layer has one, for the kernels that
+    /// take it): a band's geometry has its own height and vertical padding,
+    /// which the direct kernel's interleaved input band must follow.
+    #[test]
+    fn decoded_rows_split_equal_one_call() {
+        use crate::kernels::dispatch::KernelFn;
+        use crate::kernels::gemm::{self, DecodedRows, Fix, Order};
+        let mut r = Rng(0x51ab_1e00);
+        let mut th = Threads::new(2).unwrap();
+        let mut ran = 0;
+        for case in 0..40 {
+            let (kh, kw, d) = (1 + r.below(3), 1 + r.below(3), 1 + r.below(2));
+            let p = r.below(3);
+            let g = Conv2dGeom {
+                c_in: 2 + r.below(9),
+                h: 8 + r.below(40),
+                w: 5 + r.below(30),
+                c_out: 4 + r.below(40),
+                kh,
+                kw,
+                stride: [1, 1],
+                pads: [p, r.below(2), (p + case) % 3, r.below(2)],
+                dilation: [d, 1 + r.below(2)],
+                groups: 1,
+            };
+            if g.validate().is_err() {
+                continue;
+            }
+            let bits = Bits::new(4).unwrap();
+            let codes: Vec<u8> = (0..g.c_out * g.k())
+                .map(|_| (r.next() % 16) as u8)
+                .collect();
+            let mut packed = vec![0u8; g.c_out * bits.row_bytes(g.k())];
+            pack(&codes, bits, g.c_out, g.k(), &mut packed);
+            let w = PackedRows::new(&packed, bits, g.c_out, g.k()).unwrap();
+            let x: Vec<i8> = (0..g.in_len()).map(|_| r.next() as i8).collect();
+            let rq: Vec<Requant> = (0..g.c_out)
+                .map(|c| Requant::from_real(1.0 / (1 << (c % 9)) as f64, 0.5, -128, 127))
+                .collect();
+            let mut want = vec![0i8; g.out_len()];
+            scalar::conv_shift_i8(&g, &x, &w, 0, &rq, &mut want);
+            let orders = [Some(Order::Codes), gemm::taps_order(&g)];
+            for order in orders.into_iter().flatten() {
+                let n = g.c_out;
+                let (mut dw, mut corr) = (vec![0i8; n * order.kp(g.k())], vec![0i32; n]);
+                let (mut at, mut fix) = (
+                    vec![0u32; n + 1],
+                    vec![Fix::default(); gemm::fix_count(&w, order)],
+                );
+                gemm::decode(&w, order, &mut dw, &mut corr, &mut at, &mut fix);
+                let dr = DecodedRows::new(&dw, &corr, &at, &fix, g.k(), order).unwrap();
+                for k in dispatch::kernels() {
+                    let KernelFn::DecodedI8(f) = k.f else {
+                        continue;
+                    };
+                    if !k.isa.available() || !(order == Order::Codes || k.takes_tap_major()) {
+                        continue;
+                    }
+                    let mut got = vec![1i8; g.out_len()];
+                    let how = split(&mut th, &g, &x, &mut got, |g, x, oc0, n, o| {
+                        f(g, x, &dr.sub_rows(oc0, n), oc0, &rq[oc0..oc0 + n], o)
+                    });
+                    assert_eq!(got, want, "{} {order:?} {g:?}, {how:?}", k.name);
+                    ran += (how == Split::Rows) as usize;
+                }
+            }
+        }
+        assert!(ran >= 20, "row bands exercised {ran} times");
+    }
+
     fn geom(h: usize, kh: usize, s: usize, d: usize, pads: [usize; 4]) -> Conv2dGeom {
         Conv2dGeom {
             c_in: 3,
