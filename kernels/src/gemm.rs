@@ -405,6 +405,44 @@ pub const fn direct_applies(g: &Conv2dGeom) -> bool {
 /// 288 KiB holds ResNet's `k = 4608` at 64 pixels.
 pub const MAX_K: usize = 18 * 1024;
 
+/// The argument checks every decoded-row conv kernel makes (`name` in the
+/// messages): `k` matches the geometry and is at most [`MAX_K`], and the
+/// lengths of [`crate::dispatch::check_call`]. Tap-major rows are the
+/// caller's to check: only some kernels take them.
+pub fn check_conv(
+    name: &str,
+    g: &Conv2dGeom,
+    x_len: usize,
+    d: &DecodedRows,
+    oc0: usize,
+    rq_len: usize,
+    out_len: usize,
+) {
+    assert_eq!(d.k(), g.k(), "decoded rows: k");
+    assert!(g.k() <= MAX_K, "{name}: k above MAX_K");
+    crate::dispatch::check_call(g, x_len, d.k(), d.rows(), oc0, rq_len, out_len);
+}
+
+/// The argument checks of a batched linear kernel on decoded rows (`name`
+/// in the messages): rows in code order, `k` in `1 ..= MAX_K`, `x` of `m`
+/// rows of `k`, `out` of `m` rows of `d.rows()`, one requantizer per
+/// output.
+pub fn check_linear(
+    name: &str,
+    x_len: usize,
+    m: usize,
+    d: &DecodedRows,
+    rq_len: usize,
+    out_len: usize,
+) {
+    let (n, k) = (d.rows(), d.k());
+    assert!((1..=MAX_K).contains(&k), "{name}: k outside 1..=MAX_K");
+    assert_eq!(d.order(), Order::Codes, "{name}: linear rows in code order");
+    assert_eq!(Some(x_len), m.checked_mul(k), "linear input length");
+    assert_eq!(Some(out_len), m.checked_mul(n), "linear output length");
+    assert_eq!(rq_len, n, "one requantizer per output");
+}
+
 /// The reference of the decoded layout: equal to
 /// [`crate::scalar::conv_shift_i8`] on the codes `d` was decoded from.
 pub fn conv_decoded_i8(

@@ -51,7 +51,7 @@ use core::arch::aarch64::*;
 use core::mem::MaybeUninit;
 
 use crate::dispatch::Isa;
-use crate::gemm::{padded_k, DecodedRows, Order, MAX_K};
+use crate::gemm::{check_conv, check_linear, padded_k, DecodedRows, Order, MAX_K};
 use crate::{Conv2dGeom, Requant};
 
 /// Rows of the microkernel.
@@ -510,14 +510,12 @@ pub fn conv_gemm_i8(
         Isa::NeonDot.available(),
         "neondot/gemm-dot on a CPU without dotprod"
     );
-    assert_eq!(d.k(), g.k(), "decoded rows: k");
-    assert!(g.k() <= MAX_K, "neondot/gemm-dot: k above MAX_K");
+    check_conv("neondot/gemm-dot", g, x.len(), d, oc0, rq.len(), out.len());
     assert_eq!(
         d.order(),
         Order::Codes,
         "neondot/gemm-dot: rows in code order"
     );
-    crate::dispatch::check_call(g, x.len(), d.k(), d.rows(), oc0, rq.len(), out.len());
     // SAFETY: dotprod is available (checked above) and the arguments
     // match the geometry.
     unsafe { conv(g, x, d, oc0, rq, out) }
@@ -602,19 +600,7 @@ pub fn linear_gemm_i8(x: &[i8], m: usize, d: &DecodedRows, rq: &[Requant], out: 
         Isa::NeonDot.available(),
         "neondot/gemm-dot on a CPU without dotprod"
     );
-    let (n, k) = (d.rows(), d.k());
-    assert!(
-        (1..=MAX_K).contains(&k),
-        "neondot/gemm-dot: k outside 1..=MAX_K"
-    );
-    assert_eq!(
-        d.order(),
-        Order::Codes,
-        "neondot/gemm-dot: linear rows in code order"
-    );
-    assert_eq!(Some(x.len()), m.checked_mul(k), "linear input length");
-    assert_eq!(Some(out.len()), m.checked_mul(n), "linear output length");
-    assert_eq!(rq.len(), n, "one requantizer per output");
+    check_linear("neondot/gemm-dot", x.len(), m, d, rq.len(), out.len());
     // SAFETY: dotprod is available (checked above); lengths checked.
     unsafe { linear(x, m, d, rq, out) }
 }

@@ -35,7 +35,9 @@ use core::arch::x86_64::*;
 use core::mem::MaybeUninit;
 
 use crate::dispatch::Isa;
-use crate::gemm::{padded_k, taps_order, DecodedRows, Order, DIRECT_BYTES, MAX_K};
+use crate::gemm::{
+    check_conv, check_linear, padded_k, taps_order, DecodedRows, Order, DIRECT_BYTES, MAX_K,
+};
 use crate::{Conv2dGeom, Requant};
 
 /// Bytes of the stack panel: `MAX_K` weights of one 16-pixel vector.
@@ -1127,15 +1129,13 @@ pub fn conv_gemm_i8(
         Isa::Avx512.available(),
         "avx512/gemm-dot on a CPU without AVX-512"
     );
-    assert_eq!(d.k(), g.k(), "decoded rows: k");
-    assert!(g.k() <= MAX_K, "avx512/gemm-dot: k above MAX_K");
+    check_conv("avx512/gemm-dot", g, x.len(), d, oc0, rq.len(), out.len());
     if let Order::Taps { taps, cp } = d.order() {
         assert!(
             direct_fits(g, taps, cp),
             "avx512/gemm-dot: tap-major rows on a layer they do not fit"
         );
     }
-    crate::dispatch::check_call(g, x.len(), d.k(), d.rows(), oc0, rq.len(), out.len());
     // SAFETY: the level is available (checked above) and the arguments
     // match the geometry.
     unsafe { conv(g, x, d, oc0, rq, out) }
@@ -1250,19 +1250,7 @@ pub fn linear_gemm_i8(x: &[i8], m: usize, d: &DecodedRows, rq: &[Requant], out: 
         Isa::Avx512.available(),
         "avx512/gemm-dot on a CPU without AVX-512"
     );
-    let (n, k) = (d.rows(), d.k());
-    assert!(
-        (1..=MAX_K).contains(&k),
-        "avx512/gemm-dot: k outside 1..=MAX_K"
-    );
-    assert_eq!(
-        d.order(),
-        Order::Codes,
-        "avx512/gemm-dot: linear rows in code order"
-    );
-    assert_eq!(Some(x.len()), m.checked_mul(k), "linear input length");
-    assert_eq!(Some(out.len()), m.checked_mul(n), "linear output length");
-    assert_eq!(rq.len(), n, "one requantizer per output");
+    check_linear("avx512/gemm-dot", x.len(), m, d, rq.len(), out.len());
     // SAFETY: the level is available (checked above); lengths checked,
     // and 16 * k < 2^31 since k <= MAX_K.
     unsafe { linear(x, m, d, rq, out) }
