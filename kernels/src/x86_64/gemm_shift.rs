@@ -23,23 +23,38 @@ use crate::lists::{ExpLists, MAX_K};
 use crate::{Conv2dGeom, Requant};
 
 /// Build the panel of group `grp`: per weight `i`, the block's 64
-/// activations (raw int8, zero for padding) at `panel + i * 64`.
+/// activations (raw int8, zero for padding), at `panel + i * 64` as bytes
+/// or, with `WIDE`, sign-extended to `i16` at build time at
+/// `panel + i * 128` (for small `k`, [`WIDE_K`]).
 ///
 /// # Safety
 /// AVX-512 F/BW/VBMI available; `panel` valid for writes of `k * 64`
-/// bytes (64-byte aligned); `x.len() == g.in_len()`.
+/// bytes (`k * 128` with `WIDE`; 64-byte aligned); `x.len() == g.in_len()`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
-unsafe fn build_panel8(g: &Conv2dGeom, x: &[i8], grp: usize, blk: &Block, panel: *mut u8) {
+unsafe fn build_panel<const WIDE: bool>(
+    g: &Conv2dGeom,
+    x: &[i8],
+    grp: usize,
+    blk: &Block,
+    panel: *mut u8,
+) {
     let c_base = grp * g.c_in_g();
     let mut i = 0;
     for ic in 0..g.c_in_g() {
         for ky in 0..g.kh {
             for kx in 0..g.kw {
                 // SAFETY: c_base + ic < c_in; features forwarded; weight
-                // i's 64 bytes lie within the panel.
+                // i's 64 (128) bytes lie within the panel.
                 unsafe {
                     let t = tap(g, x, blk, c_base + ic, ky, kx);
-                    _mm512_store_si512(panel.add(i * 64).cast(), t);
+                    if WIDE {
+                        let lo = _mm512_cvtepi8_epi16(_mm512_castsi512_si256(t));
+                        let hi = _mm512_cvtepi8_epi16(_mm512_extracti64x4_epi64::<1>(t));
+                        _mm512_store_si512(panel.add(i * 128).cast(), lo);
+                        _mm512_store_si512(panel.add(i * 128 + 64).cast(), hi);
+                    } else {
+                        _mm512_store_si512(panel.add(i * 64).cast(), t);
+                    }
                 }
                 i += 1;
             }
@@ -47,34 +62,7 @@ unsafe fn build_panel8(g: &Conv2dGeom, x: &[i8], grp: usize, blk: &Block, panel:
     }
 }
 
-/// The same panel sign-extended to `i16` at build time, 128 bytes per
-/// weight (`panel + i * 128`), for small `k` ([`WIDE_K`]).
-///
-/// # Safety
-/// As [`build_panel8`], with `k * 128` bytes.
-#[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
-unsafe fn build_panel16(g: &Conv2dGeom, x: &[i8], grp: usize, blk: &Block, panel: *mut u8) {
-    let c_base = grp * g.c_in_g();
-    let mut i = 0;
-    for ic in 0..g.c_in_g() {
-        for ky in 0..g.kh {
-            for kx in 0..g.kw {
-                // SAFETY: c_base + ic < c_in; features forwarded; weight
-                // i's 128 bytes lie within the panel.
-                unsafe {
-                    let t = tap(g, x, blk, c_base + ic, ky, kx);
-                    let lo = _mm512_cvtepi8_epi16(_mm512_castsi512_si256(t));
-                    let hi = _mm512_cvtepi8_epi16(_mm512_extracti64x4_epi64::<1>(t));
-                    _mm512_store_si512(panel.add(i * 128).cast(), lo);
-                    _mm512_store_si512(panel.add(i * 128 + 64).cast(), hi);
-                }
-                i += 1;
-            }
-        }
-    }
-}
-
-/// Layers with `k` up to this take the `i16` panel ([`build_panel16`]):
+/// Layers with `k` up to this take the `i16` panel ([`build_panel`]):
 /// it fits L1 (`k * 128` bytes), where the plain `vpaddw` from memory
 /// beats widening on every load (stem 7x7, k = 147: 58 against 40 G MAC/s);
 /// larger layers take the byte panel, which halves what streams from L2
@@ -236,7 +224,7 @@ unsafe fn conv(g: &Conv2dGeom, x: &[i8], l: &ExpLists, oc0: usize, rq: &[Requant
         unsafe {
             match (k <= WIDE_K, cnt > 32) {
                 (true, wide) => {
-                    build_panel16(g, x, grp, blk, pp);
+                    build_panel::<true>(g, x, grp, blk, pp);
                     if wide {
                         rows::<2, true>(l, r, r_end, pp, cnt, rq, &mut emit);
                     } else {
@@ -244,7 +232,7 @@ unsafe fn conv(g: &Conv2dGeom, x: &[i8], l: &ExpLists, oc0: usize, rq: &[Requant
                     }
                 }
                 (false, wide) => {
-                    build_panel8(g, x, grp, blk, pp);
+                    build_panel::<false>(g, x, grp, blk, pp);
                     if wide {
                         rows::<2, false>(l, r, r_end, pp, cnt, rq, &mut emit);
                     } else {
