@@ -264,15 +264,65 @@ fn masked_add(mut acc: __m512, k: __mmask16, t: __m512i) -> __m512 {
 }
 
 /// The sums of `MR` rows (codes of `B` bits) over the panel's `k` steps
-/// of `NV` vectors: per step and row, `bits(x) + c` with `c = (p << 23) |
-/// (s << 31)` (zero-masked where `x` is zero) and `vaddps`. The inner
-/// loop, kept out of line so that `scripts/check-no-mul.sh` finds it and
-/// checks it has no multiply.
+/// of `NV` vectors, the shared body of [`fexp_rows`] and [`fma_rows`]:
+/// per run of [`KR`] codes the rows' codes become broadcast constants
+/// through `tab` ([`decode_run`]), then per step, row and vector
+/// `acc = term(acc, m, x, c)` with `x` the activation bits, `c` the
+/// constant and `m` the step's nonzero mask (loaded only if `MASKED`).
 ///
 /// # Safety
 /// AVX-512 F/BW/VBMI available; the panel holds `k * NV * 16` initialized
-/// `u32` at `panel` (64-byte aligned) and their `k * NV` nonzero masks at
-/// `nz` ([`build_panel`]).
+/// `u32` at `panel` (64-byte aligned) and, if `MASKED`, their `k * NV`
+/// nonzero masks at `nz` ([`build_panel`]).
+#[inline(always)]
+unsafe fn sum_rows<const B: u32, const NV: usize, const MR: usize, const MASKED: bool>(
+    rows: &[&[u8]; MR],
+    k: usize,
+    panel: *const u32,
+    nz: *const u16,
+    tab: &[u32; 16],
+    term: impl Fn(__m512, __mmask16, __m512i, __m512i) -> __m512,
+) -> [[__m512; NV]; MR] {
+    // SAFETY (the intrinsics): the features are available (contract).
+    unsafe {
+        let tab = _mm512_loadu_si512(tab.as_ptr().cast());
+        let mut acc = [[_mm512_setzero_ps(); NV]; MR];
+        let mut wb = Consts([[0u32; KR]; MR]);
+        let (mut k0, mut blk) = (0, 0);
+        while k0 < k {
+            let len = (k - k0).min(KR);
+            decode_run::<B, MR>(rows, blk, tab, &mut wb);
+            let pp = panel.wrapping_add(k0 * NV * 16);
+            let mp = nz.wrapping_add(k0 * NV);
+            for kb in 0..len {
+                // Step k0 + kb < k lies within the panel and the masks.
+                let a: [__m512i; NV] =
+                    core::array::from_fn(|v| _mm512_load_si512(pp.add((kb * NV + v) * 16).cast()));
+                // Masks from memory rather than `vptestmd`: a load instead
+                // of one more vector instruction per step and vector.
+                let m: [__mmask16; NV] =
+                    core::array::from_fn(|v| if MASKED { *mp.add(kb * NV + v) } else { !0 });
+                for (acc, w) in acc.iter_mut().zip(&wb.0) {
+                    let c = _mm512_set1_epi32(w[kb] as i32);
+                    for v in 0..NV {
+                        acc[v] = term(acc[v], m[v], a[v], c);
+                    }
+                }
+            }
+            k0 += len;
+            blk += 1;
+        }
+        acc
+    }
+}
+
+/// [`sum_rows`] with `c = (p << 23) | (s << 31)`: `bits(x) + c`, added by
+/// a `vaddps` merge-masked where `x` is zero. The inner loop, kept out of
+/// line so that `scripts/check-no-mul.sh` finds it and checks it has no
+/// multiply.
+///
+/// # Safety
+/// As [`sum_rows`], masked.
 #[inline(never)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
 unsafe fn fexp_rows<const B: u32, const NV: usize, const MR: usize>(
@@ -282,44 +332,19 @@ unsafe fn fexp_rows<const B: u32, const NV: usize, const MR: usize>(
     nz: *const u16,
 ) -> [[__m512; NV]; MR] {
     let tab = const { fexp_table(B) };
-    // SAFETY: `tab` is 16 `u32`.
-    let tab = unsafe { _mm512_loadu_si512(tab.as_ptr().cast()) };
-    let mut acc = [[_mm512_setzero_ps(); NV]; MR];
-    let mut wb = Consts([[0u32; KR]; MR]);
-    let (mut k0, mut blk) = (0, 0);
-    while k0 < k {
-        let len = (k - k0).min(KR);
-        // SAFETY: features forwarded.
-        unsafe { decode_run::<B, MR>(rows, blk, tab, &mut wb) };
-        let pp = panel.wrapping_add(k0 * NV * 16);
-        let mp = nz.wrapping_add(k0 * NV);
-        for kb in 0..len {
-            // SAFETY: step k0 + kb < k lies within the panel and the masks.
-            let a: [__m512i; NV] = core::array::from_fn(|v| unsafe {
-                _mm512_load_si512(pp.add((kb * NV + v) * 16).cast())
-            });
-            // Masks from memory rather than `vptestmd`: a load instead of
-            // one more vector instruction per step and vector.
-            // SAFETY: as above.
-            let m: [__mmask16; NV] = core::array::from_fn(|v| unsafe { *mp.add(kb * NV + v) });
-            for (acc, w) in acc.iter_mut().zip(&wb.0) {
-                let c = _mm512_set1_epi32(w[kb] as i32);
-                for v in 0..NV {
-                    acc[v] = masked_add(acc[v], m[v], _mm512_add_epi32(a[v], c));
-                }
-            }
-        }
-        k0 += len;
-        blk += 1;
+    // SAFETY: forwarded.
+    unsafe {
+        sum_rows::<B, NV, MR, true>(rows, k, panel, nz, &tab, |acc, m, x, c| {
+            masked_add(acc, m, _mm512_add_epi32(x, c))
+        })
     }
-    acc
 }
 
-/// [`fexp_rows`] with the weight as a float (`1.0` with the code's
+/// [`sum_rows`] with the weight as a float (`1.0` with the code's
 /// exponent and sign) and `vfmadd231ps`: the FMA baseline.
 ///
 /// # Safety
-/// As [`fexp_rows`].
+/// As [`sum_rows`], unmasked.
 #[inline(never)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
 unsafe fn fma_rows<const B: u32, const NV: usize, const MR: usize>(
@@ -328,32 +353,12 @@ unsafe fn fma_rows<const B: u32, const NV: usize, const MR: usize>(
     panel: *const u32,
 ) -> [[__m512; NV]; MR] {
     let tab = const { weight_bits(B) };
-    // SAFETY: `tab` is 16 `u32`.
-    let tab = unsafe { _mm512_loadu_si512(tab.as_ptr().cast()) };
-    let mut acc = [[_mm512_setzero_ps(); NV]; MR];
-    let mut wb = Consts([[0u32; KR]; MR]);
-    let (mut k0, mut blk) = (0, 0);
-    while k0 < k {
-        let len = (k - k0).min(KR);
-        // SAFETY: features forwarded.
-        unsafe { decode_run::<B, MR>(rows, blk, tab, &mut wb) };
-        let pp = panel.wrapping_add(k0 * NV * 16);
-        for kb in 0..len {
-            // SAFETY: step k0 + kb < k lies within the panel.
-            let a: [__m512; NV] = core::array::from_fn(|v| unsafe {
-                _mm512_load_ps(pp.add((kb * NV + v) * 16).cast())
-            });
-            for (acc, w) in acc.iter_mut().zip(&wb.0) {
-                let c = _mm512_castsi512_ps(_mm512_set1_epi32(w[kb] as i32));
-                for v in 0..NV {
-                    acc[v] = _mm512_fmadd_ps(a[v], c, acc[v]);
-                }
-            }
-        }
-        k0 += len;
-        blk += 1;
+    // SAFETY: forwarded; the masks are not read.
+    unsafe {
+        sum_rows::<B, NV, MR, false>(rows, k, panel, core::ptr::null(), &tab, |acc, _, x, c| {
+            _mm512_fmadd_ps(_mm512_castsi512_ps(x), _mm512_castsi512_ps(c), acc)
+        })
     }
-    acc
 }
 
 /// [`Affine::apply`] on 16 accumulators: the same separately rounded
