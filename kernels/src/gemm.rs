@@ -59,8 +59,8 @@ pub enum Order {
     /// Tap-major, `(ky, kx, c)`, each tap's channels zero-padded to `cp`
     /// (a multiple of 4): a step is four channels of one tap, so its
     /// activations are one word of a channel-interleaved copy of the input
-    /// at a fixed offset per tap, and a stride-1 kernel reads them in
-    /// place instead of building a panel ([`direct_applies`]).
+    /// at a fixed offset per tap, and the x86 kernel reads them in place
+    /// instead of building a panel ([`direct_applies`]).
     Taps {
         /// Kernel taps, `kh * kw`.
         taps: usize,
@@ -357,19 +357,32 @@ pub const fn applies(g: &Conv2dGeom) -> bool {
 /// kernel reads its steps from: the stack buffer of the panel it replaces.
 pub const DIRECT_BYTES: usize = MAX_K * 16;
 
+/// Lanes per row of the direct kernel's band for layer `g`: the padded
+/// input width, split into `stride[1]` column phases (a phase holds every
+/// `stride[1]`-th column, so consecutive output columns are consecutive
+/// lanes).
+pub const fn direct_pitch(g: &Conv2dGeom) -> usize {
+    (g.w + g.pads[1] + g.pads[3]).div_ceil(g.stride[1])
+}
+
+/// Rows of a phase of the direct kernel's band past its output rows: the
+/// vertical reach of the kernel in rows of its row phase.
+pub const fn direct_reach(g: &Conv2dGeom) -> usize {
+    (g.kh - 1) * g.dilation[0] / g.stride[0]
+}
+
 /// The tap-major order ([`Order::Taps`]) of layer `g` if the x86 GEMM
-/// can run its rows that way: stride 1, one group, `kp <= MAX_K`, and the
-/// channel-interleaved input rows one output row reads fit
-/// [`DIRECT_BYTES`].
+/// can run its rows that way: strides of at most 2, one group,
+/// `kp <= MAX_K`, and the channel-interleaved, phase-split input rows one
+/// output row reads fit [`DIRECT_BYTES`].
 pub const fn taps_order(g: &Conv2dGeom) -> Option<Order> {
-    let pitch = g.w + g.pads[1] + g.pads[3];
+    let (sy, sx) = (g.stride[0], g.stride[1]);
     let cp = g.c_in.div_ceil(4) * 4;
-    let band = cp * ((g.kh - 1) * g.dilation[0] + 1) * pitch + 64;
-    let fits = g.groups == 1
-        && g.stride[0] == 1
-        && g.stride[1] == 1
+    let strides = sy >= 1 && sy <= 2 && sx >= 1 && sx <= 2;
+    let fits = strides
+        && g.groups == 1
         && g.kh * g.kw * cp <= MAX_K
-        && band <= DIRECT_BYTES;
+        && cp * sy * sx * (direct_reach(g) + 1) * direct_pitch(g) + 64 <= DIRECT_BYTES;
     if fits {
         Some(Order::Taps {
             taps: g.kh * g.kw,
@@ -382,22 +395,27 @@ pub const fn taps_order(g: &Conv2dGeom) -> Option<Order> {
 
 /// True when layer `g` is decoded tap-major for the x86 GEMM
 /// ([`taps_order`]), which then reads each step's activations in place
-/// from a zero-padded, channel-interleaved copy of the input: output
-/// pixel `(oy, ox)` is lane `oy * P + ox` with `P` the padded input width,
-/// and the `(kw - 1) * dx` lanes past each output row are computed and
-/// dropped. That waste has to cost less than the panel it saves, whose
-/// share of a layer's time falls with its output channels (measured on
-/// ResNet-18 b4: 16% at 64 channels, 8% at 128): taken when
-/// `waste < 10 / n`. Not for 1x1 kernels: their panel is the interleave
-/// itself, built once per pixel block from one tap, so there is nothing
-/// to save, and the direct kernel's bands cut the plane into more partial
-/// blocks.
+/// from a zero-padded, channel-interleaved copy of the input, split into
+/// `sy * sx` stride phases: output pixel `(oy, ox)` is lane `oy * P + ox`
+/// with `P` = [`direct_pitch`], tap `(ky, kx)` reads phase
+/// `(ky dy % sy, kx dx % sx)` at lane `+ (ky dy / sy) P + kx dx / sx`, and
+/// the `P - out_w` lanes past each output row are computed and dropped.
+/// That waste has to cost less than the panel it saves, whose share of a
+/// layer's time falls with its output channels (measured on ResNet-18
+/// b4: 16% at 64 channels, 8% at 128): taken when `waste < 10 / n`. Not
+/// for 1x1 kernels: their panel is the interleave itself, built once per
+/// pixel block from one tap, so there is nothing to save, and the direct
+/// kernel's bands cut the plane into more partial blocks. Not when
+/// padding the channels to 4 adds a tenth to the steps (ResNet's 3-channel
+/// stem: 49 steps against the panel's 37).
 pub const fn direct_applies(g: &Conv2dGeom) -> bool {
-    let pitch = g.w + g.pads[1] + g.pads[3];
+    let pitch = direct_pitch(g);
+    let cp = g.c_in.div_ceil(4) * 4;
     applies(g)
         && g.kh * g.kw > 1
         && taps_order(g).is_some()
-        && (g.kw - 1) * g.dilation[1] * g.c_out < 10 * pitch
+        && (pitch - g.out_w()) * g.c_out < 10 * pitch
+        && 10 * g.kh * g.kw * cp <= 11 * padded_k(g.k())
 }
 
 /// Largest `k` of the GEMM kernel: its activation panel (`k` rounded to

@@ -1572,7 +1572,7 @@ fn aarch64_decoded_kernel_follows_dotprod() {
 fn direct_gemm_shapes() {
     let mut seed = 9000u64;
     let shapes = [
-        // (c_in, h, w, c_out, kh, kw, pads [t, l, b, r], dilation)
+        // (c_in, h, w, c_out, kh, kw, pads [t, l, b, r], dilation, stride)
         (
             3usize,
             9usize,
@@ -1582,18 +1582,29 @@ fn direct_gemm_shapes() {
             3usize,
             [1usize, 1, 1, 1],
             [1usize, 1],
+            [1usize, 1],
         ),
-        (6, 12, 10, 9, 3, 3, [2, 0, 1, 3], [2, 1]),
-        (5, 10, 13, 8, 3, 3, [1, 2, 1, 2], [1, 2]),
-        (8, 7, 20, 13, 5, 3, [2, 1, 2, 1], [1, 1]),
-        (16, 18, 18, 4, 1, 1, [0, 0, 0, 0], [1, 1]),
-        (7, 1, 40, 6, 1, 3, [0, 1, 0, 1], [1, 3]),
-        (4, 3, 5, 12, 3, 3, [0, 0, 0, 0], [1, 1]),
-        (64, 60, 200, 5, 3, 3, [1, 1, 1, 1], [1, 1]),
-        (130, 20, 40, 7, 3, 3, [1, 1, 1, 1], [2, 2]),
+        (6, 12, 10, 9, 3, 3, [2, 0, 1, 3], [2, 1], [1, 1]),
+        (5, 10, 13, 8, 3, 3, [1, 2, 1, 2], [1, 2], [1, 1]),
+        (8, 7, 20, 13, 5, 3, [2, 1, 2, 1], [1, 1], [1, 1]),
+        (16, 18, 18, 4, 1, 1, [0, 0, 0, 0], [1, 1], [1, 1]),
+        (7, 1, 40, 6, 1, 3, [0, 1, 0, 1], [1, 3], [1, 1]),
+        (4, 3, 5, 12, 3, 3, [0, 0, 0, 0], [1, 1], [1, 1]),
+        (64, 60, 200, 5, 3, 3, [1, 1, 1, 1], [1, 1], [1, 1]),
+        (130, 20, 40, 7, 3, 3, [1, 1, 1, 1], [2, 2], [1, 1]),
+        // Stride phases: a stem-like 7x7 on odd sizes, ResNet's 3x3 / 2
+        // on even and odd maps, strides along one axis with dilation
+        // along the other, a 1x1 / 2, and a map needing several bands.
+        (3, 23, 25, 6, 7, 7, [3, 3, 3, 3], [1, 1], [2, 2]),
+        (8, 14, 15, 9, 3, 3, [1, 1, 1, 1], [1, 1], [2, 2]),
+        (12, 15, 16, 6, 3, 3, [1, 1, 1, 1], [1, 1], [2, 2]),
+        (5, 13, 12, 7, 3, 3, [0, 1, 2, 0], [1, 2], [2, 1]),
+        (6, 11, 17, 5, 3, 5, [1, 2, 1, 2], [2, 1], [1, 2]),
+        (16, 9, 9, 8, 1, 1, [0, 0, 0, 0], [1, 1], [2, 2]),
+        (128, 80, 80, 5, 3, 3, [1, 1, 1, 1], [1, 1], [2, 2]),
     ];
     let mut ran = 0;
-    for (c_in, h, w, c_out, kh, kw, pads, dilation) in shapes {
+    for (c_in, h, w, c_out, kh, kw, pads, dilation, stride) in shapes {
         let g = Conv2dGeom {
             c_in,
             h,
@@ -1601,7 +1612,7 @@ fn direct_gemm_shapes() {
             c_out,
             kh,
             kw,
-            stride: [1, 1],
+            stride,
             pads,
             dilation,
             groups: 1,
@@ -1625,5 +1636,5 @@ fn direct_gemm_shapes() {
             ran += 1;
         }
     }
-    assert_eq!(ran, 18);
+    assert_eq!(ran, 32);
 }

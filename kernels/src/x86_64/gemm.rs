@@ -36,7 +36,8 @@ use core::mem::MaybeUninit;
 
 use crate::dispatch::Isa;
 use crate::gemm::{
-    check_conv, check_linear, padded_k, taps_order, DecodedRows, Order, DIRECT_BYTES, MAX_K,
+    check_conv, check_linear, direct_pitch, direct_reach, padded_k, taps_order, DecodedRows, Order,
+    DIRECT_BYTES, MAX_K,
 };
 use crate::{Conv2dGeom, Requant};
 
@@ -878,14 +879,15 @@ unsafe fn conv(
     });
 }
 
-/// Output rows of a direct band and the input rows it reads, for layer
-/// `g` with input channels padded to `cp`: as many as the stack buffer
-/// holds (each input row is `cp * P` bytes, `P` the padded width, plus
-/// 64 bytes for the last vector's overreach), or `None` if not one fits.
+/// Output rows of a direct band and the rows of each of its stride
+/// phases, for layer `g` with input channels padded to `cp`: as many as
+/// the stack buffer holds (a phase row is `cp * P` bytes over all quads,
+/// `P` = [`direct_pitch`], and there are `sy * sx` phases, plus 64 bytes
+/// for the last vector's overreach), or `None` if not one fits.
 fn direct_band(g: &Conv2dGeom, cp: usize) -> Option<(usize, usize)> {
-    let pitch = g.w + g.pads[1] + g.pads[3];
-    let reach = (g.kh - 1) * g.dilation[0];
-    let rows_in = (DIRECT_BYTES - 64) / (cp * pitch).max(1);
+    let phases = g.stride[0] * g.stride[1];
+    let reach = direct_reach(g);
+    let rows_in = (DIRECT_BYTES - 64) / (cp * phases * direct_pitch(g)).max(1);
     let rows = rows_in.checked_sub(reach)?.min(g.out_h());
     (rows > 0).then_some((rows, rows + reach))
 }
@@ -896,73 +898,98 @@ fn direct_fits(g: &Conv2dGeom, taps: usize, cp: usize) -> bool {
     taps_order(g) == Some(Order::Taps { taps, cp }) && direct_band(g, cp).is_some()
 }
 
-/// Copy input rows `iy0 .. iy0 + rows` (`iy0` may start in the top
-/// padding) into `buf`, channel-interleaved and zero-padded: quad `c4`
-/// at `buf + c4 * qplane`, row `j` of it `4 * P` bytes in, pixel `px`
-/// the word of channels `4 c4 .. 4 c4 + 4` at input column `px - pl`, as
-/// unsigned `x ^ 0x80` (padding and channels past `c_in`: 0x80, i.e. 0).
-///
-/// # Safety
-/// AVX-512 F/BW/VL available; `buf` valid for writes of
-/// `cp / 4 * qplane` bytes, `qplane >= rows * 4 * P`.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn fill_band(
-    g: &Conv2dGeom,
-    x: &[i8],
-    cp: usize,
+/// Where [`fill_band`] puts a band: `rows` rows of each stride phase,
+/// starting at padded input row `iy0` (`iy0` may lie in the top padding,
+/// `iy0 + j sy + psi` is row `j` of row phase `psi`), `pplane` bytes per
+/// phase and `qplane = sy * sx * pplane` per channel quad.
+struct BandAt {
     iy0: isize,
     rows: usize,
+    pplane: usize,
     qplane: usize,
-    buf: *mut u8,
-) {
-    let (h, w, pl) = (g.h as isize, g.w, g.pads[1]);
-    let pitch = w + pl + g.pads[3];
+}
+
+/// Copy a band of input rows into `buf`, channel-interleaved, zero-padded
+/// and split into stride phases: phase `(psi, phi)` of quad `c4` at `buf +
+/// c4 * qplane + (psi * sx + phi) * pplane`, its row `j` `4 * P` bytes in
+/// (`P` = [`direct_pitch`]), lane `l` the word of channels `4 c4 .. 4 c4 +
+/// 4` at input column `l sx + phi - pl`, as unsigned `x ^ 0x80` (padding
+/// and channels past `c_in`: 0x80, i.e. 0). A column stride of 2 loads
+/// twice the bytes and keeps the even ones (`vpmovwb`).
+///
+/// # Safety
+/// AVX-512 F/BW/VL available; `g.stride[1] <= 2`; `buf` valid for writes
+/// of `cp / 4 * at.qplane` bytes, `at.pplane >= at.rows * 4 * P`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn fill_band(g: &Conv2dGeom, x: &[i8], cp: usize, at: &BandAt, buf: *mut u8) {
+    let (h, w, pl) = (g.h as isize, g.w as isize, g.pads[1] as isize);
+    let (sy, sx) = (g.stride[0], g.stride[1]);
+    let pitch = direct_pitch(g);
     let flip = _mm_set1_epi8(0x80u8 as i8);
     for c4 in 0..cp / 4 {
-        for j in 0..rows {
-            let iy = iy0 + j as isize;
-            let dst = buf.wrapping_add(c4 * qplane + j * 4 * pitch);
-            let mut px0 = 0;
-            while px0 < pitch {
-                let npx = (pitch - px0).min(16);
-                // Lanes whose input column px0 + l - pl lies in the row.
-                let lo = pl.saturating_sub(px0).min(16);
-                let hi = (pl + w).saturating_sub(px0).min(npx);
-                let m: u16 = if (0..h).contains(&iy) && lo < hi {
-                    ((u32::MAX >> (32 - (hi - lo))) << lo) as u16
-                } else {
-                    0
-                };
-                let q: [__m128i; 4] = core::array::from_fn(|i| {
-                    let c = 4 * c4 + i;
-                    if c >= g.c_in || m == 0 {
-                        return flip;
-                    }
-                    let at = (c as isize * h + iy) * w as isize + px0 as isize - pl as isize;
-                    // SAFETY: the enabled lanes read columns lo - pl + px0
-                    // .. hi - pl + px0 of row iy of channel c, inside x;
-                    // masked-off lanes are not accessed.
-                    let v =
-                        unsafe { _mm_maskz_loadu_epi8(m, x.as_ptr().wrapping_offset(at).cast()) };
-                    _mm_xor_si128(v, flip)
-                });
-                let (ab_lo, ab_hi) = (_mm_unpacklo_epi8(q[0], q[1]), _mm_unpackhi_epi8(q[0], q[1]));
-                let (cd_lo, cd_hi) = (_mm_unpacklo_epi8(q[2], q[3]), _mm_unpackhi_epi8(q[2], q[3]));
-                let mut y = _mm512_castsi128_si512(_mm_unpacklo_epi16(ab_lo, cd_lo));
-                y = _mm512_inserti32x4::<1>(y, _mm_unpackhi_epi16(ab_lo, cd_lo));
-                y = _mm512_inserti32x4::<2>(y, _mm_unpacklo_epi16(ab_hi, cd_hi));
-                y = _mm512_inserti32x4::<3>(y, _mm_unpackhi_epi16(ab_hi, cd_hi));
-                // SAFETY: bytes 4 px0 .. 4 (px0 + npx) of row j of quad c4,
-                // within the buffer (the caller's qplane).
-                unsafe { _mm512_mask_storeu_epi8(dst.add(4 * px0).cast(), lanes(0, 4 * npx), y) };
-                px0 += npx;
+        for ph in 0..sy * sx {
+            let (psi, phi) = (ph / sx, ph % sx);
+            for j in 0..at.rows {
+                let iy = at.iy0 + (j * sy + psi) as isize;
+                let dst = buf.wrapping_add(c4 * at.qplane + ph * at.pplane + j * 4 * pitch);
+                let mut px0 = 0;
+                while px0 < pitch {
+                    let npx = (pitch - px0).min(16);
+                    // Bytes of the window (input columns col0 ..) that lie
+                    // in the row and belong to the lanes present.
+                    let col0 = (px0 * sx + phi) as isize - pl;
+                    let span = (npx * sx) as isize;
+                    let lo = (-col0).clamp(0, span) as usize;
+                    let hi = (w - col0).clamp(0, span) as usize;
+                    let m: u32 = if (0..h).contains(&iy) && lo < hi {
+                        ((u64::MAX >> (64 - (hi - lo))) << lo) as u32
+                    } else {
+                        0
+                    };
+                    let q: [__m128i; 4] = core::array::from_fn(|i| {
+                        let c = 4 * c4 + i;
+                        if c >= g.c_in || m == 0 {
+                            return flip;
+                        }
+                        let p = x
+                            .as_ptr()
+                            .wrapping_offset((c as isize * h + iy) * w + col0)
+                            .cast();
+                        // SAFETY: the enabled bytes are columns col0 + lo
+                        // .. col0 + hi of row iy of channel c, inside x;
+                        // masked-off bytes are not accessed.
+                        let v = unsafe {
+                            if sx == 1 {
+                                _mm_maskz_loadu_epi8(m as u16, p)
+                            } else {
+                                _mm256_cvtepi16_epi8(_mm256_maskz_loadu_epi8(m, p))
+                            }
+                        };
+                        _mm_xor_si128(v, flip)
+                    });
+                    let (ab_lo, ab_hi) =
+                        (_mm_unpacklo_epi8(q[0], q[1]), _mm_unpackhi_epi8(q[0], q[1]));
+                    let (cd_lo, cd_hi) =
+                        (_mm_unpacklo_epi8(q[2], q[3]), _mm_unpackhi_epi8(q[2], q[3]));
+                    let mut y = _mm512_castsi128_si512(_mm_unpacklo_epi16(ab_lo, cd_lo));
+                    y = _mm512_inserti32x4::<1>(y, _mm_unpackhi_epi16(ab_lo, cd_lo));
+                    y = _mm512_inserti32x4::<2>(y, _mm_unpacklo_epi16(ab_hi, cd_hi));
+                    y = _mm512_inserti32x4::<3>(y, _mm_unpackhi_epi16(ab_hi, cd_hi));
+                    // SAFETY: bytes 4 px0 .. 4 (px0 + npx) of row j of this
+                    // phase of quad c4, within the buffer (the caller's
+                    // pplane and qplane).
+                    unsafe {
+                        _mm512_mask_storeu_epi8(dst.add(4 * px0).cast(), lanes(0, 4 * npx), y)
+                    };
+                    px0 += npx;
+                }
             }
         }
     }
 }
 
 /// A direct block's lanes as output pixels: the runs of lanes that are
-/// columns `0 .. out_w` of an output row (at most 64 / (P - out_w) + 2).
+/// columns `0 .. out_w` of an output row (at most 64 / P + 2).
 struct RowSegs {
     /// `(first lane, end lane, destination of lane 0 of the run's row)`.
     segs: [(usize, usize, *mut i8); 66],
@@ -989,10 +1016,11 @@ impl Store for RowSegs {
 }
 
 /// The conv on tap-major rows ([`Order::Taps`]): each step's activations
-/// are read in place from a channel-interleaved, zero-padded copy of a
-/// band of input rows ([`fill_band`]): lane `q = oy * P + ox` of the band,
-/// tap `(ky, kx)` at `q + ky dy P + kx dx`, so no panel is built; the
-/// `P - out_w` lanes past each output row are computed and dropped.
+/// are read in place from a channel-interleaved, zero-padded, phase-split
+/// copy of a band of input rows ([`fill_band`]): lane `q = oy * P + ox`
+/// of the band, tap `(ky, kx)` at `q + (ky dy / sy) P + kx dx / sx` of
+/// its phase, so no panel is built; the `P - out_w` lanes past each
+/// output row are computed and dropped.
 ///
 /// # Safety
 /// AVX-512 F/BW/VL/VNNI available; arguments checked by [`conv_gemm_i8`],
@@ -1008,20 +1036,23 @@ unsafe fn direct(
 ) {
     let (n, oh, ow) = (d.rows(), g.out_h(), g.out_w());
     let plane = oh * ow;
-    let pitch = g.w + g.pads[1] + g.pads[3];
-    let Some((band, rows_in)) = direct_band(g, cp) else {
+    let (sy, sx) = (g.stride[0], g.stride[1]);
+    let pitch = direct_pitch(g);
+    let Some((band, rows_ph)) = direct_band(g, cp) else {
         return;
     };
-    let qplane = rows_in * pitch * 4;
+    let pplane = rows_ph * pitch * 4;
+    let qplane = sy * sx * pplane;
     // Step s = tap t, quad c4 (the rows' order): its word of lane 0.
     let quads = cp / 4;
     let steps = d.kp() / 4;
     let mut offs = [0u32; MAX_K / 4];
     for (s, o) in offs[..steps].iter_mut().enumerate() {
         let (t, c4) = (s / quads, s % quads);
-        let (ky, kx) = (t / g.kw, t % g.kw);
-        let lane = ky * g.dilation[0] * pitch + kx * g.dilation[1];
-        *o = (c4 * qplane + 4 * lane) as u32;
+        let (ty, tx) = (t / g.kw * g.dilation[0], t % g.kw * g.dilation[1]);
+        let phase = (ty % sy) * sx + tx % sx;
+        let lane = ty / sy * pitch + tx / sx;
+        *o = (c4 * qplane + phase * pplane + 4 * lane) as u32;
     }
     let mut panel = MaybeUninit::<Panel>::uninit();
     let buf = panel.as_mut_ptr().cast::<u8>();
@@ -1038,18 +1069,15 @@ unsafe fn direct(
     let mut oy0 = 0;
     while oy0 < oh {
         let nb = band.min(oh - oy0);
-        // SAFETY: quads * qplane bytes of the buffer; nb + reach <= rows_in.
-        unsafe {
-            fill_band(
-                g,
-                x,
-                cp,
-                oy0 as isize - g.pads[0] as isize,
-                nb + rows_in - band,
-                qplane,
-                buf,
-            )
+        let at = BandAt {
+            iy0: (oy0 * sy) as isize - g.pads[0] as isize,
+            rows: nb + rows_ph - band,
+            pplane,
+            qplane,
         };
+        // SAFETY: quads * qplane bytes of the buffer; nb + reach <=
+        // rows_ph rows per phase; sx <= 2 (taps_order).
+        unsafe { fill_band(g, x, cp, &at, buf) };
         let lanes_n = (nb - 1) * pitch + ow;
         let mut q0 = 0;
         while q0 < lanes_n {
