@@ -74,6 +74,30 @@ pub fn maxpool_i8_at(isa: Isa, g: &PoolGeom, x: &[i8], out: &mut [i8]) {
     }
 }
 
+/// Int8 average pooling: equal to [`crate::scalar::avgpool_i8`]. Global
+/// pooling (one unpadded window over the whole plane, the head of ResNet
+/// and MobileNet) sums each channel as one contiguous run, which the
+/// compiler vectorizes; the reference visits the window tap by tap
+/// through a closure, 33 us for ResNet-18's 512 x 7 x 7 head. The sums
+/// are the same integers, so the results are equal bit for bit. Other
+/// windows run the reference.
+pub fn avgpool_i8(g: &PoolGeom, x: &[i8], out: &mut [i8]) {
+    let plane = g.h * g.w;
+    let global =
+        g.out_h == 1 && g.out_w == 1 && (g.kh, g.kw) == (g.h, g.w) && g.pads == [0; 4] && plane > 0;
+    if !global {
+        return crate::scalar::avgpool_i8(g, x, out);
+    }
+    assert_eq!(x.len(), g.in_len());
+    assert_eq!(out.len(), g.out_len());
+    for (o, x) in out.iter_mut().zip(x.chunks_exact(plane)) {
+        // Wrapping like the reference's release build; a plane of 2^24
+        // int8 values cannot overflow.
+        let s = x.iter().fold(0i32, |s, &v| s.wrapping_add(v as i32));
+        *o = crate::scalar::div_round(s, plane as i32).clamp(-128, 127) as i8;
+    }
+}
+
 /// The body compiled for each x86-64 level.
 #[cfg(target_arch = "x86_64")]
 mod x86 {
@@ -403,6 +427,40 @@ mod tests {
             out_h: (h + 2 * p).saturating_sub(span(k[0], d[0])) / s + 1,
             out_w: (w + 2 * p).saturating_sub(span(k[1], d[1])) / s + 1,
             count_include_pad: false,
+        }
+    }
+
+    /// Global average pools (and windows that look global but are not:
+    /// padded, or smaller than the plane) against the reference.
+    #[test]
+    fn global_avgpool_equals_scalar() {
+        for (h, w, p, k) in [
+            (7, 7, 0, 7),
+            (1, 1, 0, 1),
+            (13, 11, 0, 13),
+            (7, 7, 1, 9),
+            (8, 8, 0, 7),
+        ] {
+            let mut g = geom(h, w, [k, k.min(w + 2 * p)], 1, [1, 1], p);
+            g.c = 37;
+            if (h, w) == (13, 11) {
+                g.kw = 11;
+                g.out_w = 1;
+            }
+            let x: Vec<i8> = (0..g.in_len())
+                .map(|i| {
+                    if i % 5 == 0 {
+                        -128
+                    } else {
+                        (i * 37 % 256) as u8 as i8
+                    }
+                })
+                .collect();
+            let mut want = vec![0i8; g.out_len()];
+            crate::scalar::avgpool_i8(&g, &x, &mut want);
+            let mut got = vec![0x55i8; g.out_len()];
+            avgpool_i8(&g, &x, &mut got);
+            assert_eq!(got, want, "{g:?}");
         }
     }
 

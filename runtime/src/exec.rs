@@ -516,7 +516,7 @@ impl<'m, 'b> Session<'m, 'b> {
                     }
                     (_, DType::I8) => {
                         par_planes(pool, pg.c, ip, op, i8s(x0), i8s_mut(out), |c, x, o| {
-                            scalar::avgpool_i8(&at(c), x, o)
+                            shiftnn_kernels::pool::avgpool_i8(&at(c), x, o)
                         })
                     }
                     (_, DType::F32) => {
