@@ -607,7 +607,11 @@ unsafe fn rows<const NV: usize, const MR: usize>(
                 }
             }
         }
-        for (i, acc) in acc.iter().enumerate() {
+        // A copy for the dynamically indexed loop below: indexed only by
+        // constants, `acc` itself stays in registers from the start
+        // instead of being zeroed in memory (a 1.5 KiB memset per call).
+        let sums = acc;
+        for (i, acc) in sums.iter().enumerate() {
             let r = rb + i;
             if r >= r1 {
                 break;
@@ -785,7 +789,11 @@ unsafe fn tail_pass<const TG: usize>(
             }
             c += 16;
         }
-        for (i, acc) in acc.iter().enumerate() {
+        // A copy for the dynamically indexed loop below: indexed only by
+        // constants, `acc` itself stays in registers from the start
+        // instead of being zeroed in memory (a 1.5 KiB memset per call).
+        let sums = acc;
+        for (i, acc) in sums.iter().enumerate() {
             let r = rb + i;
             if r >= r1 {
                 break;
