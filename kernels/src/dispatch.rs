@@ -643,8 +643,11 @@ pub fn forced_family() -> Option<Family> {
 /// | pointwise 16 -> 96     | 2.7         | 2.9          | 26.1      | 23.7              | 1.13 / 1.10 |
 /// | 7x7/2 stem, 3 channels | 9.3         | 11.4         | 32.2      | 36.5              | 0.90 / 0.88 |
 ///
-/// The tiled `avx512/fexp` stays for the other float layers (linear,
-/// small planes, `k` above 4608, which the GEMM's panel does not hold).
+/// Batched float linear layers take the same GEMM with the batch rows in
+/// the lanes ([`fexp_linear`]). The tiled `avx512/fexp` stays for the
+/// other float layers (linear layers of fewer than [`MIN_LINEAR_BATCH`]
+/// rows, small planes, `k` above 4608, which the GEMM's panel does not
+/// hold).
 ///
 /// So: `dot` wherever a kernel of it runs (2.5-5x the multiplication-free
 /// families on every dense layer), except depthwise convs (one input
@@ -676,9 +679,9 @@ pub fn forced_family() -> Option<Family> {
 /// [`Op::DecodedI8`] (`avx512/gemm-dot`, the default and under a forced
 /// `dot`) or [`Op::ListsI8`] (`avx512/gemm-shift`, under a forced `shift`
 /// or `lut`) instead of this op; batched linear layers likewise
-/// ([`decoded_linear`]). Same bench, b = 4, one thread, quiet machine,
-/// 2026-11-29, G MACs/s (gemm-dot: the morning's version, then the
-/// evening's with the direct stride-1 path and the tail, measured back to
+/// ([`decoded_linear`], [`lists_linear`]). Same bench, b = 4, one thread,
+/// quiet machine, 2026-11-29, G MACs/s (gemm-dot: the morning's version,
+/// then the evening's with the direct stride-1 path and the tail, measured back to
 /// back; the absolute level moves 10-20% between sessions, so compare
 /// within a column pair):
 ///
@@ -824,7 +827,7 @@ pub fn decoded_linear(m: usize, k: usize, n: usize) -> Option<(&'static str, Lin
         forced_family(),
         None | Some(Family::Dot) | Some(Family::Fexp)
     );
-    let fits = m >= MIN_LINEAR_BATCH && n >= 16 && (1..=crate::gemm::MAX_K).contains(&k);
+    let fits = linear_fits(m, k, n, crate::gemm::MAX_K);
     #[cfg(target_arch = "x86_64")]
     if dot_ok && fits && Isa::Avx512.runs_on(isa()) {
         return Some(("avx512/gemm-dot", crate::x86_64::gemm::linear_gemm_i8));
@@ -834,6 +837,65 @@ pub fn decoded_linear(m: usize, k: usize, n: usize) -> Option<(&'static str, Lin
         return Some(("neondot/gemm-dot", crate::aarch64::gemm::linear_gemm_i8));
     }
     let _ = (dot_ok, fits);
+    None
+}
+
+/// True when a batched linear layer of `m` rows, `k` inputs and `n`
+/// outputs suits a pixel-lane GEMM whose `k` goes up to `max_k`: at least
+/// [`MIN_LINEAR_BATCH`] rows and 16 outputs.
+const fn linear_fits(m: usize, k: usize, n: usize, max_k: usize) -> bool {
+    m >= MIN_LINEAR_BATCH && n >= 16 && k >= 1 && k <= max_k
+}
+
+/// A batched linear kernel on exponent lists: `(x, m, lists, rq, out)`
+/// with `x` of `m` rows of `k` and `out` of `m` rows of `lists.rows()`
+/// ([`crate::x86_64::gemm_shift::linear_gemm_shift_i8`]).
+pub type ListLinFn = fn(&[i8], usize, &ExpLists, &[Requant], &mut [i8]);
+
+/// The multiplication-free pixel-lane GEMM for an int8 linear layer of
+/// `m` rows, `k` inputs and `n` outputs under the process settings, if it
+/// runs here (`(name, fn)`): the runtime regroups such a layer's codes by
+/// exponent at load, as for convs ([`lists_kernel`]). Under a forced
+/// `shift` or `lut` family (where [`decoded_linear`] declines), at the
+/// AVX-512 level (`avx512/gemm-shift`), for the batches of
+/// [`decoded_linear`] up to `k` of [`crate::lists::MAX_K`].
+pub fn lists_linear(m: usize, k: usize, n: usize) -> Option<(&'static str, ListLinFn)> {
+    let shift = matches!(forced_family(), Some(Family::Shift) | Some(Family::Lut));
+    let fits = linear_fits(m, k, n, crate::lists::MAX_K);
+    #[cfg(target_arch = "x86_64")]
+    if shift && fits && Isa::Avx512.runs_on(isa()) {
+        return Some((
+            "avx512/gemm-shift",
+            crate::x86_64::gemm_shift::linear_gemm_shift_i8,
+        ));
+    }
+    let _ = (shift, fits);
+    None
+}
+
+/// A batched float linear kernel on the packed codes: `(x, m, w, ep, out)`
+/// with `x` of `m` rows of `k` and `out` of `m` rows of `w.rows()`
+/// ([`crate::x86_64::gemm_fexp::linear_gemm_fexp_f32`]).
+pub type F32LinFn = fn(&[f32], usize, &PackedRows, &[Affine], &mut [f32]);
+
+/// The float pixel-lane GEMM for a float-mode linear layer of `m` rows,
+/// `k` inputs and `n` outputs under the process settings, if it runs here
+/// (`(name, fn)`); it reads the codes as they are, so nothing is decoded
+/// at load. Whatever family is forced but `scalar` (the `fexp` kernels are
+/// the only float ones, and multiplication-free), at the AVX-512 level
+/// (`avx512/gemm-fexp`), for the batches of [`decoded_linear`] whose `k`
+/// fits the GEMM's panel (`crate::x86_64::gemm_fexp::PANEL_K`).
+pub fn fexp_linear(m: usize, k: usize, n: usize) -> Option<(&'static str, F32LinFn)> {
+    let fexp = forced_family() != Some(Family::Scalar);
+    #[cfg(target_arch = "x86_64")]
+    if fexp && linear_fits(m, k, n, crate::x86_64::gemm_fexp::PANEL_K) && Isa::Avx512.runs_on(isa())
+    {
+        return Some((
+            "avx512/gemm-fexp",
+            crate::x86_64::gemm_fexp::linear_gemm_fexp_f32,
+        ));
+    }
+    let _ = (fexp, m, k, n);
     None
 }
 

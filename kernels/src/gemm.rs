@@ -425,7 +425,7 @@ pub const MAX_K: usize = 18 * 1024;
 
 /// The argument checks every decoded-row conv kernel makes (`name` in the
 /// messages): `k` matches the geometry and is at most [`MAX_K`], and the
-/// lengths of [`crate::dispatch::check_call`]. Tap-major rows are the
+/// lengths of `crate::dispatch::check_call`. Tap-major rows are the
 /// caller's to check: only some kernels take them.
 pub fn check_conv(
     name: &str,
@@ -453,12 +453,29 @@ pub fn check_linear(
     rq_len: usize,
     out_len: usize,
 ) {
-    let (n, k) = (d.rows(), d.k());
-    assert!((1..=MAX_K).contains(&k), "{name}: k outside 1..=MAX_K");
     assert_eq!(d.order(), Order::Codes, "{name}: linear rows in code order");
+    check_batch(name, x_len, m, d.k(), d.rows(), MAX_K, rq_len, out_len);
+}
+
+/// The argument checks every batched linear kernel makes, whatever its
+/// weight layout (`name` in the messages): `k` in `1 ..= max_k`, `x` of
+/// `m` rows of `k`, `out` of `m` rows of `n`, one epilogue (requantizer
+/// or affine) per output.
+#[allow(clippy::too_many_arguments)]
+pub fn check_batch(
+    name: &str,
+    x_len: usize,
+    m: usize,
+    k: usize,
+    n: usize,
+    max_k: usize,
+    ep_len: usize,
+    out_len: usize,
+) {
+    assert!((1..=max_k).contains(&k), "{name}: k outside 1..={max_k}");
     assert_eq!(Some(x_len), m.checked_mul(k), "linear input length");
     assert_eq!(Some(out_len), m.checked_mul(n), "linear output length");
-    assert_eq!(rq_len, n, "one requantizer per output");
+    assert_eq!(ep_len, n, "one epilogue per output");
 }
 
 /// The reference of the decoded layout: equal to

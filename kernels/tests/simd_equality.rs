@@ -947,7 +947,6 @@ fn check_f32_edges(c: &Case, xf: &[f32]) -> Result<usize, TestCaseError> {
     let ep = vec![Affine::IDENTITY; g.c_out];
     let mut want = vec![0f32; g.out_len()];
     scalar::conv_shift_f32(g, xf, &w, 0, &ep, &mut want);
-    let eps = f32::EPSILON as f64 / 2.0;
     let plane = g.out_plane();
     let split = g.c_out / 2 + (g.c_out % 2);
     let kernels: Vec<_> = dispatch::kernels()
@@ -970,43 +969,58 @@ fn check_f32_edges(c: &Case, xf: &[f32]) -> Result<usize, TestCaseError> {
             for oc in 0..g.c_out {
                 for oy in 0..g.out_h() {
                     for ox in 0..g.out_w() {
-                        let (mut exact, mut abs, mut n, mut fast) = (0f64, 0f64, 0usize, true);
+                        let mut terms = Vec::new();
                         g.for_each_tap(oc, oy, ox, |xi, ki| {
-                            let t = xf[xi] as f64 * c.bits.value(c.codes[oc * g.k() + ki]) as f64;
-                            exact += t;
-                            abs += t.abs();
-                            n += 1;
-                            fast &= fexp_fast(xf[xi]);
+                            terms.push((xf[xi], c.bits.value(c.codes[oc * g.k() + ki])));
                         });
                         let i = (oc * g.out_h() + oy) * g.out_w() + ox;
-                        let (v, e) = (got[i], want[i]);
-                        if fast {
-                            let bound = n as f64 * eps * abs + f64::MIN_POSITIVE;
-                            prop_assert!(
-                                (v as f64 - exact).abs() <= bound,
-                                "kernel {} ({}) oc {} px {:?} got {} exact {} bound {} geom {:?}",
-                                name,
-                                how,
-                                oc,
-                                (oy, ox),
-                                v,
-                                exact,
-                                bound,
-                                g
-                            );
-                        } else {
-                            prop_assert!(
-                                v.to_bits() == e.to_bits() || (v.is_nan() && e.is_nan()),
-                                "kernel {} ({}) oc {} px {:?} (exact path) got {:e} want {:e} geom {:?}",
-                                name, how, oc, (oy, ox), v, e, g
-                            );
-                        }
+                        check_float_out(got[i], want[i], &terms, || {
+                            format!("kernel {name} ({how}) oc {oc} px {:?} geom {g:?}", (oy, ox))
+                        })?;
                     }
                 }
             }
         }
     }
     Ok(kernels.len())
+}
+
+/// One float output `got` of a kernel whose terms are `(activation,
+/// weight)`: within the summation bound of their exact sum if every
+/// activation takes the fast path, else bit for bit the reference's
+/// `want` (NaN: NaN); `what` names the output in a failure.
+fn check_float_out(
+    got: f32,
+    want: f32,
+    terms: &[(f32, i32)],
+    what: impl Fn() -> String,
+) -> Result<(), TestCaseError> {
+    if terms.iter().all(|&(x, _)| fexp_fast(x)) {
+        let eps = f32::EPSILON as f64 / 2.0;
+        let exact: f64 = terms.iter().map(|&(x, w)| x as f64 * w as f64).sum();
+        let abs: f64 = terms
+            .iter()
+            .map(|&(x, w)| (x as f64 * w as f64).abs())
+            .sum();
+        let bound = terms.len() as f64 * eps * abs + f64::MIN_POSITIVE;
+        prop_assert!(
+            (got as f64 - exact).abs() <= bound,
+            "{}: got {} exact {} bound {}",
+            what(),
+            got,
+            exact,
+            bound
+        );
+    } else {
+        prop_assert!(
+            got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+            "{} (exact path): got {:e} want {:e}",
+            what(),
+            got,
+            want
+        );
+    }
+    Ok(())
 }
 
 /// Float activations for `c`: zeros of both signs one time in six, and,
@@ -1154,26 +1168,34 @@ fn linear_gemm() -> Option<dispatch::LinFn> {
     None
 }
 
-/// Batched linear layers through the pixel-lane GEMM (batch rows in the
-/// lanes; `vpgatherdd` panel on x86, 8-row sub-blocks on aarch64), where
-/// this CPU runs it: each output row equals `scalar` on that input row;
-/// batches around the vectors and 64-row blocks, `k` with and without a
-/// partial last step.
-fn check_linear_batch(
-    m: usize,
-    k: usize,
-    n: usize,
-    b: u32,
-    seed: u64,
-) -> Result<(), TestCaseError> {
-    let Some(f) = linear_gemm() else {
-        return Ok(());
-    };
-    if k > gemm::MAX_K {
-        return Ok(());
+/// The multiplication-free batched linear GEMM on exponent lists, if this
+/// CPU runs it.
+fn lists_linear_gemm() -> Option<dispatch::ListLinFn> {
+    #[cfg(target_arch = "x86_64")]
+    if Isa::Avx512.available() {
+        return Some(shiftnn_kernels::x86_64::gemm_shift::linear_gemm_shift_i8);
     }
-    let g = Conv2dGeom::linear(k, n);
-    let c = case(g, b, seed);
+    None
+}
+
+/// The float batched linear GEMM and its FMA baseline, if this CPU runs
+/// them.
+fn float_linear_gemms() -> Vec<(&'static str, dispatch::F32LinFn)> {
+    #[cfg(target_arch = "x86_64")]
+    if Isa::Avx512.available() {
+        use shiftnn_kernels::x86_64::gemm_fexp;
+        return vec![
+            ("avx512/gemm-fexp", gemm_fexp::linear_gemm_fexp_f32),
+            ("avx512/gemm-fma-baseline", gemm_fexp::linear_gemm_fma_f32),
+        ];
+    }
+    Vec::new()
+}
+
+/// A batch of `m` int8 rows for `c` (`k` inputs each), -128 and 127 one
+/// time in four, and the scalar outputs row by row.
+fn batch(c: &Case, m: usize, seed: u64) -> (Vec<i8>, Vec<i8>) {
+    let (k, n) = (c.g.k(), c.g.c_out);
     let mut r = Rng(seed ^ 0xbeef);
     let x: Vec<i8> = (0..m * k)
         .map(|_| match r.next() % 8 {
@@ -1185,14 +1207,94 @@ fn check_linear_batch(
     let w = PackedRows::new(&c.packed, c.bits, n, k).unwrap();
     let mut want = vec![0i8; m * n];
     for j in 0..m {
-        scalar::conv_shift_i8(&g, &x[j * k..][..k], &w, 0, &c.rq, &mut want[j * n..][..n]);
+        scalar::conv_shift_i8(
+            &c.g,
+            &x[j * k..][..k],
+            &w,
+            0,
+            &c.rq,
+            &mut want[j * n..][..n],
+        );
     }
-    let (dw, corr, at, fix) = decode_rows(&w, gemm::Order::Codes);
-    let d = gemm::DecodedRows::new(&dw, &corr, &at, &fix, k, gemm::Order::Codes).unwrap();
-    let mut got = vec![0i8; m * n];
-    f(&x, m, &d, &c.rq, &mut got);
-    prop_assert_eq!(&got, &want, "m {} k {} n {} b {}", m, k, n, b);
+    (x, want)
+}
+
+/// Batched linear layers through the pixel-lane GEMMs (batch rows in the
+/// lanes): the `dot` GEMM on decoded rows (`vpgatherdd` panel on x86,
+/// 8-row sub-blocks on aarch64) and the exponent-list GEMM, where this
+/// CPU runs them: each output row equals `scalar` on that input row;
+/// batches around the vectors and 64-row blocks, `k` with and without a
+/// partial last step.
+fn check_linear_batch(
+    m: usize,
+    k: usize,
+    n: usize,
+    b: u32,
+    seed: u64,
+) -> Result<(), TestCaseError> {
+    let g = Conv2dGeom::linear(k, n);
+    let c = case(g, b, seed);
+    let (x, want) = batch(&c, m, seed);
+    let w = PackedRows::new(&c.packed, c.bits, n, k).unwrap();
+    if let Some(f) = linear_gemm().filter(|_| k <= gemm::MAX_K) {
+        let (dw, corr, at, fix) = decode_rows(&w, gemm::Order::Codes);
+        let d = gemm::DecodedRows::new(&dw, &corr, &at, &fix, k, gemm::Order::Codes).unwrap();
+        let mut got = vec![0i8; m * n];
+        f(&x, m, &d, &c.rq, &mut got);
+        prop_assert_eq!(&got, &want, "gemm-dot m {} k {} n {} b {}", m, k, n, b);
+    }
+    if let Some(f) = lists_linear_gemm().filter(|_| k <= lists::MAX_K) {
+        let (mut idx, mut at) = (vec![0u16; n * k], vec![0u32; lists::offsets_len(&w)]);
+        lists::decode(&w, &mut idx, &mut at);
+        let l = lists::ExpLists::new(&idx, &at, n, k, c.bits).unwrap();
+        let mut got = vec![0i8; m * n];
+        f(&x, m, &l, &c.rq, &mut got);
+        prop_assert_eq!(&got, &want, "gemm-shift m {} k {} n {} b {}", m, k, n, b);
+    }
     Ok(())
+}
+
+/// Float batched linear layers through the float GEMM and its FMA
+/// baseline, where this CPU runs them: every output whose batch row
+/// holds an activation off the fast path equals `scalar` bit for bit (NaN:
+/// NaN); the others are within the summation bound of the conv GEMM's
+/// tests. Returns how many kernels ran.
+fn check_linear_float(
+    m: usize,
+    k: usize,
+    n: usize,
+    b: u32,
+    seed: u64,
+    edges: bool,
+) -> Result<usize, TestCaseError> {
+    let g = Conv2dGeom::linear(k, n);
+    let mut c = case(g, b, seed);
+    let (x, _) = batch(&c, m, seed);
+    c.x = x;
+    let xf = float_acts(&c, seed, edges);
+    let w = PackedRows::new(&c.packed, c.bits, n, k).unwrap();
+    let ep = vec![Affine::IDENTITY; n];
+    let mut want = vec![0f32; m * n];
+    for j in 0..m {
+        scalar::conv_shift_f32(&g, &xf[j * k..][..k], &w, 0, &ep, &mut want[j * n..][..n]);
+    }
+    let kernels = float_linear_gemms();
+    for &(name, f) in &kernels {
+        let mut got = vec![0f32; m * n];
+        f(&xf, m, &w, &ep, &mut got);
+        for j in 0..m {
+            let row = &xf[j * k..][..k];
+            for oc in 0..n {
+                let terms: Vec<(f32, i32)> = (0..k)
+                    .map(|i| (row[i], c.bits.value(c.codes[oc * k + i])))
+                    .collect();
+                check_float_out(got[j * n + oc], want[j * n + oc], &terms, || {
+                    format!("{name} m {m} k {k} n {n} b {b} row {j} oc {oc}")
+                })?;
+            }
+        }
+    }
+    Ok(kernels.len())
 }
 
 proptest! {
@@ -1208,9 +1310,43 @@ proptest! {
     ) {
         check_linear_batch(m, k, n, b, seed)?;
     }
+
+    /// Random batches, widths and, in half the cases, activations off the
+    /// fast path.
+    #[test]
+    fn float_linear_batches_within_bound(
+        m in 1usize..140,
+        k in 1usize..600,
+        n in 1usize..40,
+        b in 2u32..5,
+        seed in any::<u64>(),
+        edges in any::<bool>(),
+    ) {
+        check_linear_float(m, k, n, b, seed, edges)?;
+    }
 }
 
-/// Long rows: every panel width of the batched GEMM.
+/// The batches the runtime sends the GEMMs (from `MIN_LINEAR_BATCH`):
+/// one vector and one lane more, two halves of 32 and a ragged one, a
+/// whole block; odd `k` (partial last steps of 1-3 weights, the `i16`
+/// panel and the byte panel) and odd `n` (ragged row blocks), every width.
+#[test]
+fn linear_batches_of_the_runtime() {
+    let mut seed = 500u64;
+    for m in [8usize, 9, 17, 64] {
+        for (k, n) in [(1usize, 17usize), (7, 33), (191, 19), (193, 21), (501, 45)] {
+            for b in 2..=4 {
+                seed += 1;
+                check_linear_batch(m, k, n, b, seed).unwrap();
+                check_linear_float(m, k, n, b, seed, false).unwrap();
+                check_linear_float(m, k, n, b, seed, true).unwrap();
+            }
+        }
+    }
+}
+
+/// Long rows: every panel width of the batched GEMMs, and the float
+/// GEMM's row-by-row fallback past its panel.
 #[test]
 fn linear_batches_long_k() {
     for (m, k) in [
@@ -1220,6 +1356,80 @@ fn linear_batches_long_k() {
         (17, gemm::MAX_K),
     ] {
         check_linear_batch(m, k, 7, 4, k as u64).unwrap();
+    }
+    for (m, k) in [(64usize, 1152usize), (50, 1153), (64, 4096), (9, 4609)] {
+        check_linear_float(m, k, 5, 3, k as u64, k % 2 == 1).unwrap();
+    }
+}
+
+/// Every activation -128 or every one 127 against codes all of the
+/// largest magnitude and one sign: the `i16` sums of the exponent-list
+/// GEMM at their 255-weight flush limit, and the float GEMM's largest
+/// terms, for every batch the runtime sends.
+#[test]
+fn linear_batches_extreme_activations() {
+    for b in 2..=4u32 {
+        let bits = Bits::new(b).unwrap();
+        let top = (1u8 << (b - 1)) - 1;
+        for (m, k, n) in [
+            (8usize, 1021usize, 17usize),
+            (9, 255, 16),
+            (17, 511, 19),
+            (64, 767, 33),
+        ] {
+            for (xv, sign) in [(-128i8, 0u8), (127, 0), (-128, 1), (127, 1)] {
+                let g = Conv2dGeom::linear(k, n);
+                let mut c = case(g, b, (m * k + n) as u64);
+                // Row 0 all of one code; the others keep random codes.
+                for i in 0..k {
+                    c.codes[i] = top | (sign << (b - 1));
+                }
+                pack(&c.codes, bits, n, k, &mut c.packed);
+                let w = PackedRows::new(&c.packed, bits, n, k).unwrap();
+                let x = vec![xv; m * k];
+                let mut want = vec![0i8; m * n];
+                for j in 0..m {
+                    scalar::conv_shift_i8(
+                        &g,
+                        &x[j * k..][..k],
+                        &w,
+                        0,
+                        &c.rq,
+                        &mut want[j * n..][..n],
+                    );
+                }
+                if let Some(f) = lists_linear_gemm() {
+                    let (mut idx, mut at) = (vec![0u16; n * k], vec![0u32; lists::offsets_len(&w)]);
+                    lists::decode(&w, &mut idx, &mut at);
+                    let l = lists::ExpLists::new(&idx, &at, n, k, bits).unwrap();
+                    let mut got = vec![0i8; m * n];
+                    f(&x, m, &l, &c.rq, &mut got);
+                    assert_eq!(got, want, "gemm-shift b {b} m {m} k {k} x {xv} sign {sign}");
+                }
+                let xf = vec![xv as f32 * 1.0e30; m * k];
+                let ep = vec![Affine::IDENTITY; n];
+                let mut want = vec![0f32; m * n];
+                for j in 0..m {
+                    scalar::conv_shift_f32(
+                        &g,
+                        &xf[j * k..][..k],
+                        &w,
+                        0,
+                        &ep,
+                        &mut want[j * n..][..n],
+                    );
+                }
+                for (name, f) in float_linear_gemms() {
+                    let mut got = vec![0f32; m * n];
+                    f(&xf, m, &w, &ep, &mut got);
+                    // Row 0's terms are all equal: every order of the sum
+                    // rounds alike, so equality.
+                    for j in 0..m {
+                        assert_eq!(got[j * n], want[j * n], "{name} b {b} m {m} k {k} row {j}");
+                    }
+                }
+            }
+        }
     }
 }
 

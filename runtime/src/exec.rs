@@ -4,7 +4,7 @@
 use crate::derive::{NodeParams, Prepared};
 use crate::error::{Error, Result};
 use crate::graph::{DType, Mode, Op, WeightKind};
-use crate::model::Model;
+use crate::model::{Batched, Model};
 use crate::parallel::{par_conv, par_elementwise, par_planes, Threads};
 use crate::planner::ALIGN;
 use alloc::{format, sync::Arc, vec, vec::Vec};
@@ -342,25 +342,35 @@ impl<'m, 'b> Session<'m, 'b> {
                     }
                     _ => (1, geom.in_len(), geom.out_len()),
                 };
-                // A batched linear layer decoded at load: the whole batch
-                // at once, the batch rows in the GEMM's lanes.
-                if let (Op::Linear { .. }, Mode::Int8, NodeParams::Requant(rq), Some(d)) =
-                    (&node.op, g.mode, p, model.decoded_rows(i))
-                {
-                    if let Some((_, f)) = dispatch::decoded_linear(m, in_len, out_len) {
-                        let x = &i8s(x0)[..m * in_len];
-                        let o = &mut i8s_mut(out)[..m * out_len];
-                        par_planes(
-                            pool.as_deref_mut(),
-                            m,
-                            in_len,
-                            out_len,
-                            x,
-                            o,
-                            |rows, x, o| f(x, rows, &d, rq, o),
-                        );
+                // A batched linear layer: the whole batch at once, the
+                // batch rows in a pixel-lane GEMM's lanes.
+                let (x_len, o_len) = (m * in_len, m * out_len);
+                let th = pool.as_deref_mut();
+                match (model.batched_linear(i), p) {
+                    (Some((_, Batched::Rows(d, f))), NodeParams::Requant(rq)) => {
+                        let (x, o) = (&i8s(x0)[..x_len], &mut i8s_mut(out)[..o_len]);
+                        par_planes(th, m, in_len, out_len, x, o, |rows, x, o| {
+                            f(x, rows, &d, rq, o)
+                        });
                         return Ok(());
                     }
+                    (Some((_, Batched::Lists(l, f))), NodeParams::Requant(rq)) => {
+                        let (x, o) = (&i8s(x0)[..x_len], &mut i8s_mut(out)[..o_len]);
+                        par_planes(th, m, in_len, out_len, x, o, |rows, x, o| {
+                            f(x, rows, &l, rq, o)
+                        });
+                        return Ok(());
+                    }
+                    (Some((_, Batched::Float(w, f))), NodeParams::Affine(ep))
+                        if !self.reference =>
+                    {
+                        let (x, o) = (&f32s(x0)?[..x_len], &mut f32s_mut(out)?[..o_len]);
+                        par_planes(th, m, in_len, out_len, x, o, |rows, x, o| {
+                            f(x, rows, &w, ep, o)
+                        });
+                        return Ok(());
+                    }
+                    _ => {}
                 }
                 for row in 0..m {
                     let xo = row * in_len;

@@ -103,6 +103,17 @@ enum Decoded {
     },
 }
 
+/// A batched linear layer's weights and the GEMM that runs them
+/// ([`Model::batched_linear`]).
+pub(crate) enum Batched<'m> {
+    /// Int8 rows decoded at load (`*/gemm-dot`).
+    Rows(DecodedRows<'m>, dispatch::LinFn),
+    /// Exponent lists regrouped at load (`avx512/gemm-shift`).
+    Lists(ExpLists<'m>, dispatch::ListLinFn),
+    /// The packed codes, float mode (`avx512/gemm-fexp`).
+    Float(PackedRows<'m>, dispatch::F32LinFn),
+}
+
 impl Decoded {
     /// Int8 rows, checked once here: [`Model::decoded_rows`] then views
     /// them unchecked on every inference.
@@ -233,8 +244,9 @@ impl<'a> Model<'a> {
 
     /// Repack the codes of every int8 layer a pixel-lane GEMM runs: int8
     /// rows for convs ([`dispatch::decoded_kernel`]) and batched linear
-    /// layers ([`dispatch::decoded_linear`]), exponent lists for convs of
-    /// the multiplication-free one ([`dispatch::lists_kernel`]).
+    /// layers ([`dispatch::decoded_linear`]), exponent lists for convs and
+    /// batched linear layers of the multiplication-free one
+    /// ([`dispatch::lists_kernel`], [`dispatch::lists_linear`]).
     fn decode_layers(&self) -> Result<Vec<Option<Decoded>>> {
         (0..self.graph.nodes.len())
             .map(|i| {
@@ -246,9 +258,10 @@ impl<'a> Model<'a> {
                         .is_some_and(|w| w.kind == WeightKind::Shift);
                 let (rows, lists) = match (self.conv_geom(i), &node.op) {
                     (Some(g), Op::Linear { .. }) => {
-                        let m = self.graph.values[node.output].numel() / g.c_out.max(1);
+                        let m = self.linear_batch(i);
                         let rows = dispatch::decoded_linear(m, g.k(), g.c_out);
-                        (rows.map(|_| Order::Codes), false)
+                        let lists = dispatch::lists_linear(m, g.k(), g.c_out);
+                        (rows.map(|_| Order::Codes), lists.is_some())
                     }
                     (Some(g), _) => (
                         dispatch::decoded_kernel(&g).map(|k| k.decoded_order(&g)),
@@ -263,6 +276,54 @@ impl<'a> Model<'a> {
                 })
             })
             .collect()
+    }
+
+    /// Rows of a linear node's batch: its outputs over its output width.
+    fn linear_batch(&self, i: usize) -> usize {
+        let node = &self.graph.nodes[i];
+        let n = self.graph.values[node.output].shape.last().copied();
+        self.graph.values[node.output].numel() / n.unwrap_or(1).max(1)
+    }
+
+    /// The pixel-lane GEMM that runs linear node `i` over its whole batch
+    /// under the process settings, with the weights it reads: the int8
+    /// GEMMs only on codes repacked at load (settings changed since fall
+    /// back to row by row), the float one on the codes as they are.
+    /// `None`: the layer runs row by row on its codes.
+    pub(crate) fn batched_linear(&self, i: usize) -> Option<(&'static str, Batched<'_>)> {
+        let node = self.graph.nodes.get(i)?;
+        let (Op::Linear { weight, .. }, Some(g)) = (&node.op, self.conv_geom(i)) else {
+            return None;
+        };
+        let (m, k, n) = (self.linear_batch(i), g.k(), g.c_out);
+        match (self.graph.mode, weight.kind) {
+            (Mode::Int8, WeightKind::Shift) => {
+                if let (Some(d), Some((name, f))) =
+                    (self.decoded_rows(i), dispatch::decoded_linear(m, k, n))
+                {
+                    return Some((name, Batched::Rows(d, f)));
+                }
+                let l = self.decoded_lists(i)?;
+                let (name, f) = dispatch::lists_linear(m, k, n)?;
+                Some((name, Batched::Lists(l, f)))
+            }
+            (Mode::Float, WeightKind::Shift) => {
+                let (name, f) = dispatch::fexp_linear(m, k, n)?;
+                Some((name, Batched::Float(self.shift_rows(i).ok()?, f)))
+            }
+            _ => None,
+        }
+    }
+
+    /// The name of the pixel-lane GEMM that runs linear node `i` over its
+    /// whole batch under the process settings (`avx512/gemm-dot`,
+    /// `avx512/gemm-shift`, `avx512/gemm-fexp`, ...), or `None` if it
+    /// runs row by row (then the conv kernel of its op names it), for
+    /// `inspect` and `bench`. A session with
+    /// [`reference kernels`](crate::Session::set_reference_kernels) runs
+    /// float layers row by row whatever this says.
+    pub fn batched_linear_kernel(&self, i: usize) -> Option<&'static str> {
+        self.batched_linear(i).map(|(name, _)| name)
     }
 
     /// Node `i`'s codes as decoded at load for the pixel-lane GEMM, if they

@@ -16,6 +16,10 @@ pub fn kernel_name(model: &Model, i: usize) -> String {
     {
         return "rows".to_string();
     }
+    if let Some(name) = model.batched_linear_kernel(i) {
+        // A batched linear layer through a pixel-lane GEMM.
+        return name.to_string();
+    }
     match (node.op.weight(), model.conv_geom(i)) {
         (Some(_), Some(g)) if model.decoded_lists(i).is_some() => {
             // What `Session::run` runs for a layer regrouped at load.
@@ -28,13 +32,11 @@ pub fn kernel_name(model: &Model, i: usize) -> String {
         }
         (Some(_), Some(g)) if model.decoded_rows(i).is_some() => {
             // What `Session::run` runs for a layer decoded at load.
-            let name = if matches!(node.op, Op::Linear { .. }) {
-                let m = model.graph().values[node.output].numel() / g.c_out.max(1);
-                dispatch::decoded_linear(m, g.k(), g.c_out).map(|(name, _)| name)
-            } else {
-                dispatch::decoded_kernel(&g).map(|k| k.name)
-            };
-            name.unwrap_or_else(|| dispatch::kernel_name(dispatch::Op::ShiftI8, &g))
+            dispatch::decoded_kernel(&g)
+                .map_or_else(
+                    || dispatch::kernel_name(dispatch::Op::ShiftI8, &g),
+                    |k| k.name,
+                )
                 .to_string()
         }
         (Some(w), Some(g)) => {

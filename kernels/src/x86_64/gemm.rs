@@ -1177,6 +1177,24 @@ pub fn conv_gemm_i8(
     unsafe { conv(g, x, d, oc0, rq, out) }
 }
 
+/// Element offsets `l * k` of the 16 lanes of a gather across consecutive
+/// batch rows of `k` elements: lane `l` reads row `l`.
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(super) fn row_offsets(k: usize) -> __m512i {
+    let offs: [i32; 16] = core::array::from_fn(|l| (l * k) as i32);
+    // SAFETY: `offs` is 64 bytes.
+    unsafe { _mm512_loadu_si512(offs.as_ptr().cast()) }
+}
+
+/// The batch rows of vector `v` (lanes `16 v ..`) of a block of `cnt`
+/// rows: how many there are, and as a lane mask.
+#[inline(always)]
+pub(super) fn batch_lanes(cnt: usize, v: usize) -> (usize, u16) {
+    let valid = cnt.saturating_sub(16 * v).min(16);
+    (valid, ((1u32 << valid) - 1) as u16)
+}
+
 /// Build the panel of batch rows `j0 .. j0 + cnt` of `x` (`[m][k]`, a
 /// linear layer's input) for `nv` vectors: lane `l` of vector `v` is row
 /// `j0 + 16 v + l`, whose four weights of a step are one `vpgatherdd`
@@ -1192,13 +1210,10 @@ unsafe fn build_rows_panel(x: &[i8], k: usize, j0: usize, cnt: usize, nv: usize,
     let steps = padded_k(k) / 4;
     let full = k / 4;
     let flip = _mm512_set1_epi8(0x80u8 as i8);
-    let offs: [i32; 16] = core::array::from_fn(|l| (l * k) as i32);
-    // SAFETY: `offs` is 64 bytes.
-    let offs = unsafe { _mm512_loadu_si512(offs.as_ptr().cast()) };
+    let offs = row_offsets(k);
     for v in 0..nv {
         let first = j0 + 16 * v;
-        let valid = cnt.saturating_sub(16 * v).min(16);
-        let mask = ((1u32 << valid) - 1) as u16;
+        let (valid, mask) = batch_lanes(cnt, v);
         let base = x[first * k..].as_ptr();
         for kb in 0..full {
             let idx = _mm512_add_epi32(offs, _mm512_set1_epi32(4 * kb as i32));

@@ -41,12 +41,18 @@
 //! `k * 64` bytes per vector of 16 pixels, so up to 64 pixels per block
 //! for `k <= 1152`, 16 for `k <= 4608`; beyond that the call runs the
 //! tiled `avx512/fexp` (or its FMA baseline) instead.
+//!
+//! A batched linear layer ([`linear_gemm_fexp_f32`]) is the 1x1 conv of
+//! its batch: the batch rows take the place of pixels in the lanes (the
+//! panel is gathered from the `[m][k]` input, one `vgatherdps` per weight
+//! and 16 rows), the same microkernel runs every output over it, and the
+//! outputs scatter to the `[m][n]` rows.
 
 use core::arch::x86_64::*;
 use core::mem::MaybeUninit;
 
 use super::avx512::{decode64, fexp_table, quarters, weight_bits};
-use super::gemm::{for_blocks, Block, Panel, PANEL_BYTES};
+use super::gemm::{batch_lanes, for_blocks, row_offsets, Block, Panel, PANEL_BYTES};
 use crate::dispatch::tile::{fexp_slow, FEXP_MAX_E};
 use crate::dispatch::Isa;
 use crate::scalar::Affine;
@@ -56,8 +62,10 @@ use crate::{Conv2dGeom, PackedRows};
 /// [`decode64`] block.
 const KR: usize = 64;
 
-/// Largest `k` whose panel holds one vector of 16 pixels.
-const PANEL_K: usize = PANEL_BYTES / 64;
+/// Largest `k` whose panel holds one vector of 16 pixels (4608): the
+/// GEMM's `k` limit; beyond it the entry points run the tiled
+/// `avx512/fexp`.
+pub const PANEL_K: usize = PANEL_BYTES / 64;
 
 /// `|bits| - 2^23` below this: a normal activation that stays normal
 /// under `* 2^7` (biased exponent `1 ..= FEXP_MAX_E`).
@@ -128,7 +136,6 @@ unsafe fn build_panel<const CHECK: bool>(
     let gidx: [i32; 16] = core::array::from_fn(|j| (j * sx) as i32);
     // SAFETY: `gidx` is 16 `i32`.
     let gidx = unsafe { _mm512_loadu_si512(gidx.as_ptr().cast()) };
-    let abs = _mm512_set1_epi32(0x7fff_ffff);
     let mut slow = [0u16; 4];
     let mut i = 0;
     for ic in 0..g.c_in_g() {
@@ -184,24 +191,94 @@ unsafe fn build_panel<const CHECK: bool>(
                     }
                 }
                 for (v, tv) in t.iter().enumerate().take(nv) {
-                    let bits = _mm512_castps_si512(*tv);
-                    if CHECK {
-                        slow[v] |= slow_lanes(bits);
-                    }
                     // SAFETY: step i's vector v lies within the panel
                     // and its mask within `nz`.
-                    unsafe {
-                        _mm512_store_si512(panel.add((i * nv + v) * 16).cast(), bits);
-                        *nz.add(i * nv + v) = _mm512_test_epi32_mask(bits, abs);
-                    }
+                    unsafe { put_step::<CHECK>(*tv, panel, nz, i * nv + v, &mut slow[v]) };
                 }
                 i += 1;
             }
         }
     }
+    join_slow(&slow)
+}
+
+/// Store vector `at` of the panel (`t`'s bits) and its nonzero mask;
+/// with `CHECK`, add the lanes [`fast`] refuses to `slow`.
+///
+/// # Safety
+/// AVX-512 F available; vector `at` (`16 * at ..` of `panel`) and mask
+/// `at` of `nz` are valid for writes, the vector 64-byte aligned.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn put_step<const CHECK: bool>(
+    t: __m512,
+    panel: *mut u32,
+    nz: *mut u16,
+    at: usize,
+    slow: &mut u16,
+) {
+    let bits = _mm512_castps_si512(t);
+    if CHECK {
+        *slow |= slow_lanes(bits);
+    }
+    // SAFETY: the caller's contract.
+    unsafe {
+        _mm512_store_si512(panel.add(at * 16).cast(), bits);
+        *nz.add(at) = _mm512_test_epi32_mask(bits, _mm512_set1_epi32(0x7fff_ffff));
+    }
+}
+
+/// Per-vector slow lanes as one mask of a block's 64 lanes.
+fn join_slow(slow: &[u16; 4]) -> u64 {
     slow.iter()
         .enumerate()
         .fold(0u64, |a, (v, &s)| a | (s as u64) << (16 * v))
+}
+
+/// Build the panel of batch rows `j0 .. j0 + cnt` of `x` (`[m][k]`, a
+/// linear layer's input), the layout of [`build_panel`] with batch rows
+/// in the place of pixels (zero past `cnt`): one masked `vgatherdps` per
+/// weight and vector of 16 rows (built once per block and read by every
+/// output, so the gathers are a small share). With `CHECK`, returns the
+/// lanes whose row holds an activation [`fast`] refuses.
+///
+/// # Safety
+/// AVX-512 F available; `panel` is 64-byte aligned and valid for writes
+/// of `k * nv * 16` `u32`, `nz` for writes of `k * nv` `u16`;
+/// `x.len() >= (j0 + cnt) * k`, `cnt <= 16 * nv`, `nv <= 4`,
+/// `16 * k < 2^31`.
+#[target_feature(enable = "avx512f")]
+unsafe fn build_rows_panel<const CHECK: bool>(
+    x: &[f32],
+    k: usize,
+    j0: usize,
+    cnt: usize,
+    nv: usize,
+    panel: *mut u32,
+    nz: *mut u16,
+) -> u64 {
+    let offs = row_offsets(k);
+    let mut slow = [0u16; 4];
+    for (v, slow) in slow.iter_mut().enumerate().take(nv) {
+        let (_, mask) = batch_lanes(cnt, v);
+        // Row j0 + 16 v may be past the batch (no lane of it is read then).
+        let base = x.as_ptr().wrapping_add((j0 + 16 * v) * k);
+        for i in 0..k {
+            // SAFETY: an enabled lane l reads row j0 + 16 v + l < j0 + cnt,
+            // column i < k; step i's vector v lies within the panel and
+            // its mask within `nz`.
+            unsafe {
+                let t = _mm512_mask_i32gather_ps::<4>(
+                    _mm512_setzero_ps(),
+                    mask,
+                    offs,
+                    base.wrapping_add(i).cast(),
+                );
+                put_step::<CHECK>(t, panel, nz, i * nv + v, slow);
+            }
+        }
+    }
+    join_slow(&slow)
 }
 
 /// The panel's nonzero masks: one per weight tap and vector.
@@ -376,41 +453,108 @@ fn affine16(acc: __m512, ep: &Affine) -> __m512 {
     _mm512_mask_mov_ps(v, _mm512_cmp_ps_mask::<_CMP_LT_OQ>(v, lo), lo)
 }
 
-/// What one call's blocks share.
-struct Call<'a> {
+/// Where a block's outputs go, and the exact value of one that reads an
+/// activation off the fast path: a conv's pixels ([`ConvOut`]) or a
+/// linear layer's batch rows ([`LinOut`]).
+trait Dest {
+    /// Store lanes `16 v .. 16 v + n` (`0 < n <= 16`) of `y` as row `r`'s.
+    ///
+    /// # Safety
+    /// AVX-512 F available; `r` is a row of the call and the lanes are in
+    /// its block.
+    unsafe fn put(&mut self, r: usize, v: usize, y: __m512, n: usize);
+
+    /// Store `y` as row `r`'s output at lane `l`.
+    fn set(&mut self, r: usize, l: usize, y: f32);
+
+    /// Row `r`'s sum at lane `l` by the exact scalar loop.
+    fn exact(&self, r: usize, l: usize) -> f32;
+}
+
+/// A conv block: channel `oc0 + r`, pixels `q0 ..` of its plane.
+struct ConvOut<'a> {
     g: &'a Conv2dGeom,
     x: &'a [f32],
     w: &'a PackedRows<'a>,
     oc0: usize,
-    ep: &'a [Affine],
+    q0: usize,
+    out: &'a mut [f32],
 }
 
-/// Rows `r0 .. r1` against the panel (`NV` vectors, `cnt` pixels from
-/// `q0`), `MR` rows at a time, into `out`; the pixels of `slow` take the
-/// exact scalar path.
+impl Dest for ConvOut<'_> {
+    #[inline(always)]
+    unsafe fn put(&mut self, r: usize, v: usize, y: __m512, n: usize) {
+        let o = &mut self.out[r * self.g.out_plane() + self.q0 + 16 * v..][..n];
+        // SAFETY: the n <= 16 enabled lanes are `o`; the feature is
+        // available (the caller).
+        unsafe { _mm512_mask_storeu_ps(o.as_mut_ptr(), (u32::MAX >> (32 - n)) as u16, y) };
+    }
+
+    fn set(&mut self, r: usize, l: usize, y: f32) {
+        self.out[r * self.g.out_plane() + self.q0 + l] = y;
+    }
+
+    fn exact(&self, r: usize, l: usize) -> f32 {
+        fexp_slow(self.g, self.x, self.w, self.oc0 + r, r, self.q0 + l)
+    }
+}
+
+/// A linear block: output `r` of batch rows `j0 ..` (`out` is `[m][n]`).
+struct LinOut<'a> {
+    x: &'a [f32],
+    w: &'a PackedRows<'a>,
+    j0: usize,
+    out: &'a mut [f32],
+}
+
+impl Dest for LinOut<'_> {
+    #[inline(always)]
+    unsafe fn put(&mut self, r: usize, v: usize, y: __m512, n: usize) {
+        let mut t = [0f32; 16];
+        // SAFETY: `t` is 16 floats; the feature is available (the caller).
+        unsafe { _mm512_storeu_ps(t.as_mut_ptr(), y) };
+        for (j, &t) in t[..n].iter().enumerate() {
+            self.set(r, 16 * v + j, t);
+        }
+    }
+
+    fn set(&mut self, r: usize, l: usize, y: f32) {
+        self.out[(self.j0 + l) * self.w.rows() + r] = y;
+    }
+
+    fn exact(&self, r: usize, l: usize) -> f32 {
+        let k = self.w.k();
+        let x = &self.x[(self.j0 + l) * k..][..k];
+        fexp_slow(&Conv2dGeom::linear(k, self.w.rows()), x, self.w, r, r, 0)
+    }
+}
+
+/// Rows `r0 .. r1` of `w` against the panel (`NV` vectors, `cnt` pixels),
+/// `MR` rows at a time, into `dst`; the lanes of `slow` take the exact
+/// scalar path.
 ///
 /// # Safety
 /// AVX-512 F/BW/VBMI available; the panel holds the block's `k * NV * 16`
-/// initialized `u32` and `nz` their masks; arguments checked by the entry
-/// point.
+/// initialized `u32` and `nz` their masks; rows `r0 .. r1` within `w`
+/// and `ep`, lanes below `cnt <= 16 * NV` within `dst`'s block.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
 unsafe fn rows<const B: u32, const FMA: bool, const NV: usize, const MR: usize>(
-    c: &Call,
+    w: &PackedRows,
+    ep: &[Affine],
     r0: usize,
     r1: usize,
     panel: *const u32,
     nz: *const u16,
-    q0: usize,
     cnt: usize,
     slow: u64,
-    out: &mut [f32],
+    dst: &mut impl Dest,
 ) {
-    let (g, k, plane) = (c.g, c.g.k(), c.g.out_plane());
+    let k = w.k();
     let mut rb = r0;
     while rb < r1 {
         // Rows past r1 repeat the last one; their sums are dropped.
-        let rs: [&[u8]; MR] = core::array::from_fn(|i| c.w.row((rb + i).min(r1 - 1)));
+        let rs: [&[u8]; MR] = core::array::from_fn(|i| w.row((rb + i).min(r1 - 1)));
         // SAFETY: forwarded.
         let acc = unsafe {
             if FMA {
@@ -424,27 +568,19 @@ unsafe fn rows<const B: u32, const FMA: bool, const NV: usize, const MR: usize>(
             if r >= r1 {
                 break;
             }
-            let o = &mut out[r * plane + q0..][..cnt];
             for (v, a) in acc.iter().enumerate() {
                 let n = cnt.saturating_sub(16 * v).min(16);
                 if n == 0 {
                     break;
                 }
-                let y = affine16(*a, &c.ep[r]);
-                // SAFETY: the n <= 16 enabled lanes are o[16 v .. 16 v + n],
-                // within `o`.
-                unsafe {
-                    _mm512_mask_storeu_ps(
-                        o.as_mut_ptr().add(16 * v),
-                        (u32::MAX >> (32 - n)) as u16,
-                        y,
-                    )
-                };
+                // SAFETY: lanes 16 v .. 16 v + n < cnt of row r (contract).
+                unsafe { dst.put(r, v, affine16(*a, &ep[r]), n) };
             }
             let mut s = slow & (u64::MAX >> (64 - cnt));
             while s != 0 {
                 let l = s.trailing_zeros() as usize;
-                o[l] = c.ep[r].apply(fexp_slow(g, c.x, c.w, c.oc0 + r, r, q0 + l));
+                let y = ep[r].apply(dst.exact(r, l));
+                dst.set(r, l, y);
                 s &= s - 1;
             }
         }
@@ -452,41 +588,130 @@ unsafe fn rows<const B: u32, const FMA: bool, const NV: usize, const MR: usize>(
     }
 }
 
+/// [`rows`] over a block of `nv` vectors, with its register blocking.
+///
+/// # Safety
+/// As [`rows`], with `NV = nv`.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+unsafe fn block_rows<const B: u32, const FMA: bool>(
+    nv: usize,
+    w: &PackedRows,
+    ep: &[Affine],
+    r0: usize,
+    r1: usize,
+    panel: *const u32,
+    nz: *const u16,
+    cnt: usize,
+    slow: u64,
+    dst: &mut impl Dest,
+) {
+    // SAFETY: forwarded.
+    unsafe {
+        match nv {
+            4 => rows::<B, FMA, 4, 6>(w, ep, r0, r1, panel, nz, cnt, slow, dst),
+            3 => rows::<B, FMA, 3, 8>(w, ep, r0, r1, panel, nz, cnt, slow, dst),
+            2 => rows::<B, FMA, 2, 12>(w, ep, r0, r1, panel, nz, cnt, slow, dst),
+            _ => rows::<B, FMA, 1, 12>(w, ep, r0, r1, panel, nz, cnt, slow, dst),
+        }
+    }
+}
+
+/// Vectors of 16 lanes per block for `k` weights: as many as the panel
+/// holds, up to 4.
+fn vectors(k: usize) -> usize {
+    (PANEL_K / k.max(1)).clamp(1, 4)
+}
+
 /// # Safety
 /// AVX-512 F/BW/VBMI and BMI2 available; arguments checked by the entry
 /// point; `g.k() <= PANEL_K`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,bmi2")]
-unsafe fn conv<const B: u32, const FMA: bool>(c: &Call, out: &mut [f32]) {
-    let (g, n, k) = (c.g, c.w.rows(), c.g.k());
+unsafe fn conv<const B: u32, const FMA: bool>(
+    g: &Conv2dGeom,
+    x: &[f32],
+    w: &PackedRows,
+    oc0: usize,
+    ep: &[Affine],
+    out: &mut [f32],
+) {
+    let (n, k) = (w.rows(), g.k());
     if n == 0 || g.out_plane() == 0 || k == 0 {
         return;
     }
-    let nv_max = (PANEL_K / k).clamp(1, 4);
-    let check = !all_fast(c.x);
+    let nv_max = vectors(k);
+    let check = !all_fast(x);
     let mut panel = MaybeUninit::<Panel>::uninit();
     let pp = panel.as_mut_ptr().cast::<u32>();
     let mut masks = MaybeUninit::<Masks>::uninit();
     let mp = masks.as_mut_ptr().cast::<u16>();
-    for_blocks(g, n, c.oc0, 16 * nv_max, |grp, r, r_end, q0, blk| {
+    for_blocks(g, n, oc0, 16 * nv_max, |grp, r, r_end, q0, blk| {
         let cnt = blk.pixels();
         let nv = cnt.div_ceil(16);
+        let out = &mut *out;
+        let mut dst = ConvOut {
+            g,
+            x,
+            w,
+            oc0,
+            q0,
+            out,
+        };
         // SAFETY: k * nv * 64 bytes <= PANEL_BYTES by the choice of
         // nv_max (and k * nv masks <= 4 * PANEL_K); the panel and masks
-        // are written before `rows` reads them.
+        // are written before `rows` reads them; rows r .. r_end and
+        // pixels q0 .. q0 + cnt are the call's.
         unsafe {
             let slow = if check {
-                build_panel::<true>(g, c.x, grp, blk, nv, pp, mp)
+                build_panel::<true>(g, x, grp, blk, nv, pp, mp)
             } else {
-                build_panel::<false>(g, c.x, grp, blk, nv, pp, mp)
+                build_panel::<false>(g, x, grp, blk, nv, pp, mp)
             };
-            match nv {
-                4 => rows::<B, FMA, 4, 6>(c, r, r_end, pp, mp, q0, cnt, slow, out),
-                3 => rows::<B, FMA, 3, 8>(c, r, r_end, pp, mp, q0, cnt, slow, out),
-                2 => rows::<B, FMA, 2, 12>(c, r, r_end, pp, mp, q0, cnt, slow, out),
-                _ => rows::<B, FMA, 1, 12>(c, r, r_end, pp, mp, q0, cnt, slow, out),
-            }
+            block_rows::<B, FMA>(nv, w, ep, r, r_end, pp, mp, cnt, slow, &mut dst);
         }
     });
+}
+
+/// # Safety
+/// AVX-512 F/BW/VBMI available; arguments checked by the entry point;
+/// `w.k() <= PANEL_K`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+unsafe fn linear<const B: u32, const FMA: bool>(
+    x: &[f32],
+    m: usize,
+    w: &PackedRows,
+    ep: &[Affine],
+    out: &mut [f32],
+) {
+    let (n, k) = (w.rows(), w.k());
+    if n == 0 || m == 0 || k == 0 {
+        return;
+    }
+    let nv_max = vectors(k);
+    let check = !all_fast(x);
+    let mut panel = MaybeUninit::<Panel>::uninit();
+    let pp = panel.as_mut_ptr().cast::<u32>();
+    let mut masks = MaybeUninit::<Masks>::uninit();
+    let mp = masks.as_mut_ptr().cast::<u16>();
+    let mut j0 = 0;
+    while j0 < m {
+        let cnt = (m - j0).min(16 * nv_max);
+        let nv = cnt.div_ceil(16);
+        let out = &mut *out;
+        let mut dst = LinOut { x, w, j0, out };
+        // SAFETY: as in `conv`: k * nv * 64 bytes <= PANEL_BYTES, the
+        // panel written before it is read; x holds m rows of k (checked),
+        // j0 + cnt <= m, 16 * k < 2^31 (k <= PANEL_K).
+        unsafe {
+            let slow = if check {
+                build_rows_panel::<true>(x, k, j0, cnt, nv, pp, mp)
+            } else {
+                build_rows_panel::<false>(x, k, j0, cnt, nv, pp, mp)
+            };
+            block_rows::<B, FMA>(nv, w, ep, 0, n, pp, mp, cnt, slow, &mut dst);
+        }
+        j0 += cnt;
+    }
 }
 
 /// The shared entry: checks, then the GEMM, or the tiled kernel for `k`
@@ -504,23 +729,61 @@ fn run<const FMA: bool>(
         "avx512/gemm-fexp on a CPU without AVX-512"
     );
     if g.k() > PANEL_K {
-        let tiled = if FMA {
-            super::avx512::conv_fma_f32
-        } else {
-            super::avx512::conv_fexp_f32
-        };
-        return tiled(g, x, w, oc0, ep, out);
+        return tiled::<FMA>()(g, x, w, oc0, ep, out);
     }
     assert_eq!(w.bytes().len(), w.rows() * w.bits().row_bytes(w.k()));
     crate::dispatch::check_call(g, x.len(), w.k(), w.rows(), oc0, ep.len(), out.len());
-    let c = Call { g, x, w, oc0, ep };
     // SAFETY: the level (AVX-512 F/BW/VBMI, with BMI2 below it) is
     // available (checked above); arguments checked; k <= PANEL_K.
     unsafe {
         match w.bits().get() {
-            2 => conv::<2, FMA>(&c, out),
-            3 => conv::<3, FMA>(&c, out),
-            _ => conv::<4, FMA>(&c, out),
+            2 => conv::<2, FMA>(g, x, w, oc0, ep, out),
+            3 => conv::<3, FMA>(g, x, w, oc0, ep, out),
+            _ => conv::<4, FMA>(g, x, w, oc0, ep, out),
+        }
+    }
+}
+
+/// The tiled kernel (`avx512/fexp`, or its FMA baseline).
+fn tiled<const FMA: bool>() -> crate::dispatch::F32Fn {
+    if FMA {
+        super::avx512::conv_fma_f32
+    } else {
+        super::avx512::conv_fexp_f32
+    }
+}
+
+/// The shared linear entry: checks, then the GEMM, or the tiled kernel row
+/// by row for `k` beyond the panel.
+fn run_linear<const FMA: bool>(
+    x: &[f32],
+    m: usize,
+    w: &PackedRows,
+    ep: &[Affine],
+    out: &mut [f32],
+) {
+    assert!(
+        Isa::Avx512.available(),
+        "avx512/gemm-fexp on a CPU without AVX-512"
+    );
+    let (n, k) = (w.rows(), w.k());
+    assert_eq!(w.bytes().len(), n * w.bits().row_bytes(k));
+    let name = "avx512/gemm-fexp";
+    crate::gemm::check_batch(name, x.len(), m, k, n, usize::MAX, ep.len(), out.len());
+    if k > PANEL_K {
+        let g = Conv2dGeom::linear(k, n);
+        for (x, o) in x.chunks_exact(k).zip(out.chunks_exact_mut(n)) {
+            tiled::<FMA>()(&g, x, w, 0, ep, o);
+        }
+        return;
+    }
+    // SAFETY: the level (AVX-512 F/BW/VBMI) is available (checked above);
+    // arguments checked; k <= PANEL_K.
+    unsafe {
+        match w.bits().get() {
+            2 => linear::<2, FMA>(x, m, w, ep, out),
+            3 => linear::<3, FMA>(x, m, w, ep, out),
+            _ => linear::<4, FMA>(x, m, w, ep, out),
         }
     }
 }
@@ -555,4 +818,24 @@ pub fn conv_gemm_fma_f32(
     out: &mut [f32],
 ) {
     run::<true>(g, x, w, oc0, ep, out)
+}
+
+/// `avx512/gemm-fexp` for a linear layer over a batch: `x` holds `m` rows
+/// of `k` inputs, `out` `m` rows of `n = w.rows()` outputs, each row
+/// [`crate::scalar::conv_shift_f32`] on that input row (a 1x1 layer on
+/// one pixel) within the summation bound, as [`conv_gemm_fexp_f32`]
+/// (same fast-path rule: a batch row holding a subnormal, huge, infinite
+/// or NaN activation is exact); the batch runs along the lanes, as the
+/// pixels of a conv do; no multiply per MAC. `k` beyond the panel runs
+/// `avx512/fexp` row by row. Panics if the CPU lacks AVX-512 or on
+/// mismatched lengths (`k = 0` included).
+pub fn linear_gemm_fexp_f32(x: &[f32], m: usize, w: &PackedRows, ep: &[Affine], out: &mut [f32]) {
+    run_linear::<false>(x, m, w, ep, out)
+}
+
+/// The FMA baseline of [`linear_gemm_fexp_f32`] (see
+/// [`conv_gemm_fma_f32`]): not registered; benches and tests compare the
+/// two. Within the same bound.
+pub fn linear_gemm_fma_f32(x: &[f32], m: usize, w: &PackedRows, ep: &[Affine], out: &mut [f32]) {
+    run_linear::<true>(x, m, w, ep, out)
 }
