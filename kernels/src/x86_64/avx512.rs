@@ -131,7 +131,7 @@ const fn perm_index(b: u32) -> [u8; 64] {
 
 /// `vpmultishiftqb` controls of [`load_codes`]: byte `t` of every
 /// quadword starts at bit `tB`.
-const fn shift_control(b: u32) -> [u8; 64] {
+pub(super) const fn shift_control(b: u32) -> [u8; 64] {
     let mut t = [0u8; 64];
     let mut i = 0;
     while i < 64 {

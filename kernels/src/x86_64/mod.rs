@@ -130,4 +130,5 @@ pub mod avx512;
 pub mod gemm;
 pub mod gemm_fexp;
 pub mod gemm_shift;
+pub mod lut;
 pub mod pointwise;
