@@ -54,32 +54,90 @@ const SEG: usize = 4;
 /// `32 * 1024` overflows).
 const FLUSH: usize = 3;
 
-/// The signed table of activation `x`: word `4s + l` is `x << l`, negated
-/// for `s = 1` (`-(-128 << 3)` = 1024 fits an `i16`).
-const fn signed_table(x: i8) -> u128 {
-    let mut t = 0u128;
+/// The signed table of activation `x` (the reference for
+/// [`build_tables`]): word `4s + l` is `x << l`, negated for `s = 1`
+/// (`-(-128 << 3)` = 1024 fits an `i16`).
+#[cfg(test)]
+const fn signed_table(x: i8) -> [i16; 8] {
+    let mut t = [0i16; 8];
     let mut e = 0;
     while e < 8 {
         let v = (x as i16) << (e & 3);
-        let v = if e >= 4 { -v } else { v };
-        t |= (v as u16 as u128) << (16 * e);
+        t[e] = if e >= 4 { -v } else { v };
         e += 1;
     }
     t
 }
 
-/// Every activation's table, indexed by `x as u8`: a patch's tables are
-/// one 16-byte copy per activation. The table of 0 is all zeros, so the
-/// patch's zero padding adds nothing whatever the codes there.
-static TABLES: [u128; 256] = {
-    let mut all = [0u128; 256];
-    let mut i = 0;
-    while i < 256 {
-        all[i] = signed_table(i as u8 as i8);
-        i += 1;
+/// Bytes per activation in a prepared patch: its table of 8 words.
+const TABLE_BYTES: usize = 16;
+
+/// `vpermw` indices of [`build_tables`]: output `u` takes activation
+/// `4u + t` (of 32 sign-extended ones) into words `8t .. 8t + 8`.
+const fn spread_index(u: usize) -> [u16; 32] {
+    let mut t = [0u16; 32];
+    let mut w = 0;
+    while w < 32 {
+        t[w] = (4 * u + w / 8) as u16;
+        w += 1;
     }
-    all
-};
+    t
+}
+
+/// Turn the activations of one gathered patch (`n` bytes at the start of
+/// `p`, `n` a multiple of 64, at most 256) into their tables in place:
+/// activation `i`'s 8 words at bytes `16i .. 16i + 16`. The table of 0 is
+/// all zeros, so the patch's zero padding adds nothing whatever the codes
+/// there.
+///
+/// # Safety
+/// AVX-512 (F, BW) available.
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn build_tables(p: &mut [i8], n: usize) {
+    assert!(n.is_multiple_of(64) && n <= 256 && n * TABLE_BYTES <= p.len());
+    let zero = _mm512_setzero_si512();
+    // Every activation is read before the first table overwrites it.
+    let mut x = [zero; 4];
+    for (b, v) in x.iter_mut().enumerate().take(n / 64) {
+        // SAFETY: `64b + 64 <= n <= p.len()`.
+        *v = unsafe { _mm512_loadu_si512(p.as_ptr().add(64 * b).cast()) };
+    }
+    let idx = const {
+        [
+            spread_index(0),
+            spread_index(1),
+            spread_index(2),
+            spread_index(3),
+            spread_index(4),
+            spread_index(5),
+            spread_index(6),
+            spread_index(7),
+        ]
+    };
+    let mut iv = [zero; 8];
+    for (v, t) in iv.iter_mut().zip(idx.iter()) {
+        // SAFETY: 64 readable bytes.
+        *v = unsafe { _mm512_loadu_si512(t.as_ptr().cast()) };
+    }
+    let sh = _mm512_set1_epi64(0x0003_0002_0001_0000);
+    let dst = p.as_mut_ptr();
+    for (b, &xb) in x.iter().enumerate().take(n / 64) {
+        let halves = [
+            _mm512_cvtepi8_epi16(_mm512_castsi512_si256(xb)),
+            _mm512_cvtepi8_epi16(_mm512_extracti64x4_epi64::<1>(xb)),
+        ];
+        for (h, &x16) in halves.iter().enumerate() {
+            for (u, &ix) in iv.iter().enumerate() {
+                let v = _mm512_sllv_epi16(_mm512_permutexvar_epi16(ix, x16), sh);
+                // Words 4..8 of each table: the negative weights.
+                let v = _mm512_mask_sub_epi16(v, 0xf0f0_f0f0, zero, v);
+                let at = (64 * b + 32 * h + 4 * u) * TABLE_BYTES;
+                // SAFETY: `at + 64 <= n * TABLE_BYTES <= p.len()`.
+                unsafe { _mm512_storeu_si512(dst.add(at).cast(), v) };
+            }
+        }
+    }
+}
 
 /// `vpermb` table from a code byte (the code in its low `b` bits, anything
 /// above: the table repeats every `2^b` entries) to `4s + (p & 3)`, with
@@ -170,7 +228,7 @@ struct Scratch<const Q: usize> {
 unsafe fn lut_rows<const B: u32, const NP: usize, const Q: usize>(
     rows: &[&[u8]],
     kc: usize,
-    xs: &[u128],
+    xs: &[i8],
     stride: usize,
     out: &mut [[i32; NP]],
 ) {
@@ -178,7 +236,7 @@ unsafe fn lut_rows<const B: u32, const NP: usize, const Q: usize>(
     let n = rows.len();
     assert!(n <= 4 * Q && out.len() == n);
     let nblk = kc.div_ceil(64);
-    assert!(xs.len() >= (NP - 1) * stride + nblk * 64);
+    assert!(xs.len() >= (NP - 1) * stride + nblk * 64 * TABLE_BYTES);
     // B = 8 (int8 weights) never reaches this kernel; `bb` keeps its
     // unused instantiation well-formed.
     let consts = const {
@@ -244,9 +302,10 @@ unsafe fn lut_rows<const B: u32, const NP: usize, const Q: usize>(
             // first `ns` blocks are written; patches `j .. j + W` are in
             // `xs` for blocks `s0 .. s0 + ns` (assert above).
             let v = if j + 2 <= NP {
-                unsafe { pixels::<B, Q, 2>(&sc, ns, xs, at, stride, s0 * 64) }
+                unsafe { pixels::<B, Q, 2>(&sc, ns, xs, at, stride, s0 * 64 * TABLE_BYTES) }
             } else {
-                let [a] = unsafe { pixels::<B, Q, 1>(&sc, ns, xs, at, stride, s0 * 64) };
+                let [a] =
+                    unsafe { pixels::<B, Q, 1>(&sc, ns, xs, at, stride, s0 * 64 * TABLE_BYTES) };
                 [a, [0; 16]]
             };
             for (d, vd) in v.iter().enumerate().take(NP - j) {
@@ -262,25 +321,25 @@ unsafe fn lut_rows<const B: u32, const NP: usize, const Q: usize>(
     }
 }
 
-/// The sums of `W` pixels (patches at `xs[at + d * stride + o]`) over the
-/// first `ns` blocks of the scratch: per pixel 16 `i32`, element `4L + q`
-/// for row `4q + L`.
+/// The sums of `W` pixels (tables at bytes `xs[at + d * stride + o ..]`)
+/// over the first `ns` blocks of the scratch: per pixel 16 `i32`,
+/// element `4L + q` for row `4q + L`.
 ///
 /// # Safety
-/// AVX-512 (F, BW) available; `sc` holds `ns` blocks; `xs` holds the
-/// `W` patches' tables `o .. o + 64 ns`.
+/// AVX-512 (F, BW) available; `sc` holds `ns` blocks.
 #[target_feature(enable = "avx512f,avx512bw")]
 #[inline]
 unsafe fn pixels<const B: u32, const Q: usize, const W: usize>(
     sc: &Scratch<Q>,
     ns: usize,
-    xs: &[u128],
+    xs: &[i8],
     at: usize,
     stride: usize,
     o: usize,
 ) -> [[i32; 16]; W] {
     let zero = _mm512_setzero_si512();
-    assert!(ns <= SEG && xs.len() >= at + (W - 1) * stride + o + ns * 64);
+    let bb = 64 * TABLE_BYTES;
+    assert!(ns <= SEG && xs.len() >= at + (W - 1) * stride + o + ns * bb);
     let ip = sc.idx.as_ptr().cast::<[[__m512i; Q]; 8]>();
     // Per pixel and quad: i16 sums of the `h = 0` and `h = 1` terms, and
     // their widened i32 sums (128-bit lane `L`: row `4q + L`).
@@ -290,8 +349,8 @@ unsafe fn pixels<const B: u32, const Q: usize, const W: usize>(
     for (bi, mb) in sc.msk.iter().enumerate().take(ns) {
         // SAFETY: the first `ns` blocks are written (caller).
         let ib = unsafe { &*ip.add(bi) };
-        let tp: [*const u128; W] =
-            core::array::from_fn(|d| xs.as_ptr().wrapping_add(at + d * stride + o + bi * 64));
+        let tp: [*const i8; W] =
+            core::array::from_fn(|d| xs.as_ptr().wrapping_add(at + d * stride + o + bi * bb));
         for g in 0..8 {
             let mut ta = [zero; W];
             let mut tb = [zero; W];
@@ -299,8 +358,8 @@ unsafe fn pixels<const B: u32, const Q: usize, const W: usize>(
                 // SAFETY: tables `8g .. 8g + 8` of block `bi` of pixel
                 // `d` are in bounds by the assert above.
                 unsafe {
-                    ta[d] = _mm512_loadu_si512(tp[d].add(8 * g).cast());
-                    tb[d] = _mm512_loadu_si512(tp[d].add(8 * g + 4).cast());
+                    ta[d] = _mm512_loadu_si512(tp[d].add(128 * g).cast());
+                    tb[d] = _mm512_loadu_si512(tp[d].add(128 * g + 64).cast());
                 }
             }
             for q in 0..Q {
@@ -363,22 +422,40 @@ unsafe fn pixels<const B: u32, const Q: usize, const W: usize>(
 /// The `lut` row kernel at the AVX-512 level.
 struct Lut;
 
-// SAFETY: X = u128, a primitive integer.
+// SAFETY: X = i8, a primitive integer.
 unsafe impl RowKernel for Lut {
     type In = i8;
-    type X = u128;
+    type X = i8;
     type Acc = i32;
-    const PLANES: usize = 1;
+    /// Not planes of values: room for a 16-byte table per activation.
+    /// The gather copies activations as they are (as for `dot`), and
+    /// `prepare` turns them into tables in place, once per chunk for all
+    /// rows, with SIMD; a table per activation in `put` made the gather
+    /// cost more than the lookups.
+    const PLANES: usize = TABLE_BYTES;
     const ROWS: usize = ROWS;
     #[inline]
-    fn put(slot: &mut [u128], _len: usize, i: usize, v: i8) -> bool {
-        slot[i] = TABLES[v as u8 as usize];
+    fn put(slot: &mut [i8], _len: usize, i: usize, v: i8) -> bool {
+        slot[i] = v;
         true
+    }
+    #[inline(always)]
+    fn put_run(slot: &mut [i8], len: usize, i: usize, src: &[i8], n: usize) -> bool {
+        tile::copy_run(slot, len, i, src, n);
+        true
+    }
+    unsafe fn prepare<const B: u32>(xs: &mut [i8], np: usize, stride: usize, kc: usize) -> u32 {
+        let n = kc.div_ceil(64) * 64;
+        for j in 0..np {
+            // SAFETY: the caller guarantees the ISA.
+            unsafe { build_tables(&mut xs[j * stride..(j + 1) * stride], n) };
+        }
+        0
     }
     unsafe fn dot<const B: u32, const NP: usize>(
         rows: &[&[u8]],
         kc: usize,
-        xs: &[u128],
+        xs: &[i8],
         stride: usize,
         out: &mut [[i32; NP]],
         _mode: u32,
@@ -415,15 +492,25 @@ mod tests {
 
     #[test]
     fn tables_hold_the_signed_shifted_activation() {
-        for x in i8::MIN..=i8::MAX {
-            let t = TABLES[x as u8 as usize].to_le_bytes();
-            for e in 0..8 {
-                let v = i16::from_le_bytes([t[2 * e], t[2 * e + 1]]) as i32;
-                let want = (x as i32) << (e & 3);
-                assert_eq!(v, if e >= 4 { -want } else { want });
-            }
+        if !Isa::Avx512.available() {
+            return;
         }
-        assert_eq!(TABLES[0], 0);
+        let mut p = [0i8; 256 * TABLE_BYTES];
+        for (i, v) in p[..256].iter_mut().enumerate() {
+            *v = i as u8 as i8;
+        }
+        // SAFETY: AVX-512 available (checked above).
+        unsafe { build_tables(&mut p, 256) };
+        for i in 0..256 {
+            let t = &p[i * TABLE_BYTES..][..TABLE_BYTES];
+            let got: [i16; 8] =
+                core::array::from_fn(|e| i16::from_le_bytes([t[2 * e] as u8, t[2 * e + 1] as u8]));
+            assert_eq!(got, signed_table(i as u8 as i8), "x = {}", i as u8 as i8);
+        }
+        assert_eq!(
+            signed_table(-128),
+            [-128, -256, -512, -1024, 128, 256, 512, 1024]
+        );
     }
 
     #[test]
