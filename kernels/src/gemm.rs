@@ -407,8 +407,8 @@ pub const MAX_K: usize = 18 * 1024;
 
 /// The argument checks every decoded-row conv kernel makes (`name` in the
 /// messages): `k` matches the geometry and is at most [`MAX_K`], and the
-/// lengths of [`crate::dispatch::check_call`]. Tap-major rows are the
-/// caller's to check: only some kernels take them.
+/// lengths every conv kernel checks (`dispatch::check_call`, crate-private).
+/// Tap-major rows are the caller's to check: only some kernels take them.
 pub fn check_conv(
     name: &str,
     g: &Conv2dGeom,
