@@ -1,6 +1,7 @@
 //! The AVX-512 `lut` kernel, `avx512/lut` ([`Isa::Avx512`]; uses F, BW,
 //! VL and VBMI): int8 activations, shift codes, table lookups in the style
-//! of T-MAC, no multiply.
+//! of T-MAC, no multiply. Bit-identical to
+//! [`crate::scalar::conv_shift_i8`]; run only when `lut` is forced.
 //!
 //! Tables. Each activation `x` of a gathered patch becomes 8 signed `i16`
 //! words, word `e = 4s + l` holding `±(x << l)` (`l` in 0..4, `s` the
@@ -11,32 +12,43 @@
 //! term goes to (a masked `vpaddw` each); the `h = 1` one is weighted by
 //! 16 when it is widened. So every term is at most 1024 in magnitude and
 //! 24 of them (three 64-code blocks) fit an `i16` lane before the
-//! accumulators are widened to `i32` (shifts and adds).
+//! accumulators are widened to `i32` (shifts and adds). The gather copies
+//! activations as they are; `prepare` expands them in place (16 bytes
+//! each, `vpermw` + `vpsllvw` + a masked negate per 4 activations), once
+//! per chunk for all rows.
 //!
 //! Lookups. Two registers hold the tables of 8 consecutive activations
 //! (64 words), and one `vpermi2w` looks up 32 terms: 4 rows times those 8
 //! activations, the word index being `8t + e` for activation `t` of the
-//! 8. The AVX2 kernel's `vpshufb` gives 16 terms per instruction and needs
-//! an XOR for the sign and index words `(p, p + 8)`.
+//! 8. (The AVX2 kernel's `vpshufb` gives 16 terms per instruction and
+//! needs an XOR for the sign.)
 //!
-//! Indices. Packed codes are row-major, the lookups want 4 rows of the same
-//! 8 activations in one register: per 4 rows and 64 codes, two `vpermt2b`
-//! sources hold the rows' bytes, four `vpermt2b` put the bytes of 8
-//! codes of one row into each quadword (two groups of 8 activations per
-//! output, one row per 128-bit lane), `vpmultishiftqb` moves each code to
-//! its own byte, a `vpermb` maps it to `e` (plus `h` in bit 7) and an OR
-//! adds `8t`; `vpunpck{l,h}bw` of the result with itself makes the index
-//! words (`vpermi2w` reads their low 6 bits) of the two groups. That work
+//! Indices. Packed codes are row-major; a lookup wants 4 rows of the same
+//! 8 activations. Per 4 rows and 64 codes: masked loads put the rows'
+//! bytes in the halves of two registers, four `vpermt2b` put the bytes
+//! of 8 codes of one row into each quadword (two groups of 8 activations
+//! per output, one row per 128-bit lane), `vpmultishiftqb` moves each code
+//! to its own byte, a `vpermb` maps it to `e` (plus `h` in bit 7) and an
+//! OR adds `8t`; `vpunpck{l,h}bw` of the result with itself makes the
+//! index words (`vpermi2w` reads their low 6 bits) of the two groups. That
 //! depends only on the codes, so it is done once per call into a stack
-//! scratch and shared by the `NP` pixels of the tile.
+//! scratch and shared by the tile's pixels, two of which run together to
+//! share each load of index words and masks.
 //!
 //! Per pixel, 32 MACs cost one `vpermi2w` and one `vpaddw` (two masked
-//! ones with b = 4), plus a load of the index words.
+//! ones with b = 4), where `avx512/shift` spends a `vpsllvw`, an XOR and
+//! one or two adds.
+//!
+//! Limit: a table is 16 bytes, so the driver's 16 KB patch buffer holds
+//! chunks of 256 codes for 4 pixels, and layers with `k > 256` take the
+//! driver's per-run gather for chunked patches (about a fifth of the time
+//! on a 3x3 conv with 64 input channels, by `perf`), where `dot` and
+//! `shift` gather whole patches in one pass.
 
 use core::arch::x86_64::*;
 use core::mem::MaybeUninit;
 
-use super::avx512::shift_control;
+use super::avx512::{add_term, shift_control, widen_add};
 use crate::dispatch::tile::{self, RowKernel};
 use crate::dispatch::Isa;
 use crate::{Conv2dGeom, PackedRows, Requant};
@@ -202,15 +214,6 @@ unsafe fn load_row<const B: u32>(row: &[u8], blk: usize) -> __m256i {
     unsafe { _mm256_maskz_loadu_epi8(mask, rest.as_ptr().cast()) }
 }
 
-/// Widen an `i16` accumulator: the sum of each pair of words as `i32`
-/// (both words of a pair belong to the same row), by shifts, no multiply.
-#[target_feature(enable = "avx512f,avx512bw")]
-#[inline]
-unsafe fn widen(a: __m512i) -> __m512i {
-    let lo = _mm512_srai_epi32::<16>(_mm512_slli_epi32::<16>(a));
-    _mm512_add_epi32(lo, _mm512_srai_epi32::<16>(a))
-}
-
 /// Index words of one segment, per block, group of 8 codes and quad, and
 /// (b = 4) the masks of their `h = 1` lanes.
 struct Scratch<const Q: usize> {
@@ -366,13 +369,8 @@ unsafe fn pixels<const B: u32, const Q: usize, const W: usize>(
                 let (iv, hm) = (ib[g][q], mb[g][q]);
                 for d in 0..W {
                     let v = _mm512_permutex2var_epi16(ta[d], iv, tb[d]);
-                    let a = &mut a16[d][q];
-                    if B == 4 {
-                        a[0] = _mm512_mask_add_epi16(a[0], !hm, a[0], v);
-                        a[1] = _mm512_mask_add_epi16(a[1], hm, a[1], v);
-                    } else {
-                        a[0] = _mm512_add_epi16(a[0], v);
-                    }
+                    // SAFETY: AVX-512 available (caller).
+                    unsafe { add_term::<B>(&mut a16[d][q], hm, v) };
                 }
             }
         }
@@ -386,9 +384,9 @@ unsafe fn pixels<const B: u32, const Q: usize, const W: usize>(
             {
                 // SAFETY: AVX-512 available (caller).
                 unsafe {
-                    *s = _mm512_add_epi32(*s, widen(a[0]));
+                    *s = widen_add::<0>(*s, a[0]);
                     if B == 4 {
-                        *s = _mm512_add_epi32(*s, _mm512_slli_epi32::<4>(widen(a[1])));
+                        *s = widen_add::<4>(*s, a[1]);
                     }
                 }
                 *a = [zero; 2];
