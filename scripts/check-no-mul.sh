@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The multiplication-free kernel families (shift, lut, fexp) have no
 # multiply instruction: disassemble the release build of the kernels crate
-# and grep their row-kernel functions (`*::shift_rows`, `*::lut_rows`,
+# and grep their row-kernel functions (`*::shift_rows`, `*::lut_rows` (on
+# x86-64: `avx2::lut_rows` and the AVX-512 kernel's `lut::lut_rows`),
 # `*::fexp_rows`, and `gemm_shift::list_rows`, the exponent-list GEMM's,
 # which hold the inner loops: on x86 they are
 # target_feature functions and stay out of line; on aarch64 NEON is

@@ -42,7 +42,8 @@ pub enum Isa {
     Avx2 = 2,
     /// x86-64 with AVX-512 F/BW/VL/VBMI/VNNI (Ice Lake, Sapphire Rapids,
     /// Zen4): the `crate::x86_64::avx512` kernels (`dot` by `vpdpbusd`,
-    /// `shift` by `vpsllvw`, `fexp`) and `vpdpwssd` pixel-lane kernels.
+    /// `shift` by `vpsllvw`, `fexp`), `lut` by `vpermi2w`
+    /// (`crate::x86_64::lut`) and `vpdpwssd` pixel-lane kernels.
     Avx512 = 3,
     /// aarch64 Advanced SIMD (baseline on every aarch64 CPU).
     Neon = 4,
@@ -377,6 +378,7 @@ registry! { SIMD:
     "avx512/dot" => Avx512, Dot, All, ShiftI8(crate::x86_64::avx512::conv_dot_i8);
     "avx2/px-dot" => Avx2, Dot, SmallK, ShiftI8(crate::x86_64::pointwise::conv_small_k_i8);
     "avx2/dot" => Avx2, Dot, All, ShiftI8(crate::x86_64::avx2::conv_dot_i8);
+    "avx512/lut" => Avx512, Lut, All, ShiftI8(crate::x86_64::lut::conv_lut_i8);
     "avx2/lut" => Avx2, Lut, All, ShiftI8(crate::x86_64::avx2::conv_lut_i8);
     "avx512/shift" => Avx512, Shift, All, ShiftI8(crate::x86_64::avx512::conv_shift_i8);
     "avx2/shift" => Avx2, Shift, All, ShiftI8(crate::x86_64::avx2::conv_shift_i8);
@@ -667,7 +669,16 @@ pub fn forced_family() -> Option<Family> {
 /// machine shared); before, they ran `scalar`
 /// (200 M against avx2/fexp's 97 M MACs/s). `lut` never won on AVX2 (one
 /// `vpshufb` gives 16 MACs against 32 for `vpmaddubsw`, and the code
-/// transpose is paid per pixel tile), so it runs only when forced. On NEON
+/// transpose is paid per pixel tile), so it runs only when forced. At the
+/// AVX-512 level `avx512/lut` ([`crate::x86_64::lut`]: signed tables,
+/// one `vpermi2w` per 32 MACs) beats `avx2/lut` and, narrowly,
+/// `avx512/shift`, but not `dot`, so it too runs only when forced. Same
+/// bench, `-- '/(avx512/lut|avx2/lut|avx512/shift)/'`, b = 4, Zen4, both
+/// cores shared (load 3-5), G MACs/s avx512/lut / avx2/lut / avx512/shift:
+/// 3x3 conv 128x28x28 14.9 / 11.1 / 14.4, 64x56x56 12.5 / 9.1 / 11.6,
+/// 512x7x7 17.5 / 12.8 / 14.7, 7x7/2 stem 10.8 / 6.5 / 6.9, GEMV 7.8 /
+/// 6.7 / 7.2. (At AVX-512 the convs that fit [`crate::gemm::applies`] run
+/// `avx512/gemm-shift` under a forced `lut`, see below.) On NEON
 /// without `dotprod` the order falls to `shift`; qemu timings mean nothing,
 /// so that choice rests on instruction counts of the inner loops (`shift`
 /// 4 per 8 MACs; `lut` 7 per 16 MACs plus about 14 per 16 MACs of code

@@ -131,7 +131,7 @@ const fn perm_index(b: u32) -> [u8; 64] {
 
 /// `vpmultishiftqb` controls of [`load_codes`]: byte `t` of every
 /// quadword starts at bit `tB`.
-const fn shift_control(b: u32) -> [u8; 64] {
+pub(super) const fn shift_control(b: u32) -> [u8; 64] {
     let mut t = [0u8; 64];
     let mut i = 0;
     while i < 64 {
@@ -415,10 +415,26 @@ const SHIFT_FLUSH: usize = 15;
 /// multiply), scaled by `2^s`.
 #[target_feature(enable = "avx512f,avx512bw")]
 #[inline]
-unsafe fn widen_add<const S: u32>(acc: __m512i, a: __m512i) -> __m512i {
+pub(super) unsafe fn widen_add<const S: u32>(acc: __m512i, a: __m512i) -> __m512i {
     let lo = _mm512_srai_epi32::<16>(_mm512_slli_epi32::<16>(a));
     let hi = _mm512_srai_epi32::<16>(a);
     _mm512_add_epi32(acc, _mm512_slli_epi32::<S>(_mm512_add_epi32(lo, hi)))
+}
+
+/// Add 32 `i16` terms to the `i16` accumulators `acc` of their exponent
+/// bucket: with b = 4, lanes in `high` (`p >= 4`, terms taken at
+/// `p - 4`) to `acc[1]`, which is weighted by 16 when widened, the rest
+/// to `acc[0]`; with b <= 3 all to `acc[0]`. Shared by `shift` and the
+/// `lut` kernel ([`super::lut`]).
+#[target_feature(enable = "avx512f,avx512bw")]
+#[inline]
+pub(super) unsafe fn add_term<const B: u32>(acc: &mut [__m512i; 2], high: __mmask32, t: __m512i) {
+    if B == 4 {
+        acc[0] = _mm512_mask_add_epi16(acc[0], !high, acc[0], t);
+        acc[1] = _mm512_mask_add_epi16(acc[1], high, acc[1], t);
+    } else {
+        acc[0] = _mm512_add_epi16(acc[0], t);
+    }
 }
 
 /// One row against `NP` patches of `i16` activations.
@@ -473,12 +489,8 @@ unsafe fn shift_rows<const B: u32, const NP: usize>(
                 let xv =
                     unsafe { _mm512_loadu_si512(xp.add(j * stride + blk * 64 + half * 32).cast()) };
                 let t = _mm512_xor_si512(_mm512_sllv_epi16(xv, l), m);
-                if B == 4 {
-                    pt[0] = _mm512_mask_add_epi16(pt[0], !high, pt[0], t);
-                    pt[1] = _mm512_mask_add_epi16(pt[1], high, pt[1], t);
-                } else {
-                    pt[0] = _mm512_add_epi16(pt[0], t);
-                }
+                // SAFETY: AVX-512 available (caller).
+                unsafe { add_term::<B>(pt, high, t) };
             }
         }
         left -= 1;

@@ -14,10 +14,12 @@
 //!   an exponent add (`vpaddd`) and `vaddps` per weight and 16 pixels,
 //!   and its FMA baseline;
 //! * `pointwise`: the pixel-lane `dot` kernels for 1x1 and small-`k`
-//!   convs (`vpmaddwd` on AVX2, `vpdpwssd` on AVX-512 VNNI).
-//!
-//! No `lut` kernel exists at the AVX-512 level: `lut` lost to `shift` and
-//! `dot` on every layer on AVX2, and a forced `lut` still runs `avx2/lut`.
+//!   convs (`vpmaddwd` on AVX2, `vpdpwssd` on AVX-512 VNNI);
+//! * `lut`: the AVX-512 `lut` kernel (`avx512/lut`): signed tables per
+//!   activation, `vpermi2w` lookups of 4 rows x 8 activations, index words
+//!   transposed by `vpermt2b` once per call. Like `avx2/lut` it runs only
+//!   when `lut` is forced: it beats `avx512/shift` by 1.0-1.6x at b = 4 but
+//!   loses to `dot` everywhere.
 
 /// `pub mod dw`: [`crate::depthwise`] compiled with `$features` (the taps
 /// of a chunk of a channel's flattened plane, vectorized by the compiler;
@@ -130,4 +132,5 @@ pub mod avx512;
 pub mod gemm;
 pub mod gemm_fexp;
 pub mod gemm_shift;
+pub mod lut;
 pub mod pointwise;
