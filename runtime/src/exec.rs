@@ -17,7 +17,7 @@ use shiftnn_kernels::Conv2dGeom;
 
 /// Called after each node with the node index and its output, for
 /// calibration, per-layer diffs and profiling.
-pub type Observer<'o> = &'o mut dyn FnMut(usize, ValueView<'_>);
+pub type Observer<'o> = &'o mut (dyn FnMut(usize, ValueView<'_>) + Send);
 
 /// A read-only view of one activation, passed to an [`Observer`].
 #[derive(Clone, Copy, Debug)]
@@ -209,7 +209,7 @@ impl<'m, 'b> Session<'m, 'b> {
         &mut self,
         inputs: &[&[f32]],
         outputs: &mut [&mut [f32]],
-        mut observer: Option<Observer<'_>>,
+        observer: Option<Observer<'_>>,
     ) -> Result<()> {
         let model = self.model;
         let g = model.graph();
@@ -243,44 +243,58 @@ impl<'m, 'b> Session<'m, 'b> {
         #[cfg(feature = "std")]
         self.refresh();
         #[cfg(feature = "std")]
-        let mut pool = self.pool.take();
-        let r = (|| {
-            let plan = model.plan();
-            let range = |v: usize| {
-                let val = &g.values[v];
-                plan.offsets[v]..plan.offsets[v] + val.numel() * val.dtype.size()
+        {
+            let mut pool = self.pool.take();
+            let r = match pool.as_mut() {
+                Some(th) if th.drive => crate::parallel::drive(th, |th| {
+                    self.run_nodes(inputs, outputs, observer, Some(th))
+                }),
+                th => self.run_nodes(inputs, outputs, observer, th),
             };
-            for (&v, x) in g.inputs.iter().zip(inputs) {
-                let r = range(v);
-                f32s_mut(&mut self.arena_mut()[r])?.copy_from_slice(x);
-            }
-            for i in 0..g.nodes.len() {
-                #[cfg(feature = "std")]
-                let threads = pool.as_mut();
-                #[cfg(not(feature = "std"))]
-                let threads: Option<&mut Threads> = None;
-                self.exec_node(i, &range, threads)?;
-                if let Some(obs) = observer.as_mut() {
-                    let node = &g.nodes[i];
-                    let val = &g.values[node.output];
-                    let bytes = &self.arena_mut()[range(node.output)];
-                    match val.dtype {
-                        DType::F32 => obs(i, ValueView::F32(f32s(bytes)?)),
-                        DType::I8 => obs(i, ValueView::I8(bytemuck::cast_slice(bytes), val.scale)),
-                    }
+            self.pool = pool;
+            r
+        }
+        #[cfg(not(feature = "std"))]
+        self.run_nodes(inputs, outputs, observer, None)
+    }
+
+    /// The nodes of one run, in order, on this thread; conv, linear,
+    /// pooling and elementwise layers split across `pool` when it is given.
+    fn run_nodes(
+        &mut self,
+        inputs: &[&[f32]],
+        outputs: &mut [&mut [f32]],
+        mut observer: Option<Observer<'_>>,
+        mut pool: Option<&mut Threads>,
+    ) -> Result<()> {
+        let model = self.model;
+        let g = model.graph();
+        let plan = model.plan();
+        let range = |v: usize| {
+            let val = &g.values[v];
+            plan.offsets[v]..plan.offsets[v] + val.numel() * val.dtype.size()
+        };
+        for (&v, x) in g.inputs.iter().zip(inputs) {
+            let r = range(v);
+            f32s_mut(&mut self.arena_mut()[r])?.copy_from_slice(x);
+        }
+        for i in 0..g.nodes.len() {
+            self.exec_node(i, &range, pool.as_deref_mut())?;
+            if let Some(obs) = observer.as_mut() {
+                let node = &g.nodes[i];
+                let val = &g.values[node.output];
+                let bytes = &self.arena_mut()[range(node.output)];
+                match val.dtype {
+                    DType::F32 => obs(i, ValueView::F32(f32s(bytes)?)),
+                    DType::I8 => obs(i, ValueView::I8(bytemuck::cast_slice(bytes), val.scale)),
                 }
             }
-            for (&v, y) in g.outputs.iter().zip(outputs.iter_mut()) {
-                let r = range(v);
-                y.copy_from_slice(f32s(&self.arena_mut()[r])?);
-            }
-            Ok(())
-        })();
-        #[cfg(feature = "std")]
-        {
-            self.pool = pool;
         }
-        r
+        for (&v, y) in g.outputs.iter().zip(outputs.iter_mut()) {
+            let r = range(v);
+            y.copy_from_slice(f32s(&self.arena_mut()[r])?);
+        }
+        Ok(())
     }
 
     fn exec_node(

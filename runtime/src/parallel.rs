@@ -16,6 +16,13 @@
 //!
 //! Pooling splits by channels, elementwise ops by contiguous chunks.
 //!
+//! A whole run goes to worker 0 of the pool ([`drive`]) while the other
+//! workers spin, stealing the chunks its layers push: a sleeping rayon
+//! worker took over 300 us to wake here, longer than most layers, and
+//! ResNet-18's stem ran its two bands one after the other. A model whose
+//! layers are all too small to split stops being driven after its first
+//! run.
+//!
 //! Measured on ResNet-18 int8 (2 threads against 1, `benches/peers/run.py`,
 //! 2026-11-28): the channel split scaled 1.34x because the gather (a third
 //! of the time) ran twice; the row split scales 1.73x, its conv layers
@@ -29,7 +36,9 @@
 
 use crate::kernels::Conv2dGeom;
 #[cfg(feature = "std")]
-use alloc::vec::Vec;
+use alloc::{sync::Arc, vec::Vec};
+#[cfg(feature = "std")]
+use core::sync::atomic::{AtomicBool, Ordering};
 #[cfg(feature = "std")]
 use rayon::prelude::*;
 
@@ -40,9 +49,17 @@ pub(crate) type Threads = ();
 /// A session's worker threads and the scratch their row bands use.
 #[cfg(feature = "std")]
 pub(crate) struct Threads {
-    pub(crate) pool: rayon::ThreadPool,
+    /// Shared so that [`drive`] can broadcast on it while worker 0 holds
+    /// these `Threads`.
+    pub(crate) pool: Arc<rayon::ThreadPool>,
     /// Input and output bands of every thread (grown, never shrunk).
     scratch: Vec<u64>,
+    /// Some layer of the current run split across the pool.
+    split: bool,
+    /// Runs go through [`drive`]: true until a driven run splits no
+    /// layer (a model of small layers), whose spinning workers would only
+    /// cost.
+    pub(crate) drive: bool,
 }
 
 #[cfg(feature = "std")]
@@ -50,23 +67,90 @@ impl Threads {
     /// A pool of `n` worker threads, with no scratch yet.
     pub(crate) fn new(n: usize) -> Result<Threads, rayon::ThreadPoolBuildError> {
         Ok(Threads {
-            pool: rayon::ThreadPoolBuilder::new().num_threads(n).build()?,
+            pool: Arc::new(rayon::ThreadPoolBuilder::new().num_threads(n).build()?),
             scratch: Vec::new(),
+            split: false,
+            drive: true,
         })
     }
 }
 
+/// Idle rounds (a failed steal and a pause, about 0.1 us each) a spinning
+/// worker of [`drive`] makes before it yields its core to the OS between
+/// rounds: when other processes want the cores, pure spinning made
+/// ResNet-18 at 2 threads twice as slow as sleeping workers.
+#[cfg(feature = "std")]
+const SPIN_ROUNDS: u32 = 1000;
+
+/// Run `f` (a whole inference) on worker 0 of `th`'s pool while every
+/// other worker spins, taking the jobs that `f`'s parallel layers push,
+/// and return its result.
+///
+/// Why: a rayon worker that finds no work sleeps, and on this class of
+/// machine (a 2-vCPU VM) a sleeping worker took more than 300 us to steal
+/// a newly pushed job, longer than most layers. Measured on ResNet-18
+/// int8 at 2 threads: the 7x7 stem, which follows two serial ops, ran its
+/// two row bands one after the other (853 us, against 460 us per band);
+/// a `join` of two 300 us spins after a 1 ms pause took 610 us. Spinning
+/// through the inference is what ONNX Runtime's intra-op pool does by
+/// default; the cost is that the other workers keep their cores busy
+/// while the inference runs, and only then.
+#[cfg(feature = "std")]
+pub(crate) fn drive<R: Send>(th: &mut Threads, f: impl FnOnce(&mut Threads) -> R + Send) -> R {
+    /// Sets `done` even if `f` panics, so the spinners stop and the
+    /// broadcast can return (and rethrow).
+    struct Done<'a>(&'a AtomicBool);
+    impl Drop for Done<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Release);
+        }
+    }
+    th.split = false;
+    let pool = Arc::clone(&th.pool);
+    let done = AtomicBool::new(false);
+    let job = std::sync::Mutex::new(Some((f, &mut *th)));
+    let out = pool.broadcast(|ctx| {
+        if ctx.index() != 0 {
+            let mut idle = 0u32;
+            while !done.load(Ordering::Acquire) {
+                if rayon::yield_now() == Some(rayon::Yield::Executed) {
+                    idle = 0;
+                } else if idle < SPIN_ROUNDS {
+                    idle += 1;
+                    core::hint::spin_loop();
+                } else {
+                    // Long serial stretch: stay runnable (no wake-up
+                    // latency) but let other processes have the core.
+                    std::thread::yield_now();
+                }
+            }
+            return None;
+        }
+        let _done = Done(&done);
+        // Worker 0 runs the broadcast once: the job is there.
+        let (f, th) = job.lock().ok()?.take()?;
+        Some(f(th))
+    });
+    drop(job);
+    th.drive = th.split;
+    out.into_iter()
+        .flatten()
+        .next()
+        .expect("worker 0 of the pool ran the inference")
+}
+
 /// Elementwise and pooling ops below this many outputs run on the calling
-/// thread: waking the pool costs more than it saves. At 2^16, ResNet-18's
-/// and MobileNetV2's input quantize (150 K) ran 1.2-1.8x slower on 2
-/// threads than on 1 in every run (ResNet-18 74 -> 93 us, MobileNetV2 67
-/// -> 96 us), ResNet-18's residual adds (100-200 K) up to 1.6x.
-const MIN_MACS: usize = 1 << 20;
+/// thread. With workers that slept between layers this had to be 2^20
+/// (ResNet-18's residual adds of 100-200 K ran up to 1.6x slower on 2
+/// threads); with [`drive`]'s spinning workers those adds split at 1.8x
+/// (ResNet-18, 2 threads: 37 -> 20 us at 56 x 56, 18 -> 10 at 28 x 28).
+const MIN_MACS: usize = 1 << 16;
 /// Conv layers below this many MACs run on the calling thread: at the
 /// pixel-lane GEMM's 130-160 G MACs/s such a layer takes under 30 us,
-/// and waking the pool plus the band copies cost more than the second
-/// thread saves (ResNet-20, whose layers are 2.4 M MACs, ran 1.6x slower
-/// on 2 threads than on 1 with the old limit of 2^16).
+/// and the band copies cost about what the second thread saves
+/// (ResNet-20, whose layers are 2.4 M MACs, ran 1.6x slower on 2 threads
+/// than on 1 with a limit of 2^16 and sleeping workers, and no faster
+/// than on 1 with a limit of 2^21 and [`drive`]'s spinning ones).
 const MIN_CONV_MACS: usize = 1 << 22;
 /// Least channels per thread for the channel split: more, smaller chunks
 /// measured slower (each gathers every patch again; ResNet-20's 16-channel
@@ -94,6 +178,18 @@ pub(crate) fn row_band(g: &Conv2dGeom, oy0: usize, oy1: usize) -> (Conv2dGeom, u
     (band, iy0, iy1)
 }
 
+/// A layer's MACs weighted by their cost relative to a dense conv's: a
+/// depthwise MAC costs 16 (MobileNetV2's depthwise layers ran at 8-15 G
+/// MACs/s against 130-180 for its dense ones), so that a 2.7 M MAC
+/// depthwise layer taking 320 us splits like a dense one of that time.
+fn work(g: &Conv2dGeom) -> usize {
+    if g.groups > 1 && g.c_in_g() == 1 {
+        g.macs().saturating_mul(16)
+    } else {
+        g.macs()
+    }
+}
+
 /// Run `f(geom, x, oc0, n, out)` (a conv kernel call computing channels
 /// `oc0 .. oc0 + n` into `out`, `n` planes of `geom`'s output) over the
 /// whole layer, split across `threads` as the module docs describe.
@@ -106,8 +202,8 @@ pub(crate) fn par_conv<T: bytemuck::Pod + Send + Sync>(
 ) {
     match threads {
         #[cfg(feature = "std")]
-        Some(th) if th.pool.current_num_threads() > 1 && g.macs() >= MIN_CONV_MACS => {
-            split(th, g, x, out, f);
+        Some(th) if th.pool.current_num_threads() > 1 && work(g) >= MIN_CONV_MACS => {
+            th.split |= split(th, g, x, out, f) != Split::None;
         }
         _ => f(g, x, 0, g.c_out, out),
     }
@@ -140,7 +236,18 @@ fn split<T: bytemuck::Pod + Send + Sync>(
     let band = |b: usize| row_band(g, b * band_rows, out_h.min((b + 1) * band_rows));
     // Rows split evenly enough (at most an eighth idle), and every band
     // reads at least one input row: then the tallest band's input rows.
-    let rows_ok = out_h >= t && (out_h % t == 0 || out_h >= 8 * t) && bands > 1;
+    // Grouped layers, and 1x1 layers with 64 or more channels per thread,
+    // split by channels. A grouped thread reads only its own groups'
+    // inputs: nothing is gathered twice. A 1x1 layer's patches are the
+    // input itself, so a second gather is cheap, while row bands cost two
+    // copies and cut a small plane into partial blocks (ResNet-18's
+    // 1x1 / 2 shortcuts: 54 us per band of a 60 us layer, against 34 us
+    // for half its channels). With fewer channels the bands win
+    // (MobileNetV2's 192 -> 32 on 28 x 28: 26.5 us per band of a 45 us
+    // layer, 30 us for half its channels).
+    let by_channels =
+        (g.groups > 1 && c >= 2 * MIN_SPLIT_ROWS) || (g.kh * g.kw == 1 && c >= 64 * t);
+    let rows_ok = !by_channels && out_h >= t && (out_h % t == 0 || out_h >= 8 * t) && bands > 1;
     let tallest = (0..bands).try_fold(0, |m, b| {
         let (bg, _, _) = band(b);
         (bg.h > 0 && bg.validate().is_ok()).then_some(m.max(bg.h))
@@ -219,6 +326,7 @@ pub(crate) fn par_planes<X: Sync, Y: Send>(
                 && out_plane > 0
                 && x.len() >= MIN_MACS / 4 =>
         {
+            th.split = true;
             let per = c.div_ceil(th.pool.current_num_threads());
             th.pool.install(|| {
                 out.par_chunks_mut(per * out_plane)
@@ -242,6 +350,7 @@ pub(crate) fn par_elementwise<Y: Send>(
     match threads {
         #[cfg(feature = "std")]
         Some(th) if th.pool.current_num_threads() > 1 && out.len() >= MIN_MACS => {
+            th.split = true;
             let per = out.len().div_ceil(th.pool.current_num_threads());
             th.pool.install(|| {
                 out.par_chunks_mut(per)
@@ -290,11 +399,20 @@ mod tests {
                     let (kh, kw) = (1 + r.below(4), 1 + r.below(4));
                     let d = 1 + r.below(2);
                     let cig = 1 + r.below(6);
+                    // Depthwise layers wide enough to split by channels,
+                    // and 1x1 layers with 64 channels per thread.
                     let (groups, c_in, c_out) = if dw {
-                        (cig, cig, cig * (1 + r.below(2)))
+                        let c = 1 + r.below(48);
+                        (c, c, c * (1 + r.below(2)))
                     } else {
                         let gr = 1 + r.below(2);
-                        (gr, cig * gr, (1 + r.below(40)) * gr)
+                        let wide = kh * kw == 1 && case % 3 == 0;
+                        let n = if wide {
+                            64 * t + r.below(40)
+                        } else {
+                            1 + r.below(40)
+                        };
+                        (gr, cig * gr, n * gr)
                     };
                     let p = r.below(3);
                     Conv2dGeom {
@@ -440,6 +558,38 @@ mod tests {
             dilation: [d, 1],
             groups: 1,
         }
+    }
+
+    /// `drive` runs the inference on worker 0 and returns its result;
+    /// the layers inside it still split (their chunks all run); a panic in
+    /// the inference reaches the caller instead of leaving the spinning
+    /// workers waiting forever, and the pool works afterwards; a run that
+    /// split nothing turns driving off.
+    #[test]
+    fn drive_runs_on_worker_zero_and_survives_a_panic() {
+        let mut th = Threads::new(2).unwrap();
+        let (idx, sum) = drive(&mut th, |th| {
+            let mut out = vec![0u32; 3 * MIN_MACS + 5];
+            par_elementwise(Some(th), &mut out, |start, o| {
+                for (i, v) in o.iter_mut().enumerate() {
+                    *v = ((start + i) % 7) as u32;
+                }
+            });
+            (
+                rayon::current_thread_index(),
+                out.iter().map(|&v| v as u64).sum::<u64>(),
+            )
+        });
+        assert_eq!(idx, Some(0));
+        let want: u64 = (0..3 * MIN_MACS + 5).map(|i| (i % 7) as u64).sum();
+        assert_eq!(sum, want);
+        assert!(th.drive, "a run that split keeps driving");
+        let hit = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            drive(&mut th, |_| -> u32 { panic!("inference failed") })
+        }));
+        assert!(hit.is_err());
+        assert_eq!(drive(&mut th, |_| 7), 7);
+        assert!(!th.drive, "a run that split nothing stops driving");
     }
 
     #[test]
