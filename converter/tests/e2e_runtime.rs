@@ -231,9 +231,12 @@ fn threads_change_no_output() {
         let (bytes, _) = convert(&g, &opts(bits, mode, None, Some(calib.clone()))).unwrap();
         let m = Model::from_vec(&bytes).unwrap();
         let mut outs: Vec<Vec<f32>> = vec![];
-        for t in [1, 2, 3] {
+        // 2 and 3 threads with spinning workers (the default), 2 with
+        // sleeping ones.
+        for (t, spin) in [(1, true), (2, true), (3, true), (2, false)] {
             let mut s = Session::new(&m).unwrap();
             s.set_threads(t).unwrap();
+            s.set_spinning(spin);
             let mut all = vec![];
             for i in 0..n.min(6) {
                 let mut y = vec![0f32; m.output_len(0)];
@@ -245,5 +248,6 @@ fn threads_change_no_output() {
         }
         assert_eq!(outs[1], outs[0], "{bits:?} {mode:?}: 2 threads");
         assert_eq!(outs[2], outs[0], "{bits:?} {mode:?}: 3 threads");
+        assert_eq!(outs[3], outs[0], "{bits:?} {mode:?}: 2 sleeping threads");
     }
 }

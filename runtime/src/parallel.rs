@@ -60,6 +60,8 @@ pub(crate) struct Threads {
     /// layer (a model of small layers), whose spinning workers would only
     /// cost.
     pub(crate) drive: bool,
+    /// The session allows spinning workers (`Session::set_spinning`).
+    pub(crate) spin: bool,
 }
 
 #[cfg(feature = "std")]
@@ -71,6 +73,7 @@ impl Threads {
             scratch: Vec::new(),
             split: false,
             drive: true,
+            spin: true,
         })
     }
 }

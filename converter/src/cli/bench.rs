@@ -17,6 +17,11 @@ pub struct Args {
     /// Threads used inside each inference (conv and linear layers).
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
+    /// With --threads above 1: let the workers sleep between layers
+    /// instead of spinning through each inference (less CPU time, slower
+    /// layers where waking a thread is slow).
+    #[arg(long)]
+    pub no_spin: bool,
     /// Timed iterations.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
     pub iters: u64,
@@ -103,6 +108,7 @@ pub fn main(a: Args) -> Result<()> {
         .collect();
     let mut s = Session::new(&m).map_err(common::rt)?;
     s.set_threads(a.threads.max(1)).map_err(common::rt)?;
+    s.set_spinning(!a.no_spin);
 
     for _ in 0..a.warmup {
         let mut o: Vec<&mut [f32]> = outs.iter_mut().map(|v| v.as_mut_slice()).collect();
@@ -195,6 +201,7 @@ pub fn main(a: Args) -> Result<()> {
             "model": a.model.display().to_string(),
             "mode": mode_name(g.mode),
             "threads": a.threads.max(1),
+            "spinning": a.threads > 1 && !a.no_spin,
             "iters": a.iters,
             "warmup": a.warmup,
             "p50_ms": p50,
