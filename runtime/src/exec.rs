@@ -293,11 +293,13 @@ impl<'m, 'b> Session<'m, 'b> {
             plan.offsets[v]..plan.offsets[v] + val.numel() * val.dtype.size()
         };
         for (&v, x) in g.inputs.iter().zip(inputs) {
-            let r = range(v);
-            f32s_mut(&mut self.arena_mut()[r])?.copy_from_slice(x);
+            if !quantized_only(g, v) {
+                let r = range(v);
+                f32s_mut(&mut self.arena_mut()[r])?.copy_from_slice(x);
+            }
         }
         for i in 0..g.nodes.len() {
-            self.exec_node(i, &range, pool.as_deref_mut())?;
+            self.exec_node(i, &range, inputs, pool.as_deref_mut())?;
             if let Some(obs) = observer.as_mut() {
                 let node = &g.nodes[i];
                 let val = &g.values[node.output];
@@ -315,10 +317,14 @@ impl<'m, 'b> Session<'m, 'b> {
         Ok(())
     }
 
+    /// Run node `i`; `graph_in` are the run's inputs, which a Quantize
+    /// node reads in place when they were not copied into the arena
+    /// ([`quantized_only`]).
     fn exec_node(
         &mut self,
         i: usize,
         range: &dyn Fn(usize) -> Range<usize>,
+        graph_in: &[&[f32]],
         mut pool: Option<&mut Threads>,
     ) -> Result<()> {
         let model = self.model;
@@ -355,7 +361,12 @@ impl<'m, 'b> Session<'m, 'b> {
         let y = &g.values[node.output];
         match (&node.op, params) {
             (Op::Quantize, _) => {
-                let (x, s) = (f32s(x0)?, 1.0 / y.scale);
+                let v = node.inputs[0];
+                let x = match g.inputs.iter().position(|&gi| gi == v) {
+                    Some(k) if quantized_only(g, v) => graph_in[k],
+                    _ => f32s(x0)?,
+                };
+                let s = 1.0 / y.scale;
                 par_elementwise(pool.as_deref_mut(), i8s_mut(out), |at, o| {
                     shiftnn_kernels::elementwise::quantize_i8(&x[at..at + o.len()], s, o)
                 })
@@ -655,6 +666,18 @@ fn pool_geom(op: &Op, xs: &[usize], ys: &[usize]) -> PoolGeom {
         out_w: ys[3],
         count_include_pad: cip,
     }
+}
+
+/// True when every reader of graph input `v` is a Quantize node: the run
+/// then quantizes the caller's slice in place instead of first copying it
+/// into the arena (ResNet-18: 600 KB, about 40 us of its 90 us input
+/// quantize).
+fn quantized_only(g: &crate::graph::Graph, v: usize) -> bool {
+    g.nodes
+        .iter()
+        .filter(|n| n.inputs.contains(&v))
+        .all(|n| matches!(n.op, Op::Quantize))
+        && !g.outputs.contains(&v)
 }
 
 fn f32s(b: &[u8]) -> Result<&[f32]> {
