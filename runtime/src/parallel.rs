@@ -477,10 +477,11 @@ mod tests {
         assert!(seen.iter().all(|&n| n >= 10), "splits exercised: {seen:?}");
     }
 
-    /// Row bands of stride-1 layers through the decoded-row kernels in
-    /// both orders (tap-major where the layer has one, for the kernels that
-    /// take it): a band's geometry has its own height and vertical padding,
-    /// which the direct kernel's interleaved input band must follow.
+    /// Row bands of layers with strides 1 and 2 through the decoded-row
+    /// kernels in both orders (tap-major where the layer has one, for the
+    /// kernels that take it): a band's geometry has its own height and
+    /// vertical padding, which the direct kernel's interleaved, phase-split
+    /// input band must follow.
     #[test]
     fn decoded_rows_split_equal_one_call() {
         use crate::kernels::dispatch::KernelFn;
@@ -498,7 +499,7 @@ mod tests {
                 c_out: 4 + r.below(40),
                 kh,
                 kw,
-                stride: [1, 1],
+                stride: [1 + case % 2, 1 + r.below(2)],
                 pads: [p, r.below(2), (p + case) % 3, r.below(2)],
                 dilation: [d, 1 + r.below(2)],
                 groups: 1,
