@@ -4,7 +4,7 @@ use super::common::{self, dims_x, fmt_bytes, fmt_int, Table};
 use super::kernels::kernel_name;
 use anyhow::Result;
 use serde_json::json;
-use shiftnn_runtime::{DType, Mode, Model, WeightKind};
+use shiftnn_runtime::{DType, Mode, Model, Op, WeightKind};
 use std::path::PathBuf;
 
 /// Arguments of `shiftnn inspect`.
@@ -56,7 +56,12 @@ pub(crate) fn layer_weights(m: &Model, i: usize) -> Option<(WeightKind, u32, usi
     let bytes = size(&w.tensor) + size(&w.scale);
     let geom = m.conv_geom(i);
     let params = geom.map_or(0, |g| g.c_out * g.k());
-    let macs = geom.map_or(0, |g| g.macs());
+    // A linear layer's geometry is one row of its batch.
+    let rows = |g: &shiftnn_runtime::kernels::Conv2dGeom| match node.op {
+        Op::Linear { .. } => m.graph().values[node.output].numel() / g.c_out.max(1),
+        _ => 1,
+    };
+    let macs = geom.map_or(0, |g| g.macs() * rows(&g));
     let bits = match w.kind {
         WeightKind::Shift => w.bits as u32,
         WeightKind::I8 => 8,
