@@ -43,12 +43,22 @@ use crate::{Conv2dGeom, Requant};
 
 /// Bytes of the stack panel: `MAX_K` weights of one 16-pixel vector.
 pub(super) const PANEL_BYTES: usize = padded_k(MAX_K) * 16;
-// The direct kernel's band lives in the panel's buffer.
-const _: () = assert!(DIRECT_BYTES <= PANEL_BYTES);
 
 /// The stack panel of the pixel-lane GEMMs.
 #[repr(C, align(64))]
 pub(super) struct Panel(pub(super) [u8; PANEL_BYTES]);
+
+/// A 64-byte aligned stack buffer of `N` bytes: the direct kernel's band.
+#[repr(C, align(64))]
+struct Buf<const N: usize>([u8; N]);
+
+/// Band bytes and steps of the small instance of [`direct`]. A stack
+/// frame is probed page by page on entry, so the 288 KiB one cost every
+/// call 72 page touches, and its 18 KiB step table a memset: together
+/// 3-4% of ResNet-20, whose layers take 13-21 us. Its 3x3 layers need
+/// at most 19 KiB (16 channels on 34 x 34) and 144 steps.
+const SMALL_BAND: usize = 32 * 1024;
+const SMALL_STEPS: usize = 1024;
 
 /// One run of consecutive output pixels of a block within one output row.
 #[derive(Clone, Copy, Default)]
@@ -869,10 +879,40 @@ unsafe fn conv(
         return;
     }
     if let Order::Taps { cp, .. } = d.order() {
+        let small = d.kp() / 4 <= SMALL_STEPS
+            && direct_band(g, cp, SMALL_BAND).is_some_and(|(rows, _)| rows == g.out_h());
         // SAFETY: forwarded; conv_gemm_i8 checked the tap-major layout
-        // against the geometry (direct_fits).
-        return unsafe { direct(g, x, d, cp, rq, out) };
+        // against the geometry (direct_fits: a band fits DIRECT_BYTES),
+        // and the small instance runs only where its band and steps fit.
+        return unsafe {
+            if small {
+                direct::<SMALL_BAND, SMALL_STEPS>(g, x, d, cp, rq, out)
+            } else {
+                direct::<DIRECT_BYTES, { MAX_K / 4 }>(g, x, d, cp, rq, out)
+            }
+        };
     }
+    // SAFETY: forwarded.
+    unsafe { panel_conv(g, x, d, oc0, rq, out) }
+}
+
+/// [`conv`] on code-order rows: a panel per block of pixels. Out of line
+/// so that the direct kernel's calls do not probe this frame's 324 KiB.
+///
+/// # Safety
+/// As [`conv`]; `d.rows() > 0`, a non-empty output plane.
+#[inline(never)]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vbmi,avx512vnni")]
+unsafe fn panel_conv(
+    g: &Conv2dGeom,
+    x: &[i8],
+    d: &DecodedRows,
+    oc0: usize,
+    rq: &[Requant],
+    out: &mut [i8],
+) {
+    let n = d.rows();
+    let plane = g.out_plane();
     let nv_max = (PANEL_BYTES / (d.kp().max(4) * 16)).clamp(1, 4);
     let mut panel = MaybeUninit::<Panel>::uninit();
     let pp = panel.as_mut_ptr().cast::<u8>();
@@ -924,13 +964,13 @@ unsafe fn conv(
 
 /// Output rows of a direct band and the rows of each of its stride
 /// phases, for layer `g` with input channels padded to `cp`: as many as
-/// the stack buffer holds (a phase row is `cp * P` bytes over all quads,
+/// a buffer of `bytes` holds (a phase row is `cp * P` bytes over all quads,
 /// `P` = [`direct_pitch`], and there are `sy * sx` phases, plus 64 bytes
 /// for the last vector's overreach), or `None` if not one fits.
-fn direct_band(g: &Conv2dGeom, cp: usize) -> Option<(usize, usize)> {
+fn direct_band(g: &Conv2dGeom, cp: usize, bytes: usize) -> Option<(usize, usize)> {
     let phases = g.stride[0] * g.stride[1];
     let reach = direct_reach(g);
-    let rows_in = (DIRECT_BYTES - 64) / (cp * phases * direct_pitch(g)).max(1);
+    let rows_in = (bytes - 64) / (cp * phases * direct_pitch(g)).max(1);
     let rows = rows_in.checked_sub(reach)?.min(g.out_h());
     (rows > 0).then_some((rows, rows + reach))
 }
@@ -938,7 +978,7 @@ fn direct_band(g: &Conv2dGeom, cp: usize) -> Option<(usize, usize)> {
 /// True when tap-major rows with `taps` and `cp` run layer `g` directly:
 /// its [`taps_order`] (a band of one output row then fits).
 fn direct_fits(g: &Conv2dGeom, taps: usize, cp: usize) -> bool {
-    taps_order(g) == Some(Order::Taps { taps, cp }) && direct_band(g, cp).is_some()
+    taps_order(g) == Some(Order::Taps { taps, cp }) && direct_band(g, cp, DIRECT_BYTES).is_some()
 }
 
 /// Where [`fill_band`] puts a band: `rows` rows of each stride phase,
@@ -1065,11 +1105,16 @@ impl Store for RowSegs {
 /// its phase, so no panel is built; the `P - out_w` lanes past each
 /// output row are computed and dropped.
 ///
+/// `B` is the band buffer's bytes, `S` the most steps its table holds:
+/// an instance per size, so that small layers do not pay for the large
+/// one's stack frame (see [`SMALL_BAND`]).
+///
 /// # Safety
 /// AVX-512 F/BW/VL/VNNI available; arguments checked by [`conv_gemm_i8`],
-/// `direct_fits(g, taps, cp)`.
+/// a band of `g` fits `B` bytes ([`direct_band`]), `d.kp() / 4 <= S`.
+#[inline(never)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vbmi,avx512vnni")]
-unsafe fn direct(
+unsafe fn direct<const B: usize, const S: usize>(
     g: &Conv2dGeom,
     x: &[i8],
     d: &DecodedRows,
@@ -1081,7 +1126,7 @@ unsafe fn direct(
     let plane = oh * ow;
     let (sy, sx) = (g.stride[0], g.stride[1]);
     let pitch = direct_pitch(g);
-    let Some((band, rows_ph)) = direct_band(g, cp) else {
+    let Some((band, rows_ph)) = direct_band(g, cp, B) else {
         return;
     };
     let pplane = rows_ph * pitch * 4;
@@ -1089,7 +1134,7 @@ unsafe fn direct(
     // Step s = tap t, quad c4 (the rows' order): its word of lane 0.
     let quads = cp / 4;
     let steps = d.kp() / 4;
-    let mut offs = [0u32; MAX_K / 4];
+    let mut offs = [0u32; S];
     for (s, o) in offs[..steps].iter_mut().enumerate() {
         let (t, c4) = (s / quads, s % quads);
         let (ty, tx) = (t / g.kw * g.dilation[0], t % g.kw * g.dilation[1]);
@@ -1097,11 +1142,11 @@ unsafe fn direct(
         let lane = ty / sy * pitch + tx / sx;
         *o = (c4 * qplane + phase * pplane + 4 * lane) as u32;
     }
-    let mut panel = MaybeUninit::<Panel>::uninit();
-    let buf = panel.as_mut_ptr().cast::<u8>();
+    let mut band_buf = MaybeUninit::<Buf<B>>::uninit();
+    let buf = band_buf.as_mut_ptr().cast::<u8>();
     // The bytes past the last quad that a block's last vector may read
     // (lanes past the band's last pixel): initialized, then dropped.
-    // SAFETY: quads * qplane + 64 <= PANEL_BYTES (direct_band).
+    // SAFETY: quads * qplane + 64 <= B (direct_band).
     unsafe {
         _mm512_storeu_si512(
             buf.add(quads * qplane).cast(),
