@@ -78,6 +78,20 @@ impl Threads {
     }
 }
 
+#[cfg(feature = "std")]
+impl Threads {
+    /// The least size of an op worth splitting: `spinning` when the
+    /// workers spin through the run ([`drive`]), `sleeping` when each
+    /// split pays a wake-up (`Session::set_spinning(false)`).
+    fn least(&self, spinning: usize, sleeping: usize) -> usize {
+        if self.spin {
+            spinning
+        } else {
+            sleeping
+        }
+    }
+}
+
 /// Idle rounds (a failed steal and a pause, about 0.1 us each) a spinning
 /// worker of [`drive`] makes before it yields its core to the OS between
 /// rounds: when other processes want the cores, pure spinning made
@@ -149,12 +163,19 @@ pub(crate) fn drive<R: Send>(th: &mut Threads, f: impl FnOnce(&mut Threads) -> R
 /// (ResNet-18, 2 threads: 37 -> 20 us at 56 x 56, 18 -> 10 at 28 x 28).
 const MIN_MACS: usize = 1 << 16;
 /// Conv layers below this many MACs run on the calling thread: at the
-/// pixel-lane GEMM's 130-160 G MACs/s such a layer takes under 30 us,
-/// and the band copies cost about what the second thread saves
-/// (ResNet-20, whose layers are 2.4 M MACs, ran 1.6x slower on 2 threads
-/// than on 1 with a limit of 2^16 and sleeping workers, and no faster
-/// than on 1 with a limit of 2^21 and [`drive`]'s spinning ones).
-const MIN_CONV_MACS: usize = 1 << 22;
+/// pixel-lane GEMM's 110-180 G MACs/s such a layer takes under 20 us,
+/// and the band copies cost about what the second thread saves. With
+/// [`drive`]'s spinning workers, 2^21 lets ResNet-20's 2.4 M MAC layers
+/// split: on 2 threads it went 0.366 -> 0.310 ms (2^22: no layer split;
+/// 2^20, which adds its 1.2 M MAC layers, measured the same as 2^21).
+/// With sleeping workers even 2^22 is too low for such layers (at 2^16
+/// ResNet-20 ran 1.6x slower on 2 threads than on 1).
+const MIN_CONV_MACS: usize = 1 << 21;
+/// [`MIN_CONV_MACS`] for workers that sleep between layers: the limit
+/// measured before [`drive`] existed.
+const SLEEPING_CONV_MACS: usize = 1 << 22;
+/// [`MIN_MACS`] for workers that sleep between layers (as above).
+const SLEEPING_MACS: usize = 1 << 20;
 /// Least channels per thread for the channel split: more, smaller chunks
 /// measured slower (each gathers every patch again; ResNet-20's 16-channel
 /// layers ran slower on 2 threads than on 1 with 4 chunks).
@@ -205,7 +226,10 @@ pub(crate) fn par_conv<T: bytemuck::Pod + Send + Sync>(
 ) {
     match threads {
         #[cfg(feature = "std")]
-        Some(th) if th.pool.current_num_threads() > 1 && work(g) >= MIN_CONV_MACS => {
+        Some(th)
+            if th.pool.current_num_threads() > 1
+                && work(g) >= th.least(MIN_CONV_MACS, SLEEPING_CONV_MACS) =>
+        {
             th.split |= split(th, g, x, out, f) != Split::None;
         }
         _ => f(g, x, 0, g.c_out, out),
@@ -327,7 +351,7 @@ pub(crate) fn par_planes<X: Sync, Y: Send>(
                 && c > 1
                 && in_plane > 0
                 && out_plane > 0
-                && x.len() >= MIN_MACS / 4 =>
+                && x.len() >= th.least(MIN_MACS, SLEEPING_MACS) / 4 =>
         {
             th.split = true;
             let per = c.div_ceil(th.pool.current_num_threads());
@@ -352,7 +376,10 @@ pub(crate) fn par_elementwise<Y: Send>(
 ) {
     match threads {
         #[cfg(feature = "std")]
-        Some(th) if th.pool.current_num_threads() > 1 && out.len() >= MIN_MACS => {
+        Some(th)
+            if th.pool.current_num_threads() > 1
+                && out.len() >= th.least(MIN_MACS, SLEEPING_MACS) =>
+        {
             th.split = true;
             let per = out.len().div_ceil(th.pool.current_num_threads());
             th.pool.install(|| {
