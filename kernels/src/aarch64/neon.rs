@@ -25,7 +25,7 @@
 
 use core::arch::aarch64::*;
 
-use crate::dispatch::tile::{self, copy_run, each_row, fexp_put, RowKernel, LUT_TABLES};
+use crate::dispatch::tile::{self, each_row, fexp_put, RowKernel, LUT_TABLES};
 use crate::dispatch::Isa;
 use crate::scalar::Affine;
 use crate::{Conv2dGeom, PackedRows, Requant};
@@ -262,16 +262,7 @@ unsafe impl RowKernel for SDot {
     type X = i8;
     type Acc = i32;
     const PLANES: usize = 1;
-    #[inline]
-    fn put(slot: &mut [i8], _len: usize, i: usize, v: i8) -> bool {
-        slot[i] = v;
-        true
-    }
-    #[inline(always)]
-    fn put_run(slot: &mut [i8], len: usize, i: usize, src: &[i8], n: usize) -> bool {
-        copy_run(slot, len, i, src, n);
-        true
-    }
+    crate::dispatch::tile::copy_put!(i8);
     unsafe fn dot<const B: u32, const NP: usize>(
         rows: &[&[u8]],
         kc: usize,
@@ -387,16 +378,7 @@ unsafe impl RowKernel for W8 {
     type X = i8;
     type Acc = i32;
     const PLANES: usize = 1;
-    #[inline]
-    fn put(slot: &mut [i8], _len: usize, i: usize, v: i8) -> bool {
-        slot[i] = v;
-        true
-    }
-    #[inline(always)]
-    fn put_run(slot: &mut [i8], len: usize, i: usize, src: &[i8], n: usize) -> bool {
-        copy_run(slot, len, i, src, n);
-        true
-    }
+    crate::dispatch::tile::copy_put!(i8);
     unsafe fn dot<const B: u32, const NP: usize>(
         rows: &[&[u8]],
         kc: usize,

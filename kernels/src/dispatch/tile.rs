@@ -152,6 +152,26 @@ pub(crate) fn copy_run<T: Copy>(slot: &mut [T], len: usize, i: usize, src: &[T],
     }
 }
 
+/// [`RowKernel::put`] and [`RowKernel::put_run`] of a kernel whose patch
+/// element is the activation itself (`X = In = $t`): a plain store and
+/// [`copy_run`]. The `dot` kernels of every ISA and `avx512/lut` (which
+/// builds its tables later, in `prepare`) share them.
+macro_rules! copy_put {
+    ($t:ty) => {
+        #[inline]
+        fn put(slot: &mut [$t], _len: usize, i: usize, v: $t) -> bool {
+            slot[i] = v;
+            true
+        }
+        #[inline(always)]
+        fn put_run(slot: &mut [$t], len: usize, i: usize, src: &[$t], n: usize) -> bool {
+            $crate::dispatch::tile::copy_run(slot, len, i, src, n);
+            true
+        }
+    };
+}
+pub(crate) use copy_put;
+
 /// `dst.copy_from_slice(src)` for the short copies of the gather and the
 /// row tails (up to 32 elements): two overlapping fixed-size moves instead
 /// of a call to `memcpy`, which dominated such copies.

@@ -38,7 +38,7 @@
 
 use core::arch::x86_64::*;
 
-use crate::dispatch::tile::{self, copy_run, each_row, fexp_put, RowKernel, LUT_TABLES};
+use crate::dispatch::tile::{self, each_row, fexp_put, RowKernel, LUT_TABLES};
 use crate::dispatch::Isa;
 use crate::scalar::Affine;
 use crate::{Conv2dGeom, PackedRows, Requant};
@@ -416,16 +416,7 @@ unsafe impl RowKernel for Dot {
     type Acc = i32;
     const PLANES: usize = 1;
     const ROWS: usize = GEMV_ROWS;
-    #[inline]
-    fn put(slot: &mut [i8], _len: usize, i: usize, v: i8) -> bool {
-        slot[i] = v;
-        true
-    }
-    #[inline(always)]
-    fn put_run(slot: &mut [i8], len: usize, i: usize, src: &[i8], n: usize) -> bool {
-        copy_run(slot, len, i, src, n);
-        true
-    }
+    crate::dispatch::tile::copy_put!(i8);
     unsafe fn prepare<const B: u32>(xs: &mut [i8], np: usize, stride: usize, kc: usize) -> u32 {
         // SAFETY: forwarded from this function's contract.
         unsafe { dot_prepare::<B>(xs, np, stride, kc) }

@@ -370,16 +370,7 @@ unsafe impl RowKernel for Dot {
     type Acc = i32;
     const PLANES: usize = 1;
     const ROWS: usize = GEMV_ROWS;
-    #[inline]
-    fn put(slot: &mut [i8], _len: usize, i: usize, v: i8) -> bool {
-        slot[i] = v;
-        true
-    }
-    #[inline(always)]
-    fn put_run(slot: &mut [i8], len: usize, i: usize, src: &[i8], n: usize) -> bool {
-        tile::copy_run(slot, len, i, src, n);
-        true
-    }
+    crate::dispatch::tile::copy_put!(i8);
     unsafe fn prepare<const B: u32>(xs: &mut [i8], np: usize, stride: usize, kc: usize) -> u32 {
         // SAFETY: the AVX-512 level includes AVX2 (caller's contract).
         unsafe { super::avx2::dot_prepare::<B>(xs, np, stride, kc) }

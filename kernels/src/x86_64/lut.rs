@@ -432,16 +432,7 @@ unsafe impl RowKernel for Lut {
     /// cost more than the lookups.
     const PLANES: usize = TABLE_BYTES;
     const ROWS: usize = ROWS;
-    #[inline]
-    fn put(slot: &mut [i8], _len: usize, i: usize, v: i8) -> bool {
-        slot[i] = v;
-        true
-    }
-    #[inline(always)]
-    fn put_run(slot: &mut [i8], len: usize, i: usize, src: &[i8], n: usize) -> bool {
-        tile::copy_run(slot, len, i, src, n);
-        true
-    }
+    crate::dispatch::tile::copy_put!(i8);
     unsafe fn prepare<const B: u32>(xs: &mut [i8], np: usize, stride: usize, kc: usize) -> u32 {
         let n = kc.div_ceil(64) * 64;
         for j in 0..np {
