@@ -415,6 +415,28 @@ mod tests {
     /// grouped, strided, padded, dilated, linear): the int8 output equals
     /// the single-call scalar reference bit for bit with the fastest
     /// kernel, and the float output of the scalar kernel is unchanged.
+    /// Random `bits`-bit codes for layer `g` (packed), an input,
+    /// requantizers and the scalar reference's output.
+    fn layer_case(
+        r: &mut Rng,
+        g: &Conv2dGeom,
+        bits: Bits,
+    ) -> (Vec<u8>, Vec<i8>, Vec<Requant>, Vec<i8>) {
+        let codes: Vec<u8> = (0..g.c_out * g.k())
+            .map(|_| (r.next() % (1 << bits.get())) as u8)
+            .collect();
+        let mut packed = vec![0u8; g.c_out * bits.row_bytes(g.k())];
+        pack(&codes, bits, g.c_out, g.k(), &mut packed);
+        let w = PackedRows::new(&packed, bits, g.c_out, g.k()).unwrap();
+        let x: Vec<i8> = (0..g.in_len()).map(|_| r.next() as i8).collect();
+        let rq: Vec<Requant> = (0..g.c_out)
+            .map(|c| Requant::from_real(1.0 / (1 << (c % 9)) as f64, 0.5, -128, 127))
+            .collect();
+        let mut want = vec![0i8; g.out_len()];
+        scalar::conv_shift_i8(g, &x, &w, 0, &rq, &mut want);
+        (packed, x, rq, want)
+    }
+
     #[test]
     fn split_layers_equal_one_call() {
         let mut seen = [0usize; 3];
@@ -462,19 +484,8 @@ mod tests {
                     continue;
                 }
                 let bits = Bits::new(2 + r.below(3) as u32).unwrap();
-                let b = bits.get();
-                let codes: Vec<u8> = (0..g.c_out * g.k())
-                    .map(|_| (r.next() % (1 << b)) as u8)
-                    .collect();
-                let mut packed = vec![0u8; g.c_out * bits.row_bytes(g.k())];
-                pack(&codes, bits, g.c_out, g.k(), &mut packed);
+                let (packed, x, rq, want) = layer_case(&mut r, &g, bits);
                 let w = PackedRows::new(&packed, bits, g.c_out, g.k()).unwrap();
-                let x: Vec<i8> = (0..g.in_len()).map(|_| r.next() as i8).collect();
-                let rq: Vec<Requant> = (0..g.c_out)
-                    .map(|c| Requant::from_real(1.0 / (1 << (c % 9)) as f64, 0.5, -128, 127))
-                    .collect();
-                let mut want = vec![0i8; g.out_len()];
-                scalar::conv_shift_i8(&g, &x, &w, 0, &rq, &mut want);
                 let mut got = vec![1i8; g.out_len()];
                 let how = split(&mut th, &g, &x, &mut got, |g, x, oc0, n, o| {
                     dispatch::conv_shift_i8(g, x, &w.sub_rows(oc0, n), oc0, &rq[oc0..oc0 + n], o)
@@ -535,18 +546,8 @@ mod tests {
                 continue;
             }
             let bits = Bits::new(4).unwrap();
-            let codes: Vec<u8> = (0..g.c_out * g.k())
-                .map(|_| (r.next() % 16) as u8)
-                .collect();
-            let mut packed = vec![0u8; g.c_out * bits.row_bytes(g.k())];
-            pack(&codes, bits, g.c_out, g.k(), &mut packed);
+            let (packed, x, rq, want) = layer_case(&mut r, &g, bits);
             let w = PackedRows::new(&packed, bits, g.c_out, g.k()).unwrap();
-            let x: Vec<i8> = (0..g.in_len()).map(|_| r.next() as i8).collect();
-            let rq: Vec<Requant> = (0..g.c_out)
-                .map(|c| Requant::from_real(1.0 / (1 << (c % 9)) as f64, 0.5, -128, 127))
-                .collect();
-            let mut want = vec![0i8; g.out_len()];
-            scalar::conv_shift_i8(&g, &x, &w, 0, &rq, &mut want);
             let orders = [Some(Order::Codes), gemm::taps_order(&g)];
             for order in orders.into_iter().flatten() {
                 let n = g.c_out;
