@@ -632,6 +632,15 @@ unsafe fn rows<const NV: usize, const MR: usize>(
     let steps = d.kp() / 4;
     let mut rb = r0;
     while rb < r1 {
+        // The last rows run a smaller tile rather than a whole one with
+        // repeated rows: 64 output channels are 10 tiles of 6 and one of
+        // 4, and two dropped rows of a 6-row tile cost 3% of such layers.
+        let m = (r1 - rb).next_multiple_of(2);
+        if m < MR && m <= 8 {
+            // SAFETY: forwarded; rows rb .. r1.
+            unsafe { rows_rest::<NV>(m, d, rb, r1, st, cnt, rq, out) };
+            return;
+        }
         // Rows past r1 repeat the last one; their sums are dropped.
         let wp: [*const u8; MR] =
             core::array::from_fn(|i| d.row((rb + i).min(r1 - 1)).as_ptr().cast::<u8>());
@@ -669,6 +678,34 @@ unsafe fn rows<const NV: usize, const MR: usize>(
             }
         }
         rb += MR;
+    }
+}
+
+/// The last `r1 - r0 <= m` rows of [`rows`] as one tile of `m` rows
+/// (2, 4, 6 or 8).
+///
+/// # Safety
+/// As [`rows`].
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn rows_rest<const NV: usize>(
+    m: usize,
+    d: &DecodedRows,
+    r0: usize,
+    r1: usize,
+    st: &impl Steps,
+    cnt: usize,
+    rq: &[Requant],
+    out: &impl Store,
+) {
+    // SAFETY: forwarded.
+    unsafe {
+        match m {
+            2 => rows::<NV, 2>(d, r0, r1, st, cnt, rq, out),
+            4 => rows::<NV, 4>(d, r0, r1, st, cnt, rq, out),
+            6 => rows::<NV, 6>(d, r0, r1, st, cnt, rq, out),
+            _ => rows::<NV, 8>(d, r0, r1, st, cnt, rq, out),
+        }
     }
 }
 
