@@ -13,19 +13,18 @@
 //! round half up (toward +inf) of `a * acc + b` up to the precision of the
 //! 31-bit multiplier.
 
-/// A per-channel integer requantizer.
+/// A per-channel integer requantizer. Built by [`Requant::new`] or
+/// [`Requant::from_real`], which also derive its accumulator window
+/// ([`Requant::window`]); its fields are read-only.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Requant {
-    /// Signed multiplier, `|mult| < 2^31`.
-    pub mult: i32,
-    /// Right shift, `1 ..= 62`.
-    pub shift: u32,
-    /// Offset added before the shift (bias term plus the rounding half).
-    pub offset: i64,
-    /// Lower clamp (a fused ReLU sets it to 0).
-    pub lo: i8,
-    /// Upper clamp (a fused ReLU6 sets it to round(6 / scale)).
-    pub hi: i8,
+    pub(crate) mult: i32,
+    pub(crate) shift: u32,
+    pub(crate) offset: i64,
+    pub(crate) lo: i8,
+    pub(crate) hi: i8,
+    /// See [`Requant::window`]; `None` in a `Default` one.
+    window: Option<(i32, i32)>,
 }
 
 /// `2^e` as an f64, exact for `e` in -1022..=1023.
@@ -73,13 +72,103 @@ impl Requant {
         let lim = pow2(61);
         let ob = (b * pow2(shift as i32)).clamp(-lim, lim);
         let offset = round_f64(ob) + (1i64 << (shift - 1));
-        Requant {
+        Requant::new(mult, shift, offset, lo, hi)
+    }
+
+    /// The requantizer `y = clamp((acc * mult + offset) >> shift, lo, hi)`
+    /// ([`Requant::apply`]); `shift` is clamped to `1 ..= 62`.
+    pub fn new(mult: i32, shift: u32, offset: i64, lo: i8, hi: i8) -> Requant {
+        let mut r = Requant {
             mult,
-            shift,
+            shift: shift.clamp(1, Self::MAX_SHIFT),
             offset,
             lo,
             hi,
+            window: None,
+        };
+        r.window = r.derive_window();
+        r
+    }
+
+    /// Signed multiplier, `|mult| < 2^31`.
+    pub fn mult(&self) -> i32 {
+        self.mult
+    }
+
+    /// Right shift, `1 ..= 62`.
+    pub fn shift(&self) -> u32 {
+        self.shift
+    }
+
+    /// Offset added before the shift (bias term plus the rounding half).
+    pub fn offset(&self) -> i64 {
+        self.offset
+    }
+
+    /// Lower clamp (a fused ReLU sets it to 0).
+    pub fn lo(&self) -> i8 {
+        self.lo
+    }
+
+    /// Upper clamp (a fused ReLU6 sets it to round(6 / scale)).
+    pub fn hi(&self) -> i8 {
+        self.hi
+    }
+
+    /// The accumulator window `(c0, c1)`, where there is one: for every
+    /// `acc`, `apply(acc)` equals the unclamped
+    /// `(clamp(acc, c0, c1) * mult + offset) >> shift`, because that map
+    /// already lands in `lo ..= hi` on the window and reaches `lo` and
+    /// `hi` at its ends. SIMD epilogues clamp the 16 accumulators of a vector in
+    /// 32-bit lanes then, instead of the results in two 64-bit halves.
+    /// `None` (use the output clamp) for offsets of 2^62 or more, gains
+    /// above 1 whose steps skip `lo` or `hi`, and maps that never enter
+    /// the clamp range.
+    pub fn window(&self) -> Option<(i32, i32)> {
+        self.window
+    }
+
+    fn derive_window(&self) -> Option<(i32, i32)> {
+        if self.offset.unsigned_abs() >= 1 << 62 {
+            return None;
         }
+        let f = |acc: i32| (acc as i64 * self.mult as i64 + self.offset) >> self.shift;
+        let (lo, hi) = (self.lo as i64, self.hi as i64);
+        if lo > hi {
+            return None;
+        }
+        // f is monotonic: non-decreasing for mult >= 0, else
+        // non-increasing. c0 is the first acc whose f is inside lo ..= hi
+        // from below (above), c1 the last.
+        let up = self.mult >= 0;
+        let inside_low = |a: i32| if up { f(a) >= lo } else { f(a) <= hi };
+        let inside_high = |a: i32| if up { f(a) <= hi } else { f(a) >= lo };
+        // Smallest a with p(a), for p false then true over i32.
+        let first = |p: &dyn Fn(i32) -> bool| -> Option<i32> {
+            if !p(i32::MAX) {
+                return None;
+            }
+            let (mut a, mut b) = (i32::MIN as i64, i32::MAX as i64);
+            while a < b {
+                let m = a + (b - a) / 2;
+                if p(m as i32) {
+                    b = m;
+                } else {
+                    a = m + 1;
+                }
+            }
+            Some(a as i32)
+        };
+        let c0 = first(&inside_low)?;
+        // Last a with inside_high: one before the first a without it.
+        let c1 = match first(&|a| !inside_high(a)) {
+            None => i32::MAX,
+            Some(i32::MIN) => return None,
+            Some(a) => a - 1,
+        };
+        let (end0, end1) = if up { (lo, hi) } else { (hi, lo) };
+        let ok = c0 <= c1 && (c0 == i32::MIN || f(c0) == end0) && (c1 == i32::MAX || f(c1) == end1);
+        ok.then_some((c0, c1))
     }
 
     /// `a ≈ mult * 2^-shift` with a 31-bit `|mult|` where the range allows.
@@ -170,6 +259,19 @@ mod tests {
         }
     }
 
+    /// Multipliers at and near the ends of their range, and small ones.
+    const MULTS: [i32; 9] = [
+        i32::MIN,
+        i32::MIN + 1,
+        -(1 << 30),
+        -3,
+        0,
+        1,
+        77,
+        (1 << 30) + 5,
+        i32::MAX,
+    ];
+
     #[test]
     fn apply_run_equals_apply_at_the_extremes() {
         let accs = [
@@ -196,27 +298,11 @@ mod tests {
             (1 << 62) + 1,
             i64::MAX,
         ];
-        for mult in [
-            i32::MIN,
-            i32::MIN + 1,
-            -(1 << 30),
-            -3,
-            0,
-            1,
-            77,
-            (1 << 30) + 5,
-            i32::MAX,
-        ] {
+        for mult in MULTS {
             for shift in [1, 7, 31, 61, 62] {
                 for offset in offsets {
                     for (lo, hi) in [(-128, 127), (0, 127), (0, 6)] {
-                        let r = Requant {
-                            mult,
-                            shift,
-                            offset,
-                            lo,
-                            hi,
-                        };
+                        let r = Requant::new(mult, shift, offset, lo, hi);
                         let mut got = [0i8; 9];
                         r.apply_run(&accs, &mut got);
                         let want = accs.map(|a| r.apply(a));
@@ -225,6 +311,68 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The window's promise, on the accumulators where it can break: the
+    /// i32 ends, the window's ends and their neighbours, and a spread.
+    #[test]
+    fn window_equals_apply() {
+        let mut seen = 0;
+        let mut none = 0;
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let mut check = |r: Requant| {
+            let Some((c0, c1)) = r.window() else {
+                none += 1;
+                return;
+            };
+            seen += 1;
+            let f = |a: i32| {
+                let a = a.clamp(c0, c1) as i64;
+                (a * r.mult as i64 + r.offset) >> r.shift
+            };
+            let near = [c0, c1].into_iter().flat_map(|c| {
+                [-2i64, -1, 0, 1, 2]
+                    .map(|d| (c as i64 + d).clamp(i32::MIN as i64, i32::MAX as i64) as i32)
+            });
+            let ends = [i32::MIN, i32::MIN + 1, -1, 0, 1, i32::MAX - 1, i32::MAX];
+            for a in near.chain(ends).chain((-4000..4000).map(|i| i * 997)) {
+                let y = f(a);
+                assert!(
+                    (r.lo as i64..=r.hi as i64).contains(&y),
+                    "{r:?} acc={a} -> {y}"
+                );
+                assert_eq!(y as i8, r.apply(a), "{r:?} acc={a}");
+            }
+        };
+        for _ in 0..3000 {
+            // Gains in +-(0, 4) over eight decades; offsets within +-100.
+            let a = (next() % 8001) as f64 / 1000.0 - 4.0;
+            let a = a * 10f64.powi(-((next() % 8) as i32));
+            let b = (next() % 2001) as f64 / 10.0 - 100.0;
+            let (lo, hi) = [(-128, 127), (0, 127), (0, 6), (-3, -3)][(next() % 4) as usize];
+            let r = Requant::from_real(a, b, lo, hi);
+            // A gain of at most 1 steps through every output value.
+            assert!(a.abs() > 1.0 || r.window().is_some(), "{r:?}");
+            check(r);
+        }
+        for mult in MULTS {
+            for shift in [1, 7, 31, 61, 62] {
+                for offset in [-(1 << 61), -12_345, 0, 1 << 40, (1 << 61) - 1] {
+                    for (lo, hi) in [(-128, 127), (0, 127), (0, 6)] {
+                        check(Requant::new(mult, shift, offset, lo, hi));
+                    }
+                }
+            }
+        }
+        // Typical gains have a window; gains above 1 may not.
+        assert!(seen > 2500 && none > 0, "window on {seen}, none on {none}");
+        assert!(Requant::from_real(0.0123, -4.5, 0, 127).window().is_some());
     }
 
     #[test]
