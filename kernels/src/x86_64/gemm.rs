@@ -250,6 +250,65 @@ impl Block {
     }
 }
 
+/// The body of [`tap`], spelled out where it is used: `tap` is
+/// `#[inline]`, and whether LLVM inlined it into the panel builder moved
+/// with unrelated changes to the kernels around it (out of line, the stem
+/// ran 20% slower); `#[inline(always)]` is not allowed with target
+/// features, and without them it compiled to slower code (3% on the
+/// stem). A macro expands in the caller, with the caller's features.
+macro_rules! tap_lanes {
+    ($g:expr, $x:expr, $blk:expr, $c:expr, $ky:expr, $kx:expr) => {{
+        let (g, x, blk, c, ky, kx): (&Conv2dGeom, &[i8], &Block, usize, usize, usize) =
+            ($g, $x, $blk, $c, $ky, $kx);
+        let plane = (c * g.h * g.w) as isize;
+        let mut v = _mm512_setzero_si512();
+        for s in 0..blk.ns {
+            let (ro, col) = blk.at(g, s, ky, kx);
+            if ro < 0 || col.m == 0 {
+                continue;
+            }
+            // Enabled lane l reads x[base + l * stride]: row iy inside the
+            // image (ro >= 0) and a column inside the row (the lanes of m).
+            let base = plane + ro + col.off;
+            let p = x.as_ptr().wrapping_offset(base);
+            match g.stride[1] {
+                1 => {
+                    // SAFETY: only the lanes of m are read, at in-bounds
+                    // indices (above); masked-off bytes cannot fault.
+                    v = unsafe { _mm512_mask_loadu_epi8(v, col.m, p) };
+                }
+                2 => {
+                    // SAFETY: the enabled bytes (mlo, mhi) lie between the
+                    // columns of the first and last lane of m, inside the row.
+                    let (vlo, vhi) = unsafe {
+                        (
+                            _mm512_maskz_loadu_epi8(col.mlo, p),
+                            _mm512_maskz_loadu_epi8(col.mhi, p.wrapping_add(64)),
+                        )
+                    };
+                    // SAFETY: EVEN is 64 bytes.
+                    let idx = unsafe { _mm512_loadu_si512(EVEN.as_ptr().cast()) };
+                    v = _mm512_mask_mov_epi8(v, col.m, _mm512_permutex2var_epi8(vlo, idx, vhi));
+                }
+                sx => {
+                    let mut t = [0i8; 64];
+                    // SAFETY: `t` is 64 bytes.
+                    unsafe { _mm512_storeu_si512(t.as_mut_ptr().cast(), v) };
+                    let mut m = col.m;
+                    while m != 0 {
+                        let l = m.trailing_zeros() as usize;
+                        t[l] = x[(base + (l * sx) as isize) as usize];
+                        m &= m - 1;
+                    }
+                    // SAFETY: as above.
+                    v = unsafe { _mm512_loadu_si512(t.as_ptr().cast()) };
+                }
+            }
+        }
+        v
+    }};
+}
+
 /// Activations (raw int8) of tap `(c, ky, kx)` for the block's pixels, in
 /// their lanes; zero for padded taps and lanes past the block.
 ///
@@ -265,52 +324,7 @@ pub(super) unsafe fn tap(
     ky: usize,
     kx: usize,
 ) -> __m512i {
-    let plane = (c * g.h * g.w) as isize;
-    let mut v = _mm512_setzero_si512();
-    for s in 0..blk.ns {
-        let (ro, col) = blk.at(g, s, ky, kx);
-        if ro < 0 || col.m == 0 {
-            continue;
-        }
-        // Enabled lane l reads x[base + l * stride]: row iy inside the
-        // image (ro >= 0) and a column inside the row (the lanes of m).
-        let base = plane + ro + col.off;
-        let p = x.as_ptr().wrapping_offset(base);
-        match g.stride[1] {
-            1 => {
-                // SAFETY: only the lanes of m are read, at in-bounds
-                // indices (above); masked-off bytes cannot fault.
-                v = unsafe { _mm512_mask_loadu_epi8(v, col.m, p) };
-            }
-            2 => {
-                // SAFETY: the enabled bytes (mlo, mhi) lie between the
-                // columns of the first and last lane of m, inside the row.
-                let (vlo, vhi) = unsafe {
-                    (
-                        _mm512_maskz_loadu_epi8(col.mlo, p),
-                        _mm512_maskz_loadu_epi8(col.mhi, p.wrapping_add(64)),
-                    )
-                };
-                // SAFETY: EVEN is 64 bytes.
-                let idx = unsafe { _mm512_loadu_si512(EVEN.as_ptr().cast()) };
-                v = _mm512_mask_mov_epi8(v, col.m, _mm512_permutex2var_epi8(vlo, idx, vhi));
-            }
-            sx => {
-                let mut t = [0i8; 64];
-                // SAFETY: `t` is 64 bytes.
-                unsafe { _mm512_storeu_si512(t.as_mut_ptr().cast(), v) };
-                let mut m = col.m;
-                while m != 0 {
-                    let l = m.trailing_zeros() as usize;
-                    t[l] = x[(base + (l * sx) as isize) as usize];
-                    m &= m - 1;
-                }
-                // SAFETY: as above.
-                v = unsafe { _mm512_loadu_si512(t.as_ptr().cast()) };
-            }
-        }
-    }
-    v
+    tap_lanes!(g, x, blk, c, ky, kx)
 }
 
 /// Build the panel of group `grp` for `nv` vectors of the block `blk`:
@@ -349,7 +363,7 @@ unsafe fn build_panel(
         for tv in &mut t {
             if ic < g.c_in_g() {
                 // SAFETY: c_base + ic < c_in; features forwarded.
-                *tv = _mm512_xor_si512(unsafe { tap(g, x, blk, c_base + ic, ky, kx) }, flip);
+                *tv = _mm512_xor_si512(tap_lanes!(g, x, blk, c_base + ic, ky, kx), flip);
                 kx += 1;
                 if kx == kw {
                     kx = 0;
@@ -414,6 +428,44 @@ pub(super) unsafe fn requant16(acc: __m512i, rq: &Requant) -> __m128i {
     let odd = one(_mm512_srli_epi64::<32>(acc));
     let y = _mm512_mask_blend_epi32(0xaaaa, even, _mm512_slli_epi64::<32>(odd));
     _mm512_cvtepi32_epi8(y)
+}
+
+/// `vpermt2d` indices putting the low dwords of the 64-bit lanes of `a`
+/// (even outputs) and `b` (odd outputs) back in output order.
+const INTERLEAVE_LOW: [u32; 16] = {
+    let mut t = [0u32; 16];
+    let mut j = 0;
+    while j < 8 {
+        t[2 * j] = 2 * j as u32;
+        t[2 * j + 1] = 16 + 2 * j as u32;
+        j += 1;
+    }
+    t
+};
+
+/// [`requant16`] for a requantizer with a [`Requant::window`] `(c0, c1)`:
+/// the accumulators are clamped to the window in 32-bit lanes, and the
+/// 64-bit results then need no clamp of their own (they are already in
+/// `lo ..= hi`): 11 instructions per 16 outputs instead of 14.
+///
+/// # Safety
+/// AVX-512 F/BW/VL available; `(c0, c1)` is `rq.window()`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+#[inline]
+unsafe fn requant16_window(acc: __m512i, rq: &Requant, c0: i32, c1: i32) -> __m128i {
+    let m = _mm512_set1_epi64(rq.mult as i64);
+    let off = _mm512_set1_epi64(rq.offset);
+    let sh = _mm_cvtsi64_si128(rq.shift as i64);
+    let a = _mm512_min_epi32(
+        _mm512_max_epi32(acc, _mm512_set1_epi32(c0)),
+        _mm512_set1_epi32(c1),
+    );
+    let even = _mm512_sra_epi64(_mm512_add_epi64(_mm512_mul_epi32(a, m), off), sh);
+    let a_odd = _mm512_srli_epi64::<32>(a);
+    let odd = _mm512_sra_epi64(_mm512_add_epi64(_mm512_mul_epi32(a_odd, m), off), sh);
+    // SAFETY: INTERLEAVE_LOW is 64 bytes.
+    let idx = unsafe { _mm512_loadu_si512(INTERLEAVE_LOW.as_ptr().cast()) };
+    _mm512_cvtepi32_epi8(_mm512_permutex2var_epi32(even, idx, odd))
 }
 
 /// Where each step's `NV` vectors of activations are: a panel built per
@@ -517,42 +569,38 @@ unsafe fn finish<const NV: usize>(
     d: &DecodedRows,
     r: usize,
     mut a: [__m512i; NV],
+    add_corr: bool,
     st: &impl Steps,
     v0: usize,
     rq: &Requant,
 ) -> [__m128i; NV] {
     // SAFETY (the intrinsics): the features are available (contract).
     unsafe {
-        let c = _mm512_set1_epi32(d.corr(r));
-        for a in a.iter_mut() {
-            *a = _mm512_add_epi32(*a, c);
+        if add_corr {
+            let c = _mm512_set1_epi32(d.corr(r));
+            for a in a.iter_mut() {
+                *a = _mm512_add_epi32(*a, c);
+            }
         }
         // The fixes go round-robin into `sets` groups of accumulators, so
         // that at least four `vpdpbusd` chains are in flight: with one
         // chain per vector (the 1-pixel tail of a 7x7 plane, NV = 1) each
         // fix waited for the previous one's latency, 5% of ResNet-18's
         // 7x7 layers.
-        let fix = |a: &mut [__m512i; NV], f: &crate::gemm::Fix| {
-            // f.kb < steps (checked by DecodedRows::new); the caller
-            // vouches for the steps.
-            let (p, w) = (st.at(f.kb as usize), _mm512_set1_epi32(f.word));
-            for (v, a) in a.iter_mut().enumerate() {
-                let x = _mm512_loadu_si512(p.add(64 * (v0 + v)).cast());
-                *a = _mm512_dpbusd_epi32(*a, x, w);
-            }
-        };
         let fixes = d.fixes(r);
         match NV {
             1 => {
                 let mut b = [[_mm512_setzero_si512(); NV]; 3];
                 let mut it = fixes.chunks_exact(4);
                 for q in &mut it {
-                    fix(&mut a, &q[0]);
-                    fix(&mut b[0], &q[1]);
-                    fix(&mut b[1], &q[2]);
-                    fix(&mut b[2], &q[3]);
+                    fix1(&mut a, &q[0], st, v0);
+                    fix1(&mut b[0], &q[1], st, v0);
+                    fix1(&mut b[1], &q[2], st, v0);
+                    fix1(&mut b[2], &q[3], st, v0);
                 }
-                it.remainder().iter().for_each(|f| fix(&mut a, f));
+                for f in it.remainder() {
+                    fix1(&mut a, f, st, v0);
+                }
                 for b in &b {
                     a[0] = _mm512_add_epi32(a[0], b[0]);
                 }
@@ -561,19 +609,29 @@ unsafe fn finish<const NV: usize>(
                 let mut b = [_mm512_setzero_si512(); NV];
                 let mut it = fixes.chunks_exact(2);
                 for q in &mut it {
-                    fix(&mut a, &q[0]);
-                    fix(&mut b, &q[1]);
+                    fix1(&mut a, &q[0], st, v0);
+                    fix1(&mut b, &q[1], st, v0);
                 }
-                it.remainder().iter().for_each(|f| fix(&mut a, f));
-                for (a, b) in a.iter_mut().zip(&b) {
-                    *a = _mm512_add_epi32(*a, *b);
+                for f in it.remainder() {
+                    fix1(&mut a, f, st, v0);
+                }
+                for v in 0..NV {
+                    a[v] = _mm512_add_epi32(a[v], b[v]);
                 }
             }
-            _ => fixes.iter().for_each(|f| fix(&mut a, f)),
+            _ => {
+                for f in fixes {
+                    fix1(&mut a, f, st, v0);
+                }
+            }
         }
         let mut q = [_mm_setzero_si128(); NV];
-        for (q, &a) in q.iter_mut().zip(&a) {
-            *q = if rq.offset.unsigned_abs() < 1 << 62 {
+        let window = rq.window();
+        for v in 0..NV {
+            let a = a[v];
+            q[v] = if let Some((c0, c1)) = window {
+                requant16_window(a, rq, c0, c1)
+            } else if rq.offset.unsigned_abs() < 1 << 62 {
                 requant16(a, rq)
             } else {
                 let (mut tile, mut y) = ([0i32; 16], [0i8; 16]);
@@ -584,6 +642,34 @@ unsafe fn finish<const NV: usize>(
             };
         }
         q
+    }
+}
+
+/// One +128 fix of [`finish`]: per vector a load of the fix's step and a
+/// `vpdpbusd`.
+///
+/// No closures or iterator adaptors around intrinsics in these kernels:
+/// once a kernel grew past LLVM's inlining budget, a closure was left out
+/// of line, and in it (no target features) every intrinsic became a call;
+/// the direct kernel ran 3x slower.
+///
+/// # Safety
+/// As [`finish`] for the fix's step.
+#[inline(always)]
+unsafe fn fix1<const NV: usize>(
+    a: &mut [__m512i; NV],
+    f: &crate::gemm::Fix,
+    st: &impl Steps,
+    v0: usize,
+) {
+    // SAFETY: f.kb < steps (checked by DecodedRows::new); the caller
+    // vouches for the steps and the features.
+    unsafe {
+        let (p, w) = (st.at(f.kb as usize), _mm512_set1_epi32(f.word));
+        for (v, a) in a.iter_mut().enumerate() {
+            let x = _mm512_loadu_si512(p.add(64 * (v0 + v)).cast());
+            *a = _mm512_dpbusd_epi32(*a, x, w);
+        }
     }
 }
 
@@ -620,7 +706,7 @@ unsafe fn join(q: &[__m128i]) -> __m512i {
 /// `r0 .. r1`, lanes `0 .. cnt`.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn rows<const NV: usize, const MR: usize>(
+unsafe fn rows<const NV: usize, const MR: usize, const PF: bool>(
     d: &DecodedRows,
     r0: usize,
     r1: usize,
@@ -638,28 +724,62 @@ unsafe fn rows<const NV: usize, const MR: usize>(
         let m = (r1 - rb).next_multiple_of(2);
         if m < MR && m <= 8 {
             // SAFETY: forwarded; rows rb .. r1.
-            unsafe { rows_rest::<NV>(m, d, rb, r1, st, cnt, rq, out) };
+            unsafe { rows_rest::<NV, PF>(m, d, rb, r1, st, cnt, rq, out) };
             return;
         }
         // Rows past r1 repeat the last one; their sums are dropped.
         let wp: [*const u8; MR] =
             core::array::from_fn(|i| d.row((rb + i).min(r1 - 1)).as_ptr().cast::<u8>());
+        // Weights are read once per block of pixels, a row at a time 4
+        // bytes per step: on a layer bigger than L2 they come from L3 or
+        // DRAM, and the hardware prefetcher did not keep up with MR
+        // streams. So there (PF) the tile fetches the next tile's rows
+        // into L2, a line of each per 16 steps (a line of its own rows).
+        // One 7x7 512-channel layer of ResNet-18 after a 64 MiB cache
+        // flush: 742 -> 715 us (646 warm); in the model its 3x3/2 layer
+        // went 380-394 -> 357-376 us. The fetches sit outside the inner
+        // loop (state kept in it cost the microkernel registers), and in
+        // an instance of their own (in the other, the stem ran 3% slower).
+        let mut next = [core::ptr::null::<i8>(); MR];
+        if PF {
+            let last = d.rows() - 1;
+            for (i, p) in next.iter_mut().enumerate() {
+                *p = d.row((rb + MR + i).min(last)).as_ptr();
+            }
+        }
+        // The sums start at the rows' offset corrections, which the
+        // epilogue then need not add.
         let mut acc = [[_mm512_setzero_si512(); NV]; MR];
-        for kb in 0..steps {
-            // SAFETY: step kb's NV vectors are initialized panel bytes
-            // (64-byte aligned); each row has kp = 4 * steps bytes.
-            unsafe {
-                let pv = st.at(kb);
-                let a: [__m512i; NV] =
-                    core::array::from_fn(|v| _mm512_loadu_si512(pv.add(64 * v).cast()));
-                for i in 0..MR {
-                    let wd = (wp[i].add(4 * kb) as *const i32).read_unaligned();
-                    let b = _mm512_set1_epi32(wd);
-                    for v in 0..NV {
-                        acc[i][v] = _mm512_dpbusd_epi32(acc[i][v], a[v], b);
+        for (i, acc) in acc.iter_mut().enumerate() {
+            *acc = [_mm512_set1_epi32(d.corr((rb + i).min(r1 - 1))); NV];
+        }
+        let mut k0 = 0;
+        while k0 < steps {
+            let k1 = if PF { steps.min(k0 + 16) } else { steps };
+            if PF {
+                for p in next {
+                    _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(4 * k0));
+                }
+            }
+            for kb in k0..k1 {
+                // SAFETY: step kb's NV vectors are initialized panel bytes
+                // (64-byte aligned); each row has kp = 4 * steps bytes.
+                unsafe {
+                    let pv = st.at(kb);
+                    let mut a = [_mm512_setzero_si512(); NV];
+                    for (v, a) in a.iter_mut().enumerate() {
+                        *a = _mm512_loadu_si512(pv.add(64 * v).cast());
+                    }
+                    for i in 0..MR {
+                        let wd = (wp[i].add(4 * kb) as *const i32).read_unaligned();
+                        let b = _mm512_set1_epi32(wd);
+                        for v in 0..NV {
+                            acc[i][v] = _mm512_dpbusd_epi32(acc[i][v], a[v], b);
+                        }
                     }
                 }
             }
+            k0 = k1;
         }
         // A copy for the dynamically indexed loop below: indexed only by
         // constants, `acc` itself stays in registers from the start
@@ -673,13 +793,18 @@ unsafe fn rows<const NV: usize, const MR: usize>(
             // SAFETY: forwarded (vectors 0 .. NV); lanes 0 .. cnt of row
             // r are the caller's to write.
             unsafe {
-                let q = finish(d, r, *acc, st, 0, &rq[r]);
+                let q = finish(d, r, *acc, false, st, 0, &rq[r]);
                 out.put(r, join(&q), 0, cnt);
             }
         }
         rb += MR;
     }
 }
+
+/// Weight bytes of a layer above which [`rows`] fetches the next tile's
+/// rows ahead (its `PF` instance): about this machine's L2. Below, the
+/// weights stay in L2 from one block of pixels to the next.
+const PREFETCH_BYTES: usize = 1 << 19;
 
 /// The last `r1 - r0 <= m` rows of [`rows`] as one tile of `m` rows
 /// (2, 4, 6 or 8).
@@ -688,7 +813,7 @@ unsafe fn rows<const NV: usize, const MR: usize>(
 /// As [`rows`].
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn rows_rest<const NV: usize>(
+unsafe fn rows_rest<const NV: usize, const PF: bool>(
     m: usize,
     d: &DecodedRows,
     r0: usize,
@@ -701,10 +826,10 @@ unsafe fn rows_rest<const NV: usize>(
     // SAFETY: forwarded.
     unsafe {
         match m {
-            2 => rows::<NV, 2>(d, r0, r1, st, cnt, rq, out),
-            4 => rows::<NV, 4>(d, r0, r1, st, cnt, rq, out),
-            6 => rows::<NV, 6>(d, r0, r1, st, cnt, rq, out),
-            _ => rows::<NV, 8>(d, r0, r1, st, cnt, rq, out),
+            2 => rows::<NV, 2, PF>(d, r0, r1, st, cnt, rq, out),
+            4 => rows::<NV, 4, PF>(d, r0, r1, st, cnt, rq, out),
+            6 => rows::<NV, 6, PF>(d, r0, r1, st, cnt, rq, out),
+            _ => rows::<NV, 8, PF>(d, r0, r1, st, cnt, rq, out),
         }
     }
 }
@@ -727,11 +852,20 @@ unsafe fn run_rows(
 ) {
     // SAFETY: forwarded.
     unsafe {
-        match nv {
-            4 => rows::<4, 6>(d, r0, r1, st, cnt, rq, out),
-            3 => rows::<3, 8>(d, r0, r1, st, cnt, rq, out),
-            2 => rows::<2, 12>(d, r0, r1, st, cnt, rq, out),
-            _ => rows::<1, 12>(d, r0, r1, st, cnt, rq, out),
+        if d.rows() * d.kp() > PREFETCH_BYTES {
+            match nv {
+                4 => rows::<4, 6, true>(d, r0, r1, st, cnt, rq, out),
+                3 => rows::<3, 8, true>(d, r0, r1, st, cnt, rq, out),
+                2 => rows::<2, 12, true>(d, r0, r1, st, cnt, rq, out),
+                _ => rows::<1, 12, true>(d, r0, r1, st, cnt, rq, out),
+            }
+        } else {
+            match nv {
+                4 => rows::<4, 6, false>(d, r0, r1, st, cnt, rq, out),
+                3 => rows::<3, 8, false>(d, r0, r1, st, cnt, rq, out),
+                2 => rows::<2, 12, false>(d, r0, r1, st, cnt, rq, out),
+                _ => rows::<1, 12, false>(d, r0, r1, st, cnt, rq, out),
+            }
         }
     }
 }
@@ -859,9 +993,10 @@ unsafe fn tail_pass<const TG: usize>(
             // SAFETY: the enabled words are steps c .. c + 16 < steps of
             // each patch and row (4 * steps = kp bytes each).
             unsafe {
-                let x: [__m512i; TG] = core::array::from_fn(|j| {
-                    _mm512_maskz_loadu_epi32(m, pp.add(j * 4 * steps + 4 * c).cast())
-                });
+                let mut x = [_mm512_setzero_si512(); TG];
+                for (j, x) in x.iter_mut().enumerate() {
+                    *x = _mm512_maskz_loadu_epi32(m, pp.add(j * 4 * steps + 4 * c).cast());
+                }
                 for i in 0..RB {
                     let w = _mm512_maskz_loadu_epi32(m, wp[i].add(4 * c).cast());
                     for j in 0..TG {
@@ -891,7 +1026,7 @@ unsafe fn tail_pass<const TG: usize>(
                 let a = _mm512_loadu_si512(lanes.as_ptr().cast());
                 // Lane j of vector v is block lane 16 v + j.
                 let mut q = [_mm_setzero_si128(); 4];
-                q[v] = finish::<1>(d, r, [a], st, v, &rq[r])[0];
+                q[v] = finish::<1>(d, r, [a], true, st, v, &rq[r])[0];
                 out.put(r, join(&q), 16 * v + j0, 16 * v + j0 + TG);
             }
         }
@@ -1066,10 +1201,11 @@ unsafe fn fill_band(g: &Conv2dGeom, x: &[i8], cp: usize, at: &BandAt, buf: *mut 
                     } else {
                         0
                     };
-                    let q: [__m128i; 4] = core::array::from_fn(|i| {
+                    let mut q = [flip; 4];
+                    for (i, q) in q.iter_mut().enumerate() {
                         let c = 4 * c4 + i;
                         if c >= g.c_in || m == 0 {
-                            return flip;
+                            continue;
                         }
                         let p = x
                             .as_ptr()
@@ -1085,8 +1221,8 @@ unsafe fn fill_band(g: &Conv2dGeom, x: &[i8], cp: usize, at: &BandAt, buf: *mut 
                                 _mm256_cvtepi16_epi8(_mm256_maskz_loadu_epi8(m, p))
                             }
                         };
-                        _mm_xor_si128(v, flip)
-                    });
+                        *q = _mm_xor_si128(v, flip);
+                    }
                     let (ab_lo, ab_hi) =
                         (_mm_unpacklo_epi8(q[0], q[1]), _mm_unpackhi_epi8(q[0], q[1]));
                     let (cd_lo, cd_hi) =
