@@ -1183,6 +1183,38 @@ fn gemm_layers_past_l2() {
     }
 }
 
+/// The x86 panel's permuted taps: planes of at most 64 bytes (one
+/// `vpermb` of the plane) and blocks whose input rows fit 128 bytes (one
+/// `vpermi2b`), including a window whose last byte is read (32-wide rows,
+/// row stride 3: two output rows span 4 input rows), dilation and
+/// padding wider than the kernel's reach.
+#[test]
+fn gemm_panel_windows() {
+    for (h, w, stride, dilation, pad) in [
+        (12usize, 32usize, [3usize, 1usize], 1usize, 1usize),
+        (10, 10, [1, 1], 1, 1),
+        (8, 8, [1, 1], 1, 1),
+        (9, 7, [2, 2], 2, 2),
+        (11, 11, [1, 2], 1, 3),
+    ] {
+        let g = Conv2dGeom {
+            c_in: 13,
+            h,
+            w,
+            c_out: 21,
+            kh: 3,
+            kw: 3,
+            stride,
+            pads: [pad; 4],
+            dilation: [dilation; 2],
+            groups: 1,
+        };
+        for b in 2..=4 {
+            check_i8(&case(g, b, (h * 100 + w) as u64)).unwrap();
+        }
+    }
+}
+
 /// The batched linear GEMM of this target, if this CPU runs it.
 fn linear_gemm() -> Option<dispatch::LinFn> {
     #[cfg(target_arch = "x86_64")]

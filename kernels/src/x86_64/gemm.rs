@@ -73,6 +73,16 @@ struct Seg {
     ox: u32,
 }
 
+/// Lanes `0 .. n` (`n <= 64`) as a byte mask.
+#[inline(always)]
+fn lanes_upto(n: usize) -> u64 {
+    if n == 0 {
+        0
+    } else {
+        u64::MAX >> (64 - n)
+    }
+}
+
 /// Lanes `a .. b` (`a < b <= 64`) as a byte mask.
 #[inline(always)]
 fn lanes(a: usize, b: usize) -> u64 {
@@ -195,8 +205,16 @@ pub(super) struct Block {
     /// colm[kx]`, instead of a masked load per run (8 runs a tap on an
     /// 8x8 plane, where building the panel took 40% of the layer).
     small: bool,
-    /// Plane index of each lane's tap (0, 0), wrapping (only its low six
-    /// bits matter where the lane is inside the plane).
+    /// Otherwise, when the input rows that the block's output rows span
+    /// at one kernel row fit two vectors (`w` bytes a row; ResNet-18's
+    /// 14x14 layers), a tap's lanes are one `vpermi2b` of those rows
+    /// from the first one inside the image: `window`, with `wrow0` the
+    /// input row of the block's first output row at kernel row 0.
+    window: bool,
+    wrow0: isize,
+    /// Plane index of each lane's tap (0, 0) (from the start of row
+    /// `wrow0` with a `window`), wrapping: only its low six (seven) bits
+    /// matter where the lane is inside the plane.
     base: [i8; 64],
     rowm: [u64; TAB],
     colm: [u64; TAB],
@@ -213,14 +231,17 @@ impl Block {
             rows: [[-1; TAB]; 64],
             cols: [[Col::default(); TAB]; 64],
             small: tab && g.h * g.w <= 64,
+            window: false,
+            wrow0: 0,
             base: [0; 64],
             rowm: [0; TAB],
             colm: [0; TAB],
         }
     }
 
-    /// The lanes' plane indices and tap masks of a `small` block.
-    fn set_small(&mut self, g: &Conv2dGeom, q0: usize) {
+    /// The lanes' plane indices and tap masks of a `small` or `window`
+    /// block (`wrow0` set for the latter, 0 for the former).
+    fn set_lanes(&mut self, g: &Conv2dGeom, q0: usize) {
         let ow = g.out_w();
         let (h, w) = (g.h as isize, g.w as isize);
         self.rowm = [0; TAB];
@@ -229,7 +250,7 @@ impl Block {
             let (oy, ox) = ((q0 + l) / ow, (q0 + l) % ow);
             let iy0 = (oy * g.stride[0]) as isize - g.pads[0] as isize;
             let ix0 = (ox * g.stride[1]) as isize - g.pads[1] as isize;
-            self.base[l] = (iy0 * w + ix0) as i8;
+            self.base[l] = ((iy0 - self.wrow0) * w + ix0) as i8;
             for ky in 0..g.kh {
                 let iy = iy0 + (ky * g.dilation[0]) as isize;
                 self.rowm[ky] |= u64::from((0..h).contains(&iy)) << l;
@@ -270,7 +291,14 @@ impl Block {
         self.ns = ns;
         self.cnt = cnt;
         if self.small {
-            self.set_small(g, q0);
+            self.set_lanes(g, q0);
+        } else if self.tab {
+            let (oy0, oy1) = (q0 / g.out_w(), (q0 + cnt - 1) / g.out_w());
+            self.window = ((oy1 - oy0) * g.stride[0] + 1) * g.w <= 128;
+            if self.window {
+                self.wrow0 = (oy0 * g.stride[0]) as isize - g.pads[0] as isize;
+                self.set_lanes(g, q0);
+            }
         }
     }
 
@@ -315,8 +343,31 @@ macro_rules! tap_lanes {
             };
             let idx = _mm512_add_epi8(base, _mm512_set1_epi8(off));
             v = _mm512_maskz_permutexvar_epi8(blk.rowm[ky] & blk.colm[kx], idx, src);
+        } else if blk.window {
+            // From the first of the tap's rows inside the image; the
+            // window's bytes past the plane are not read.
+            let row = blk.wrow0 + (ky * g.dilation[0]) as isize;
+            let first = row.max(0);
+            let off = ((row - first) * g.w as isize + (kx * g.dilation[1]) as isize) as i8;
+            let left = (g.h as isize - first).max(0) as usize * g.w;
+            let p = x.as_ptr().wrapping_offset(plane + first * g.w as isize);
+            // SAFETY: `base` is 64 bytes; the enabled bytes are the
+            // first `left` bytes of channel c from row `first`, inside x.
+            let (base, lo, hi) = unsafe {
+                (
+                    _mm512_loadu_si512(blk.base.as_ptr().cast()),
+                    _mm512_maskz_loadu_epi8(lanes_upto(left.min(64)), p),
+                    _mm512_maskz_loadu_epi8(
+                        lanes_upto(left.saturating_sub(64).min(64)),
+                        p.wrapping_add(64),
+                    ),
+                )
+            };
+            let idx = _mm512_add_epi8(base, _mm512_set1_epi8(off));
+            let m = blk.rowm[ky] & blk.colm[kx];
+            v = _mm512_maskz_permutex2var_epi8(m, lo, idx, hi);
         }
-        for s in 0..if blk.small { 0 } else { blk.ns } {
+        for s in 0..if blk.small || blk.window { 0 } else { blk.ns } {
             let (ro, col) = blk.at(g, s, ky, kx);
             if ro < 0 || col.m == 0 {
                 continue;
