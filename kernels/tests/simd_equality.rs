@@ -1185,13 +1185,13 @@ fn gemm_layers_past_l2() {
 
 /// The x86 panel's permuted taps: planes of at most 64 bytes (one
 /// `vpermb` of the plane) and blocks whose input rows fit 128 bytes (one
-/// `vpermi2b`), including a window whose last byte is read (32-wide rows,
-/// row stride 3: two output rows span 4 input rows), dilation and
-/// padding wider than the kernel's reach.
+/// `vpermi2b`), including a window whose last byte is read (32-wide rows
+/// at column stride 2: a block is 4 output rows of 16, 4 input rows of
+/// 32 bytes), dilation and padding wider than the kernel's reach.
 #[test]
 fn gemm_panel_windows() {
     for (h, w, stride, dilation, pad) in [
-        (12usize, 32usize, [3usize, 1usize], 1usize, 1usize),
+        (12usize, 32usize, [1usize, 2usize], 1usize, 1usize),
         (10, 10, [1, 1], 1, 1),
         (8, 8, [1, 1], 1, 1),
         (9, 7, [2, 2], 2, 2),

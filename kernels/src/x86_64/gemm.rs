@@ -188,6 +188,19 @@ fn row_of(g: &Conv2dGeom, s: &Seg, ky: usize) -> isize {
     }
 }
 
+/// How a block's taps are read.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Perm {
+    /// A masked load per run of the block's lanes within an output row.
+    No,
+    /// One `vpermb` of the whole input plane (at most 64 bytes).
+    Plane,
+    /// One `vpermi2b` of the input rows the block's output rows span at
+    /// one kernel row (at most 128 bytes; ResNet-18's 14x14 layers), from
+    /// the first of them inside the image.
+    Window,
+}
+
 /// A block of output pixels: its runs within output rows and, for kernels
 /// up to [`TAB`] wide and high, each run's [`row_of`] and [`Col`] per
 /// kernel row and column, computed once per block instead of once per
@@ -199,18 +212,19 @@ pub(super) struct Block {
     tab: bool,
     rows: [[isize; TAB]; 64],
     cols: [[Col; TAB]; 64],
-    /// An input channel plane fits one vector (`h * w <= 64`, kernels
-    /// up to [`TAB`]): a tap's lanes are then one `vpermb` of the whole
-    /// plane, `base + ky dy w + kx dx` under the lanes of `rowm[ky] &
-    /// colm[kx]`, instead of a masked load per run (8 runs a tap on an
-    /// 8x8 plane, where building the panel took 40% of the layer).
+    /// An input channel plane fits one vector (`h * w <= 64`).
     small: bool,
-    /// Otherwise, when the input rows that the block's output rows span
-    /// at one kernel row fit two vectors (`w` bytes a row; ResNet-18's
-    /// 14x14 layers), a tap's lanes are one `vpermi2b` of those rows
-    /// from the first one inside the image: `window`, with `wrow0` the
-    /// input row of the block's first output row at kernel row 0.
-    window: bool,
+    /// How this block's taps are read: with a permute (kernels up to
+    /// [`TAB`], blocks of 3 or more runs), a tap's lanes are `base +
+    /// off(ky, kx)` of the plane or window under the lanes of `rowm[ky]
+    /// & colm[kx]`, instead of a masked load per run (8 runs a tap on an
+    /// 8x8 plane, where building the panel took 40% of the layer). Below
+    /// 3 runs the loads are as cheap: blocks within one output row of
+    /// MobileNetV2's 112-wide 1x1 layers (one load a tap) ran 20-40%
+    /// slower with the window.
+    perm: Perm,
+    /// With [`Perm::Window`], the input row of the block's first output
+    /// row at kernel row 0 (may lie in the padding); else 0.
     wrow0: isize,
     /// Plane index of each lane's tap (0, 0) (from the start of row
     /// `wrow0` with a `window`), wrapping: only its low six (seven) bits
@@ -231,7 +245,7 @@ impl Block {
             rows: [[-1; TAB]; 64],
             cols: [[Col::default(); TAB]; 64],
             small: tab && g.h * g.w <= 64,
-            window: false,
+            perm: Perm::No,
             wrow0: 0,
             base: [0; 64],
             rowm: [0; TAB],
@@ -290,15 +304,20 @@ impl Block {
         }
         self.ns = ns;
         self.cnt = cnt;
-        if self.small {
+        let (oy0, oy1) = (q0 / g.out_w(), (q0 + cnt - 1) / g.out_w());
+        let span = ((oy1 - oy0) * g.stride[0] + 1) * g.w;
+        self.perm = match () {
+            _ if ns < 3 || !self.tab => Perm::No,
+            _ if self.small => Perm::Plane,
+            _ if span <= 128 => Perm::Window,
+            _ => Perm::No,
+        };
+        self.wrow0 = match self.perm {
+            Perm::Window => (oy0 * g.stride[0]) as isize - g.pads[0] as isize,
+            _ => 0,
+        };
+        if self.perm != Perm::No {
             self.set_lanes(g, q0);
-        } else if self.tab {
-            let (oy0, oy1) = (q0 / g.out_w(), (q0 + cnt - 1) / g.out_w());
-            self.window = ((oy1 - oy0) * g.stride[0] + 1) * g.w <= 128;
-            if self.window {
-                self.wrow0 = (oy0 * g.stride[0]) as isize - g.pads[0] as isize;
-                self.set_lanes(g, q0);
-            }
         }
     }
 
@@ -331,7 +350,7 @@ macro_rules! tap_lanes {
             ($g, $x, $blk, $c, $ky, $kx);
         let plane = (c * g.h * g.w) as isize;
         let mut v = _mm512_setzero_si512();
-        if blk.small {
+        if blk.perm == Perm::Plane {
             let off = (ky * g.dilation[0] * g.w + kx * g.dilation[1]) as i8;
             // SAFETY: `base` is 64 bytes; the plane's h * w <= 64 bytes
             // are inside x (c < c_in), masked-off bytes not accessed.
@@ -343,7 +362,7 @@ macro_rules! tap_lanes {
             };
             let idx = _mm512_add_epi8(base, _mm512_set1_epi8(off));
             v = _mm512_maskz_permutexvar_epi8(blk.rowm[ky] & blk.colm[kx], idx, src);
-        } else if blk.window {
+        } else if blk.perm == Perm::Window {
             // From the first of the tap's rows inside the image; the
             // window's bytes past the plane are not read.
             let row = blk.wrow0 + (ky * g.dilation[0]) as isize;
@@ -367,7 +386,7 @@ macro_rules! tap_lanes {
             let m = blk.rowm[ky] & blk.colm[kx];
             v = _mm512_maskz_permutex2var_epi8(m, lo, idx, hi);
         }
-        for s in 0..if blk.small || blk.window { 0 } else { blk.ns } {
+        for s in 0..if blk.perm == Perm::No { blk.ns } else { 0 } {
             let (ro, col) = blk.at(g, s, ky, kx);
             if ro < 0 || col.m == 0 {
                 continue;
