@@ -411,10 +411,6 @@ mod tests {
         }
     }
 
-    /// Both splits, on 2 and 3 threads, over random layers (depthwise,
-    /// grouped, strided, padded, dilated, linear): the int8 output equals
-    /// the single-call scalar reference bit for bit with the fastest
-    /// kernel, and the float output of the scalar kernel is unchanged.
     /// Random `bits`-bit codes for layer `g` (packed), an input,
     /// requantizers and the scalar reference's output.
     fn layer_case(
@@ -437,6 +433,10 @@ mod tests {
         (packed, x, rq, want)
     }
 
+    /// Both splits, on 2 and 3 threads, over random layers (depthwise,
+    /// grouped, strided, padded, dilated, linear): the int8 output equals
+    /// the single-call scalar reference bit for bit with the fastest
+    /// kernel, and the float output of the scalar kernel is unchanged.
     #[test]
     fn split_layers_equal_one_call() {
         let mut seen = [0usize; 3];
