@@ -977,19 +977,36 @@ unsafe fn run_rows(
     // SAFETY: forwarded.
     unsafe {
         if d.rows() * d.kp() > PREFETCH_BYTES {
-            match nv {
-                4 => rows::<4, 6, true>(d, r0, r1, st, cnt, rq, out),
-                3 => rows::<3, 8, true>(d, r0, r1, st, cnt, rq, out),
-                2 => rows::<2, 12, true>(d, r0, r1, st, cnt, rq, out),
-                _ => rows::<1, 12, true>(d, r0, r1, st, cnt, rq, out),
-            }
+            rows_nv::<true>(nv, d, r0, r1, st, cnt, rq, out)
         } else {
-            match nv {
-                4 => rows::<4, 6, false>(d, r0, r1, st, cnt, rq, out),
-                3 => rows::<3, 8, false>(d, r0, r1, st, cnt, rq, out),
-                2 => rows::<2, 12, false>(d, r0, r1, st, cnt, rq, out),
-                _ => rows::<1, 12, false>(d, r0, r1, st, cnt, rq, out),
-            }
+            rows_nv::<false>(nv, d, r0, r1, st, cnt, rq, out)
+        }
+    }
+}
+
+/// [`run_rows`] for one `PF`: the microkernel of `nv` vectors.
+///
+/// # Safety
+/// As [`run_rows`].
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn rows_nv<const PF: bool>(
+    nv: usize,
+    d: &DecodedRows,
+    r0: usize,
+    r1: usize,
+    st: &impl Steps,
+    cnt: usize,
+    rq: &[Requant],
+    out: &impl Store,
+) {
+    // SAFETY: forwarded.
+    unsafe {
+        match nv {
+            4 => rows::<4, 6, PF>(d, r0, r1, st, cnt, rq, out),
+            3 => rows::<3, 8, PF>(d, r0, r1, st, cnt, rq, out),
+            2 => rows::<2, 12, PF>(d, r0, r1, st, cnt, rq, out),
+            _ => rows::<1, 12, PF>(d, r0, r1, st, cnt, rq, out),
         }
     }
 }
