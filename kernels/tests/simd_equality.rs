@@ -1215,6 +1215,42 @@ fn gemm_panel_windows() {
     }
 }
 
+/// Stride-2 layers, which the AVX-512 GEMM reads through a phase split
+/// of their input when a block's taps then fit one permute: ResNet's
+/// 3x3/2 shapes (a 128-byte window, a 64-byte plane), odd input sizes and
+/// asymmetric padding, even kernels (whose phase planes are a row and a
+/// column short of the padded input's half), one-row and one-column
+/// kernels (a single row or column phase), and groups.
+#[test]
+fn gemm_phase_split() {
+    for (h, w, kh, kw, pads, groups) in [
+        (28usize, 28usize, 3usize, 3usize, [1usize, 1, 1, 1], 1usize),
+        (14, 14, 3, 3, [1, 1, 1, 1], 1),
+        (15, 13, 3, 3, [1, 0, 0, 1], 1),
+        (9, 9, 2, 2, [0, 0, 0, 0], 1),
+        (10, 11, 4, 4, [1, 2, 1, 0], 1),
+        (12, 12, 1, 3, [0, 1, 0, 1], 1),
+        (16, 30, 3, 1, [1, 0, 1, 0], 1),
+        (11, 12, 5, 5, [2, 2, 2, 2], 2),
+    ] {
+        let g = Conv2dGeom {
+            c_in: 14,
+            h,
+            w,
+            c_out: 22,
+            kh,
+            kw,
+            stride: [2, 2],
+            pads,
+            dilation: [1, 1],
+            groups,
+        };
+        for b in 2..=4 {
+            check_i8(&case(g, b, (h * 100 + w + kh) as u64)).unwrap();
+        }
+    }
+}
+
 /// The batched linear GEMM of this target, if this CPU runs it.
 fn linear_gemm() -> Option<dispatch::LinFn> {
     #[cfg(target_arch = "x86_64")]

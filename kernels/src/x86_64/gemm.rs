@@ -29,7 +29,9 @@
 //!
 //! The panel (at most 288 KiB, `k` up to [`crate::gemm::MAX_K`]) is on the
 //! stack: the kernel crate never allocates. Fewer pixels per block (down to
-//! 16) keep large-`k` panels within it.
+//! 16) keep large-`k` panels within it. Stride-2 layers whose input fits
+//! 192 KiB read it through a phase-split copy on the stack (`Phases`),
+//! in a frame of its own.
 
 use core::arch::x86_64::*;
 use core::mem::MaybeUninit;
@@ -452,14 +454,18 @@ pub(super) unsafe fn tap(
 }
 
 /// Build the panel of group `grp` for `nv` vectors of the block `blk`:
-/// `kp / 4` steps of `nv * 64` bytes at `panel`.
+/// `kp / 4` steps of `nv * 64` bytes at `panel`. With `ph`, `x` is the
+/// phase split of the input ([`split_phases`]) and `blk` a block of its
+/// geometry.
 ///
 /// # Safety
 /// AVX-512 F/BW/VBMI available; `panel` is valid for writes of
-/// `kp / 4 * nv * 64` bytes; `x.len() == g.in_len()`.
+/// `kp / 4 * nv * 64` bytes; `x.len()` is `g.in_len()`, or with `ph`,
+/// `ph.gv.in_len()`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
-unsafe fn build_panel(
+unsafe fn build_panel<const PH: bool>(
     g: &Conv2dGeom,
+    ph: Option<&Phases>,
     x: &[i8],
     grp: usize,
     blk: &Block,
@@ -469,6 +475,12 @@ unsafe fn build_panel(
     let k = g.k();
     let kp = padded_k(k);
     let (kh, kw) = (g.kh, g.kw);
+    // An instance per `PH`: the stem, without a split, ran 1% slower
+    // with the test in the tap loop.
+    let gx = match ph {
+        Some(ph) if PH => &ph.gv,
+        _ => g,
+    };
     let c_base = grp * g.c_in_g();
     let flip = _mm512_set1_epi8(0x80u8 as i8);
     // SAFETY (the four loads): the index tables are 64 bytes each.
@@ -486,8 +498,18 @@ unsafe fn build_panel(
         let mut t = [_mm512_setzero_si512(); 4];
         for tv in &mut t {
             if ic < g.c_in_g() {
-                // SAFETY: c_base + ic < c_in; features forwarded.
-                *tv = _mm512_xor_si512(tap_lanes!(g, x, blk, c_base + ic, ky, kx), flip);
+                // Tap (ky, kx) of channel c reads phase (ky % 2, kx % 2)
+                // of c at its tap (ky / 2, kx / 2).
+                let (c, tky, tkx) = match ph {
+                    Some(ph) if PH => (
+                        ((c_base + ic) * ph.py + ky % 2) * ph.px + kx % 2,
+                        ky / 2,
+                        kx / 2,
+                    ),
+                    _ => (c_base + ic, ky, kx),
+                };
+                // SAFETY: c < gx.c_in; features forwarded.
+                *tv = _mm512_xor_si512(tap_lanes!(gx, x, blk, c, tky, tkx), flip);
                 kx += 1;
                 if kx == kw {
                     kx = 0;
@@ -1211,8 +1233,159 @@ unsafe fn conv(
     unsafe { panel_conv(g, x, d, oc0, rq, out) }
 }
 
-/// [`conv`] on code-order rows: a panel per block of pixels. Out of line
-/// so that the direct kernel's calls do not probe this frame's 324 KiB.
+/// Bytes of the stack copy of a stride-2 layer's input in [`Phases`].
+const PHASE_BYTES: usize = 192 * 1024;
+
+/// The stack buffer of [`split_phases`].
+#[repr(C, align(64))]
+struct PhaseBuf([i8; PHASE_BYTES]);
+
+/// A stride-2 layer read as a stride-1 one. Its zero-padded input splits
+/// into phases, phase `(a, b)` of a channel holding the padded input's
+/// rows `2i + a` and columns `2j + b`; tap `(ky, kx)` of output pixel
+/// `(oy, ox)` is then pixel `(oy + ky / 2, ox + kx / 2)` of phase
+/// `(ky % 2, kx % 2)`. So the panel builder reads it as the stride-1,
+/// unpadded layer `gv` over `py * px` phase planes per channel, whose
+/// taps are plain loads, and on small planes one permute of the plane
+/// or of a 128-byte window. Read with stride 2, a tap was two loads, a
+/// `vpermt2b` and a blend per run of a block within an output row, and
+/// building the panel took a quarter of ResNet-18's 3x3/2 and 1x1/2
+/// layers.
+pub(super) struct Phases {
+    /// The stride-1 layer over the phase planes: channel `c`'s phase
+    /// `(a, b)` is its input channel `(c * py + a) * px + b`, of
+    /// `out_h + kh' - 1` rows and `out_w + kw' - 1` columns, `kh'` and
+    /// `kw'` the kernel's halves rounded up (the taps of phase 0).
+    pub(super) gv: Conv2dGeom,
+    /// Row phases: 1 for a kernel of one row, else 2.
+    pub(super) py: usize,
+    /// Column phases, likewise.
+    pub(super) px: usize,
+}
+
+impl Phases {
+    /// The phase split of `g`, where it pays: `g` has stride 2, dilation
+    /// 1 and more than one tap, the split fits [`PHASE_BYTES`], and a
+    /// block of 64 output pixels spans at most 128 bytes of each phase
+    /// plane (so that its taps are one permute). Measured, one thread:
+    /// ResNet-18's 3x3/2 layers at 14x14 and 7x7 335 -> 323 and 340 ->
+    /// 327 us. A 1x1/2 layer copies as many bytes into the split as into
+    /// its panel, and ran 4-6 us slower (of 50-60); the stem's blocks
+    /// take one or two loads a tap either way, and it ran 1% slower.
+    pub(super) fn of(g: &Conv2dGeom) -> Option<Phases> {
+        if g.stride != [2, 2] || g.dilation != [1, 1] || g.kh * g.kw == 1 {
+            return None;
+        }
+        let (khv, kwv) = (g.kh.div_ceil(2), g.kw.div_ceil(2));
+        let (py, px) = (g.kh.min(2), g.kw.min(2));
+        let gv = Conv2dGeom {
+            c_in: g.c_in.checked_mul(py * px)?,
+            h: g.out_h() + khv - 1,
+            w: g.out_w() + kwv - 1,
+            kh: khv,
+            kw: kwv,
+            stride: [1, 1],
+            pads: [0; 4],
+            ..*g
+        };
+        // The split's last store runs up to 64 bytes past it.
+        let bytes = gv.c_in.checked_mul(gv.h)?.checked_mul(gv.w)?;
+        let span = (64usize.div_ceil(g.out_w()) + 1) * gv.w;
+        (bytes + 64 <= PHASE_BYTES && (span <= 128 || gv.h * gv.w <= 64)).then_some(Phases {
+            gv,
+            py,
+            px,
+        })
+    }
+}
+
+/// Write the phase planes of [`Phases`] for input `x` of `g` at `buf`:
+/// per input row that a row phase takes, the 128 bytes from the first
+/// column the phases read, whose even and odd bytes (`vpermt2b`) are the
+/// two column phases. The stores are whole vectors, running up to 64
+/// bytes past the plane row they write into bytes written afterwards
+/// (masked stores were a quarter of the split's time).
+///
+/// # Safety
+/// AVX-512 F/BW/VBMI available; `x.len() == g.in_len()`; `buf` valid for
+/// writes of `ph.gv.in_len() + 64` bytes.
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+unsafe fn split_phases(g: &Conv2dGeom, x: &[i8], ph: &Phases, buf: *mut i8) {
+    let (hv, wv) = (ph.gv.h, ph.gv.w);
+    let (w, h) = (g.w as isize, g.h as isize);
+    // Plane (c, a, b) starts at ((c * py + a) * px + b) * hv * wv.
+    let pl = hv * wv;
+    // SAFETY: EVEN is 64 bytes.
+    let even = unsafe { _mm512_loadu_si512(EVEN.as_ptr().cast()) };
+    let odd = _mm512_add_epi8(even, _mm512_set1_epi8(1));
+    let zero = _mm512_setzero_si512();
+    for c in 0..g.c_in {
+        for a in 0..ph.py {
+            let plane = buf.wrapping_add((c * ph.py + a) * ph.px * pl);
+            for i in 0..hv {
+                let iy = (2 * i + a) as isize - g.pads[0] as isize;
+                let row = x.as_ptr().wrapping_offset((c as isize * h + iy) * w);
+                let dst = plane.wrapping_add(i * wv);
+                let mut j0 = 0;
+                while j0 < wv {
+                    let (v0, v1) = if (0..h).contains(&iy) {
+                        // Byte t of the pair is column s0 + t.
+                        let s0 = (2 * j0) as isize - g.pads[1] as isize;
+                        let t0 = (-s0).clamp(0, 128) as usize;
+                        let t1 = (w - s0).clamp(0, 128) as usize;
+                        let mlo = if t0 < t1.min(64) {
+                            lanes(t0, t1.min(64))
+                        } else {
+                            0
+                        };
+                        let mhi = if t0.max(64) < t1 {
+                            lanes(t0.max(64) - 64, t1 - 64)
+                        } else {
+                            0
+                        };
+                        let p = row.wrapping_offset(s0);
+                        // SAFETY: the enabled bytes are columns 0 .. w of
+                        // row iy of channel c, inside x.
+                        let (lo, hi) = unsafe {
+                            (
+                                _mm512_maskz_loadu_epi8(mlo, p),
+                                _mm512_maskz_loadu_epi8(mhi, p.wrapping_add(64)),
+                            )
+                        };
+                        (
+                            _mm512_permutex2var_epi8(lo, even, hi),
+                            _mm512_permutex2var_epi8(lo, odd, hi),
+                        )
+                    } else {
+                        (zero, zero)
+                    };
+                    // SAFETY: plane row i starts j0 < wv bytes before the
+                    // stores, which end at most 64 bytes past their plane,
+                    // inside the buffer (the caller's room past the last).
+                    unsafe {
+                        // Column phase 0's stores that would run into phase
+                        // 1, which is written row by row beside it, are
+                        // masked; all later planes are written afterwards.
+                        if ph.px == 1 || i * wv + j0 + 64 <= pl {
+                            _mm512_storeu_si512(dst.add(j0).cast(), v0);
+                        } else {
+                            let m = lanes_upto((wv - j0).min(64));
+                            _mm512_mask_storeu_epi8(dst.add(j0), m, v0);
+                        }
+                        if ph.px == 2 {
+                            _mm512_storeu_si512(dst.add(pl + j0).cast(), v1);
+                        }
+                    }
+                    j0 += 64;
+                }
+            }
+        }
+    }
+}
+
+/// [`conv`] on code-order rows: a panel per block of pixels, read through
+/// the phase split where that applies. Out of line so that the direct
+/// kernel's calls do not probe this frame.
 ///
 /// # Safety
 /// As [`conv`]; `d.rows() > 0`, a non-empty output plane.
@@ -1220,6 +1393,56 @@ unsafe fn conv(
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vbmi,avx512vnni")]
 unsafe fn panel_conv(
     g: &Conv2dGeom,
+    x: &[i8],
+    d: &DecodedRows,
+    oc0: usize,
+    rq: &[Requant],
+    out: &mut [i8],
+) {
+    // SAFETY (both): forwarded.
+    match Phases::of(g) {
+        Some(ph) => unsafe { panel_conv_split(g, &ph, x, d, oc0, rq, out) },
+        None => unsafe { panel_conv_of(g, None, x, d, oc0, rq, out) },
+    }
+}
+
+/// [`panel_conv`] through the phase split `ph`, in its own frame.
+///
+/// # Safety
+/// As [`conv`]; `ph` is `Phases::of(g)`.
+#[inline(never)]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vbmi,avx512vnni")]
+unsafe fn panel_conv_split(
+    g: &Conv2dGeom,
+    ph: &Phases,
+    x: &[i8],
+    d: &DecodedRows,
+    oc0: usize,
+    rq: &[Requant],
+    out: &mut [i8],
+) {
+    let mut buf = MaybeUninit::<PhaseBuf>::uninit();
+    let bp = buf.as_mut_ptr().cast::<i8>();
+    let len = ph.gv.in_len();
+    // SAFETY: len + 64 <= PHASE_BYTES (Phases::of); split_phases writes
+    // all len bytes before the slice is made.
+    unsafe {
+        split_phases(g, x, ph, bp);
+        let xs = core::slice::from_raw_parts(bp, len);
+        panel_conv_of(g, Some(ph), xs, d, oc0, rq, out)
+    }
+}
+
+/// The body of [`panel_conv`]: `x` is the input, or with `ph` its phase
+/// split.
+///
+/// # Safety
+/// As [`conv`], with `x` as [`build_panel`] takes it.
+#[inline(never)]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vbmi,avx512vnni")]
+unsafe fn panel_conv_of(
+    g: &Conv2dGeom,
+    ph: Option<&Phases>,
     x: &[i8],
     d: &DecodedRows,
     oc0: usize,
@@ -1236,7 +1459,12 @@ unsafe fn panel_conv(
     // Written only through the sinks below, within rows and pixels of the
     // call (checked by conv_gemm_i8).
     let op = out.as_mut_ptr();
-    for_blocks(g, n, oc0, 16 * nv_max, |grp, r, r_end, q0, blk| {
+    // Blocks of the geometry the panel reads: the same output pixels.
+    let gb = match ph {
+        Some(ph) => &ph.gv,
+        None => g,
+    };
+    for_blocks(gb, n, oc0, 16 * nv_max, |grp, r, r_end, q0, blk| {
         let cnt = blk.pixels();
         let nv = cnt.div_ceil(16);
         let (whole, t) = (cnt / 16, cnt % 16);
@@ -1256,7 +1484,10 @@ unsafe fn panel_conv(
         // r .. r_end < n and lanes below cnt are pixels q0 .. q0 + cnt of
         // planes within `out` (conv_gemm_i8 checked its length).
         unsafe {
-            build_panel(g, x, grp, blk, nv, pp);
+            match ph {
+                Some(_) => build_panel::<true>(g, ph, x, grp, blk, nv, pp),
+                None => build_panel::<false>(g, ph, x, grp, blk, nv, pp),
+            }
             if tail_fits(t, d.kp()) {
                 tail_patches(d.kp(), &st, whole, t, tp);
                 // Chunks of rows (a multiple of every MR) so that the tail
