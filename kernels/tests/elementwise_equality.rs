@@ -221,10 +221,21 @@ fn add_edge_requantizers_all_pairs() {
         i32::MIN,
         i32::MIN + 1,
         (1 << 24) + 0x8000,
+        // The AVX-512 pair split's corners: m_lo = 0x7fff, m_hi = -2^15,
+        // and the first multipliers past its range.
+        0x7fff,
+        0x3fff_ffff,
+        -0x4000_0000,
+        0x4000_0000,
+        -0x4000_0001,
     ];
     for &ma in &ms {
         for &mb in &ms {
             for (shift, offset) in [
+                (15, 1 << 14),
+                (15, -(1 << 45)),
+                (46, 1 << 45),
+                (46, (1 << 45) + 0x7fff),
                 (16, 1 << 15),
                 (24, 1 << 23),
                 (31, 1 << 30),
@@ -232,8 +243,7 @@ fn add_edge_requantizers_all_pairs() {
                 (47, -(1 << 46)),
                 (24, (1 << 46) + 0xffff),
                 (24, -12345),
-                // Outside the fast path: the reference runs.
-                (15, 1 << 14),
+                // Outside the fast paths: the reference runs.
                 (0, 0),
                 (48, 1 << 47),
                 (62, 1 << 61),
