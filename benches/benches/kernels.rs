@@ -112,9 +112,9 @@ fn bench(c: &mut Criterion) {
                     // not timed).
                     KernelFn::DecodedI8(f) => {
                         let order = k.decoded_order(&g);
-                        let (dw, corr, at, fix) = decode_rows(&w, order);
-                        let d =
-                            gemm::DecodedRows::new(&dw, &corr, &at, &fix, g.k(), order).unwrap();
+                        let (dw, corr, sh, at, fix) = decode_rows(&w, order);
+                        let d = gemm::DecodedRows::new(&dw, &corr, &sh, &at, &fix, g.k(), order)
+                            .unwrap();
                         group.bench_function(id, |bn| bn.iter(|| f(&g, &xi, &d, 0, &rq, &mut oi)))
                     }
                     KernelFn::ListsI8(f) => {
@@ -179,15 +179,16 @@ fn bench(c: &mut Criterion) {
 criterion_group!(benches, bench);
 criterion_main!(benches);
 
+/// The parts of decoded rows: weights, corrections, forms, fix index
+/// and fixes ([`gemm::decode`]).
+type Decoded = (Vec<i8>, Vec<i32>, Vec<u8>, Vec<u32>, Vec<gemm::Fix>);
+
 /// `w` decoded in `order` (the layout the runtime builds at load).
-fn decode_rows(
-    w: &PackedRows,
-    order: gemm::Order,
-) -> (Vec<i8>, Vec<i32>, Vec<u32>, Vec<gemm::Fix>) {
+fn decode_rows(w: &PackedRows, order: gemm::Order) -> Decoded {
     let n = w.rows();
     let (mut dw, mut corr) = (vec![0i8; n * order.kp(w.k())], vec![0i32; n]);
-    let mut at = vec![0u32; n + 1];
+    let (mut sh, mut at) = (vec![0u8; n], vec![0u32; n + 1]);
     let mut fix = vec![gemm::Fix::default(); gemm::fix_count(w, order)];
-    gemm::decode(w, order, &mut dw, &mut corr, &mut at, &mut fix);
-    (dw, corr, at, fix)
+    gemm::decode(w, order, &mut dw, &mut corr, &mut sh, &mut at, &mut fix);
+    (dw, corr, sh, at, fix)
 }

@@ -15,24 +15,32 @@
 //!
 //! The layout ([`DecodedRows`]):
 //! * `w`: `n` rows of `kp = k` rounded up to a multiple of 4, zero past
-//!   `k`, row `r` at `w[r * kp ..]`. A weight `s * 2^p` is stored as is,
-//!   except +128 (4-bit codes only), which int8 cannot hold: it is stored
-//!   as 127 and the missing 1 goes into a [`Fix`].
+//!   `k`, row `r` at `w[r * kp ..]`. 4-bit codes reach +128, which int8
+//!   cannot hold, so each row takes one of two forms (`shift`), whichever
+//!   needs fewer [`Fix`] blocks:
+//!   * `shift[r] = 0`: a weight `s * 2^p` is stored as is, except +128,
+//!     stored as 127 with the missing 1 in a fix;
+//!   * `shift[r] = 1`: halved. `s * 2^p` is stored as `s * 2^(p - 1)`,
+//!     except +-1, stored as 0 with the +-1 in a fix. The kernel doubles
+//!     the row's sums before it adds the fixes.
 //! * `fix`: per row (`fix_at[r] .. fix_at[r + 1]`), the blocks of four
-//!   weights that held a +128, with a word of four int8 addends (1 where
-//!   the weight was +128, else 0). In ResNet-18 at 4 bits (random
-//!   weights, `benches/peers`), 1.7% of the weights are +128 and 6% of
-//!   the blocks need a fix; the kernel applies one as a broadcast, a panel
-//!   load and one more `vpdpbusd` per 16 pixels, about a tenth of a
-//!   layer's time.
-//! * `corr`: per row, `-128 * sum(w)` over the true weights: the kernel
-//!   feeds activations as unsigned `x + 128` (`x ^ 0x80`), and
-//!   `sum w * (x + 128) - 128 * sum w = sum w * x`. Sums wrap in `i32`
-//!   like the hardware's, and the true sum fits, so the result is exact.
+//!   weights that need one, with a word of four int8 addends. The kernel
+//!   applies one as a broadcast, a panel load and one more `vpdpbusd` per
+//!   16 pixels. A layer whose weights crowd the top exponent needs many:
+//!   in `benches/peers`' 4096 x 4096 linear layer, 33% of the blocks hold
+//!   a +128 and the fixes took 45% of the layer's time; halved, its rows
+//!   need fixes in 4% of their blocks. ResNet-18's convs go from 5% to
+//!   3.7%.
+//! * `corr`: per row, what its sums start at: `-128 * sum(w)` over the
+//!   true weights, shifted right by `shift[r]` (a multiple of 128 halves
+//!   exactly). The kernel feeds activations as unsigned `x + 128`
+//!   (`x ^ 0x80`), and `sum w * (x + 128) - 128 * sum w = sum w * x`. Sums
+//!   wrap in `i32` like the hardware's, and the true sum fits, so the
+//!   result is exact.
 
 use crate::{Conv2dGeom, PackedRows, Requant};
 
-/// A block of four weights of one row that held a +128 (see the module
+/// A block of four weights of one row that needs a fix (see the module
 /// documentation).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Fix {
@@ -116,6 +124,8 @@ pub enum DecodedError {
     Weights,
     /// `fix_at` is not `rows + 1` non-decreasing indices within `fix`.
     FixIndex,
+    /// `shift` is not one entry of 0 or 1 per row.
+    Shift,
     /// A fix names a block past the row's end, or a row's fixes are not
     /// in ascending block order.
     FixBlock,
@@ -126,6 +136,7 @@ pub enum DecodedError {
 pub struct DecodedRows<'a> {
     w: &'a [i8],
     corr: &'a [i32],
+    shift: &'a [u8],
     fix_at: &'a [u32],
     fix: &'a [Fix],
     k: usize,
@@ -138,12 +149,16 @@ impl<'a> DecodedRows<'a> {
     pub fn new(
         w: &'a [i8],
         corr: &'a [i32],
+        shift: &'a [u8],
         fix_at: &'a [u32],
         fix: &'a [Fix],
         k: usize,
         order: Order,
     ) -> Result<Self, DecodedError> {
         let rows = corr.len();
+        if shift.len() != rows || shift.iter().any(|&s| s > 1) {
+            return Err(DecodedError::Shift);
+        }
         if let Order::Taps { taps, cp } = order {
             let fits = taps > 0 && k.is_multiple_of(taps) && cp.is_multiple_of(4) && k / taps <= cp;
             if !fits || taps.checked_mul(cp).is_none() {
@@ -172,6 +187,7 @@ impl<'a> DecodedRows<'a> {
         Ok(DecodedRows {
             w,
             corr,
+            shift,
             fix_at,
             fix,
             k,
@@ -188,15 +204,17 @@ impl<'a> DecodedRows<'a> {
     pub unsafe fn new_unchecked(
         w: &'a [i8],
         corr: &'a [i32],
+        shift: &'a [u8],
         fix_at: &'a [u32],
         fix: &'a [Fix],
         k: usize,
         order: Order,
     ) -> Self {
-        debug_assert!(DecodedRows::new(w, corr, fix_at, fix, k, order).is_ok());
+        debug_assert!(DecodedRows::new(w, corr, shift, fix_at, fix, k, order).is_ok());
         DecodedRows {
             w,
             corr,
+            shift,
             fix_at,
             fix,
             k,
@@ -235,10 +253,18 @@ impl<'a> DecodedRows<'a> {
         &self.w[r * kp..(r + 1) * kp]
     }
 
-    /// Row `r`'s offset correction, `-128 * sum(w)`.
+    /// What row `r`'s sums start at: its offset correction `-128 *
+    /// sum(w)`, shifted right by [`DecodedRows::shift`].
     #[inline]
     pub fn corr(&self, r: usize) -> i32 {
         self.corr[r]
+    }
+
+    /// Row `r`'s form: 1 if its weights are stored halved (its sums are
+    /// doubled before its fixes are added), else 0.
+    #[inline]
+    pub fn shift(&self, r: usize) -> u32 {
+        self.shift[r] as u32
     }
 
     /// Row `r`'s fixes.
@@ -253,6 +279,7 @@ impl<'a> DecodedRows<'a> {
         DecodedRows {
             w: &self.w[start * kp..(start + n) * kp],
             corr: &self.corr[start..start + n],
+            shift: &self.shift[start..start + n],
             fix_at: &self.fix_at[start..start + n + 1],
             fix: self.fix,
             k: self.k,
@@ -268,67 +295,96 @@ impl<'a> DecodedRows<'a> {
         let fix = fixes
             .binary_search_by_key(&(s as u32 / 4), |f| f.kb)
             .map_or(0, |j| fixes[j].word.to_le_bytes()[s % 4] as i8 as i32);
-        self.row(r)[s] as i32 + fix
+        ((self.row(r)[s] as i32) << self.shift(r)) + fix
+    }
+}
+
+/// Row `r` of `w` in `order`: its blocks that hold a +128 and those that
+/// hold a +-1, the fixes of its two forms (`value`: each code's value).
+fn row_fix_blocks(w: &PackedRows, r: usize, order: Order, value: &[i32; 256]) -> (usize, usize) {
+    let (codes, bits) = (w.row(r), w.bits());
+    let (mut top, mut one, mut ht, mut ho) = (0, 0, false, false);
+    order.each_stored(w.k(), |s, i| {
+        if let Some(i) = i {
+            let v = value[crate::codes::code_at(codes, bits, i) as usize];
+            ht |= v == 128;
+            ho |= v == 1 || v == -1;
+        }
+        if s % 4 == 3 {
+            (top, one) = (top + ht as usize, one + ho as usize);
+            (ht, ho) = (false, false);
+        }
+    });
+    (top, one)
+}
+
+/// Each code's value, looked up: decoding runs over every weight of the
+/// model at load.
+fn code_values(bits: crate::Bits) -> [i32; 256] {
+    let mut value = [0i32; 256];
+    for (c, v) in value.iter_mut().enumerate().take(1 << bits.get()) {
+        *v = bits.value(c as u8);
+    }
+    value
+}
+
+/// Row `r`'s form ([`DecodedRows::shift`]) and its fix count: halved
+/// where that needs fewer fixes. Codes without +128 (below 4 bits) need
+/// none as they are.
+fn row_form(w: &PackedRows, r: usize, order: Order, value: &[i32; 256]) -> (u8, usize) {
+    if value[w.bits().encode(false, w.bits().max_exp()) as usize] != 128 {
+        return (0, 0);
+    }
+    match row_fix_blocks(w, r, order, value) {
+        (top, one) if one < top => (1, one),
+        (top, _) => (0, top),
     }
 }
 
 /// How many [`Fix`] entries [`decode`] writes for `w` in `order`.
 pub fn fix_count(w: &PackedRows, order: Order) -> usize {
-    let top = w.bits().encode(false, w.bits().max_exp());
-    let plus128 = w.bits().value(top) == 128;
-    if !plus128 {
-        return 0;
-    }
-    let (mut blocks, bits) = (0, w.bits());
-    for r in 0..w.rows() {
-        let (codes, mut hit) = (w.row(r), false);
-        order.each_stored(w.k(), |s, i| {
-            hit |= i.is_some_and(|i| crate::codes::code_at(codes, bits, i) == top);
-            if s % 4 == 3 {
-                blocks += hit as usize;
-                hit = false;
-            }
-        });
-    }
-    blocks
+    let value = code_values(w.bits());
+    (0..w.rows()).map(|r| row_form(w, r, order, &value).1).sum()
 }
 
 /// Decode `w` into the layout of [`DecodedRows`] in `order`: `out` holds
-/// `rows * order.kp(k)` weights, `corr` and `fix_at` `rows` and `rows + 1`
-/// entries, `fix` exactly [`fix_count`] entries. Panics on other lengths.
+/// `rows * order.kp(k)` weights, `corr`, `shift` and `fix_at` `rows`,
+/// `rows` and `rows + 1` entries, `fix` exactly [`fix_count`] entries.
+/// Panics on other lengths.
 pub fn decode(
     w: &PackedRows,
     order: Order,
     out: &mut [i8],
     corr: &mut [i32],
+    shift: &mut [u8],
     fix_at: &mut [u32],
     fix: &mut [Fix],
 ) {
     let (n, k, kp, bits) = (w.rows(), w.k(), order.kp(w.k()), w.bits());
     assert_eq!(out.len(), n * kp, "decode: weights length");
     assert_eq!(corr.len(), n, "decode: corrections length");
+    assert_eq!(shift.len(), n, "decode: shifts length");
     assert_eq!(fix_at.len(), n + 1, "decode: fix index length");
-    // Each code's value, looked up: decoding runs over every weight of
-    // the model at load.
-    let mut value = [0i32; 256];
-    for (c, v) in value.iter_mut().enumerate().take(1 << bits.get()) {
-        *v = bits.value(c as u8);
-    }
+    let value = code_values(bits);
     let mut nf = 0usize;
     for r in 0..n {
         fix_at[r] = nf as u32;
+        let half = row_form(w, r, order, &value).0;
+        shift[r] = half;
         let (row, codes) = (&mut out[r * kp..(r + 1) * kp], w.row(r));
         let mut sum = 0i32;
         let mut word = [0u8; 4];
         order.each_stored(k, |s, i| {
             let v = i.map_or(0, |j| value[crate::codes::code_at(codes, bits, j) as usize]);
             sum += v;
-            if v == 128 {
-                row[s] = 127;
-                word[s % 4] = 1;
-            } else {
-                row[s] = v as i8;
-            }
+            let (stored, fixed) = match (half, v) {
+                (0, 128) => (127, 1),
+                (0, v) => (v, 0),
+                (_, v @ (-1 | 1)) => (0, v),
+                (_, v) => (v / 2, 0),
+            };
+            row[s] = stored as i8;
+            word[s % 4] = fixed as i8 as u8;
             if s % 4 == 3 && word != [0; 4] {
                 fix[nf] = Fix {
                     kb: (s / 4) as u32,
@@ -338,7 +394,8 @@ pub fn decode(
                 word = [0; 4];
             }
         });
-        corr[r] = sum.wrapping_mul(-128);
+        // A multiple of 128: halving it is exact.
+        corr[r] = sum.wrapping_mul(-128) >> half;
     }
     fix_at[n] = nf as u32;
     assert_eq!(nf, fix.len(), "decode: fix length");
@@ -533,22 +590,27 @@ mod tests {
                 assert_eq!(nf > 0, bits == Bits::B4);
                 let (mut out, mut corr) = (vec![0i8; n * order.kp(k)], vec![0i32; n]);
                 let (mut at, mut fix) = (vec![0u32; n + 1], vec![Fix::default(); nf]);
-                decode(&w, order, &mut out, &mut corr, &mut at, &mut fix);
-                let d = DecodedRows::new(&out, &corr, &at, &fix, k, order).unwrap();
+                let mut shift = vec![0u8; n];
+                decode(
+                    &w, order, &mut out, &mut corr, &mut shift, &mut at, &mut fix,
+                );
+                let d = DecodedRows::new(&out, &corr, &shift, &at, &fix, k, order).unwrap();
                 for r in 0..n {
                     let mut sum = 0;
                     for i in 0..k {
                         assert_eq!(d.weight(r, i), bits.value(codes[r * k + i]));
                         sum += d.weight(r, i);
                     }
-                    assert_eq!(d.corr(r), -128 * sum);
+                    assert_eq!(d.corr(r) << d.shift(r), -128 * sum);
                     // Every stored weight is a true one or padding (zero).
-                    let stored: i32 = d.row(r).iter().map(|&v| v as i32).sum::<i32>()
-                        + d.fixes(r)
-                            .iter()
-                            .map(|f| f.word.to_le_bytes().iter().sum::<u8>() as i32)
-                            .sum::<i32>();
-                    assert_eq!(stored, sum);
+                    let fixed: i32 = d
+                        .fixes(r)
+                        .iter()
+                        .flat_map(|f| f.word.to_le_bytes())
+                        .map(|b| b as i8 as i32)
+                        .sum();
+                    let stored: i32 = d.row(r).iter().map(|&v| v as i32).sum::<i32>();
+                    assert_eq!((stored << d.shift(r)) + fixed, sum);
                     if order == Order::Codes {
                         assert!(d.row(r)[k..].iter().all(|&v| v == 0));
                     }
@@ -560,38 +622,100 @@ mod tests {
         }
     }
 
+    /// Rows crowded at the top exponent are stored halved, their +-1 in
+    /// fixes; rows with more +-1 blocks than +128 ones are not.
+    #[test]
+    fn decode_halves_rows_crowded_at_the_top() {
+        let bits = Bits::B4;
+        let (top, one) = (bits.encode(false, 7), bits.encode(true, 0));
+        let k = 16;
+        // Row 0: +128 in every block, one -1. Row 1: -1 in every block,
+        // one +128. Row 2: as many of each (a tie keeps the row as is).
+        let mut codes = vec![bits.encode(false, 3); 3 * k];
+        for b in 0..4 {
+            codes[4 * b] = top;
+            codes[k + 4 * b + 1] = one;
+        }
+        codes[3] = one;
+        codes[k + 2] = top;
+        codes[2 * k] = top;
+        codes[2 * k + 5] = one;
+        let mut packed = vec![0u8; 3 * bits.row_bytes(k)];
+        pack(&codes, bits, 3, k, &mut packed);
+        let w = PackedRows::new(&packed, bits, 3, k).unwrap();
+        let nf = fix_count(&w, Order::Codes);
+        assert_eq!(nf, 1 + 1 + 1);
+        let (mut out, mut corr, mut shift) = (vec![0i8; 3 * k], vec![0i32; 3], vec![9u8; 3]);
+        let (mut at, mut fix) = (vec![0u32; 4], vec![Fix::default(); nf]);
+        decode(
+            &w,
+            Order::Codes,
+            &mut out,
+            &mut corr,
+            &mut shift,
+            &mut at,
+            &mut fix,
+        );
+        assert_eq!(shift, [1, 0, 0]);
+        let d = DecodedRows::new(&out, &corr, &shift, &at, &fix, k, Order::Codes).unwrap();
+        assert_eq!(d.row(0)[0], 64);
+        assert_eq!(
+            d.fixes(0),
+            &[Fix {
+                kb: 0,
+                word: i32::from_le_bytes([0, 0, 0, 0xff])
+            }]
+        );
+        for r in 0..3 {
+            let mut sum = 0;
+            for i in 0..k {
+                assert_eq!(d.weight(r, i), bits.value(codes[r * k + i]), "{r} {i}");
+                sum += d.weight(r, i);
+            }
+            assert_eq!(d.corr(r) << d.shift(r), -128 * sum);
+        }
+    }
+
     #[test]
     fn inconsistent_layouts_are_refused() {
         let w = [0i8; 8];
         let corr = [0i32; 2];
+        let sh = [0u8, 1];
         let fix = [Fix { kb: 0, word: 1 }];
-        assert!(DecodedRows::new(&w, &corr, &[0, 0, 1], &fix, 3, Order::Codes).is_ok());
+        for bad in [&[0u8][..], &[0, 2], &[0, 0, 0]] {
+            assert_eq!(
+                DecodedRows::new(&w, &corr, bad, &[0, 0, 1], &fix, 3, Order::Codes).err(),
+                Some(DecodedError::Shift),
+                "{bad:?}"
+            );
+        }
+        assert!(DecodedRows::new(&w, &corr, &sh, &[0, 0, 1], &fix, 3, Order::Codes).is_ok());
         assert_eq!(
-            DecodedRows::new(&w[..7], &corr, &[0, 0, 1], &fix, 3, Order::Codes).err(),
+            DecodedRows::new(&w[..7], &corr, &sh, &[0, 0, 1], &fix, 3, Order::Codes).err(),
             Some(DecodedError::Weights)
         );
         assert_eq!(
-            DecodedRows::new(&w, &corr, &[0, 1, 0], &fix, 3, Order::Codes).err(),
+            DecodedRows::new(&w, &corr, &sh, &[0, 1, 0], &fix, 3, Order::Codes).err(),
             Some(DecodedError::FixIndex)
         );
         assert_eq!(
-            DecodedRows::new(&w, &corr, &[0, 0, 2], &fix, 3, Order::Codes).err(),
+            DecodedRows::new(&w, &corr, &sh, &[0, 0, 2], &fix, 3, Order::Codes).err(),
             Some(DecodedError::FixIndex)
         );
         let far = [Fix { kb: 1, word: 1 }];
         assert_eq!(
-            DecodedRows::new(&w, &corr, &[0, 0, 1], &far, 3, Order::Codes).err(),
+            DecodedRows::new(&w, &corr, &sh, &[0, 0, 1], &far, 3, Order::Codes).err(),
             Some(DecodedError::FixBlock)
         );
         let (w8, twice) = ([0i8; 16], [Fix { kb: 1, word: 1 }, Fix { kb: 0, word: 1 }]);
         assert_eq!(
-            DecodedRows::new(&w8, &corr, &[0, 2, 2], &twice, 8, Order::Codes).err(),
+            DecodedRows::new(&w8, &corr, &sh, &[0, 2, 2], &twice, 8, Order::Codes).err(),
             Some(DecodedError::FixBlock),
             "fixes out of order"
         );
-        assert!(DecodedRows::new(&w8, &corr, &[0, 1, 2], &twice, 8, Order::Codes).is_ok());
+        assert!(DecodedRows::new(&w8, &corr, &sh, &[0, 1, 2], &twice, 8, Order::Codes).is_ok());
         let taps = |taps, cp| Order::Taps { taps, cp };
-        assert!(DecodedRows::new(&w8, &corr, &[0, 0, 0], &[], 4, taps(2, 4)).is_ok());
+        assert!(DecodedRows::new(&w8, &corr, &sh, &[0, 0, 0], &[], 4, taps(2, 4)).is_ok());
         for (k, order) in [
             (4, taps(3, 4)),
             (8, taps(2, 2)),
@@ -599,7 +723,7 @@ mod tests {
             (4, taps(0, 4)),
         ] {
             assert_eq!(
-                DecodedRows::new(&w8, &corr, &[0, 0, 0], &[], k, order).err(),
+                DecodedRows::new(&w8, &corr, &sh, &[0, 0, 0], &[], k, order).err(),
                 Some(DecodedError::Weights),
                 "k {k}, {order:?}"
             );

@@ -82,8 +82,19 @@ struct Case {
 fn case(g: Conv2dGeom, b: u32, seed: u64) -> Case {
     let bits = Bits::new(b).unwrap();
     let mut r = Rng(seed | 1);
+    // Every third row crowds half its weights at the top exponent, as
+    // trained linear layers do: at 4 bits such rows are decoded halved
+    // for the GEMMs (`gemm::DecodedRows::shift`), the others mostly not.
+    let top = bits.max_exp();
     let codes: Vec<u8> = (0..g.c_out * g.k())
-        .map(|_| (r.next() % (1 << b)) as u8)
+        .map(|i| {
+            let v = r.next();
+            if (i / g.k()) % 3 == 1 && v.is_multiple_of(2) {
+                bits.encode(v.is_multiple_of(4), top)
+            } else {
+                (v % (1 << b)) as u8
+            }
+        })
         .collect();
     let mut packed = vec![0u8; g.c_out * bits.row_bytes(g.k())];
     pack(&codes, bits, g.c_out, g.k(), &mut packed);
@@ -200,8 +211,8 @@ fn check_decoded(c: &Case, w: &PackedRows, want: &[i8]) -> Result<(), TestCaseEr
     // for the kernels that take it (whatever `direct_applies` would pick).
     let orders = [Some(gemm::Order::Codes), gemm::taps_order(g)];
     for order in orders.into_iter().flatten() {
-        let (dw, corr, at, fix) = decode_rows(w, order);
-        let d = gemm::DecodedRows::new(&dw, &corr, &at, &fix, g.k(), order).unwrap();
+        let (dw, corr, sh, at, fix) = decode_rows(w, order);
+        let d = gemm::DecodedRows::new(&dw, &corr, &sh, &at, &fix, g.k(), order).unwrap();
         for k in dispatch::kernels() {
             let KernelFn::DecodedI8(f) = k.f else {
                 continue;
@@ -215,8 +226,8 @@ fn check_decoded(c: &Case, w: &PackedRows, want: &[i8]) -> Result<(), TestCaseEr
             }
         }
     }
-    let (dw, corr, at, fix) = decode_rows(w, gemm::Order::Codes);
-    let d = gemm::DecodedRows::new(&dw, &corr, &at, &fix, g.k(), gemm::Order::Codes).unwrap();
+    let (dw, corr, sh, at, fix) = decode_rows(w, gemm::Order::Codes);
+    let d = gemm::DecodedRows::new(&dw, &corr, &sh, &at, &fix, g.k(), gemm::Order::Codes).unwrap();
     let mut got = vec![0i8; g.out_len()];
     dispatch::conv_decoded_i8(g, &c.x, &d, 0, &c.rq, &mut got);
     prop_assert_eq!(
@@ -229,17 +240,18 @@ fn check_decoded(c: &Case, w: &PackedRows, want: &[i8]) -> Result<(), TestCaseEr
     check_lists(c, w, want)
 }
 
-/// `w` decoded in `order`: rows, corrections, fix index and fixes.
-fn decode_rows(
-    w: &PackedRows,
-    order: gemm::Order,
-) -> (Vec<i8>, Vec<i32>, Vec<u32>, Vec<gemm::Fix>) {
+/// The parts of decoded rows: weights, corrections, forms, fix index
+/// and fixes ([`gemm::decode`]).
+type Decoded = (Vec<i8>, Vec<i32>, Vec<u8>, Vec<u32>, Vec<gemm::Fix>);
+
+/// `w` decoded in `order`: rows, corrections, forms, fix index and fixes.
+fn decode_rows(w: &PackedRows, order: gemm::Order) -> Decoded {
     let n = w.rows();
     let (mut dw, mut corr) = (vec![0i8; n * order.kp(w.k())], vec![0i32; n]);
-    let mut at = vec![0u32; n + 1];
+    let (mut sh, mut at) = (vec![0u8; n], vec![0u32; n + 1]);
     let mut fix = vec![gemm::Fix::default(); gemm::fix_count(w, order)];
-    gemm::decode(w, order, &mut dw, &mut corr, &mut at, &mut fix);
-    (dw, corr, at, fix)
+    gemm::decode(w, order, &mut dw, &mut corr, &mut sh, &mut at, &mut fix);
+    (dw, corr, sh, at, fix)
 }
 
 /// `run(oc0, n, out)` computes channels `oc0 .. oc0 + n` of `c`'s layer
@@ -1333,8 +1345,8 @@ fn check_linear_batch(
     let (x, want) = batch(&c, m, seed);
     let w = PackedRows::new(&c.packed, c.bits, n, k).unwrap();
     if let Some(f) = linear_gemm().filter(|_| k <= gemm::MAX_K) {
-        let (dw, corr, at, fix) = decode_rows(&w, gemm::Order::Codes);
-        let d = gemm::DecodedRows::new(&dw, &corr, &at, &fix, k, gemm::Order::Codes).unwrap();
+        let (dw, corr, sh, at, fix) = decode_rows(&w, gemm::Order::Codes);
+        let d = gemm::DecodedRows::new(&dw, &corr, &sh, &at, &fix, k, gemm::Order::Codes).unwrap();
         let mut got = vec![0i8; m * n];
         f(&x, m, &d, &c.rq, &mut got);
         prop_assert_eq!(&got, &want, "gemm-dot m {} k {} n {} b {}", m, k, n, b);

@@ -84,6 +84,7 @@ enum Decoded {
     Rows {
         w: Vec<i8>,
         corr: Vec<i32>,
+        shift: Vec<u8>,
         fix_at: Vec<u32>,
         fix: Vec<Fix>,
         k: usize,
@@ -119,15 +120,24 @@ impl Decoded {
     /// them unchecked on every inference.
     fn rows(codes: &PackedRows, order: Order) -> Result<Decoded> {
         let (n, k) = (codes.rows(), codes.k());
-        let (mut w, mut corr) = (vec![0; n * order.kp(k)], vec![0; n]);
+        let (mut w, mut corr, mut shift) = (vec![0; n * order.kp(k)], vec![0; n], vec![0; n]);
         let nf = gemm::fix_count(codes, order);
         let (mut fix_at, mut fix) = (vec![0; n + 1], vec![Fix::default(); nf]);
-        gemm::decode(codes, order, &mut w, &mut corr, &mut fix_at, &mut fix);
-        DecodedRows::new(&w, &corr, &fix_at, &fix, k, order)
+        gemm::decode(
+            codes,
+            order,
+            &mut w,
+            &mut corr,
+            &mut shift,
+            &mut fix_at,
+            &mut fix,
+        );
+        DecodedRows::new(&w, &corr, &shift, &fix_at, &fix, k, order)
             .map_err(|e| Error::Graph(format!("decoded rows of a layer: {e:?}")))?;
         Ok(Decoded::Rows {
             w,
             corr,
+            shift,
             fix_at,
             fix,
             k,
@@ -157,11 +167,15 @@ impl Decoded {
             Decoded::Rows {
                 w,
                 corr,
+                shift,
                 fix_at,
                 fix,
                 ..
             } => {
-                w.len() + 4 * (corr.len() + fix_at.len()) + core::mem::size_of::<Fix>() * fix.len()
+                w.len()
+                    + shift.len()
+                    + 4 * (corr.len() + fix_at.len())
+                    + core::mem::size_of::<Fix>() * fix.len()
             }
             Decoded::Lists { idx, at, .. } => 2 * idx.len() + 4 * at.len(),
         }
@@ -335,11 +349,14 @@ impl<'a> Model<'a> {
             Decoded::Rows {
                 w,
                 corr,
+                shift,
                 fix_at,
                 fix,
                 k,
                 order,
-            } => Some(unsafe { DecodedRows::new_unchecked(w, corr, fix_at, fix, *k, *order) }),
+            } => {
+                Some(unsafe { DecodedRows::new_unchecked(w, corr, shift, fix_at, fix, *k, *order) })
+            }
             Decoded::Lists { .. } => None,
         }
     }

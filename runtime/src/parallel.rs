@@ -556,8 +556,9 @@ mod tests {
                     vec![0u32; n + 1],
                     vec![Fix::default(); gemm::fix_count(&w, order)],
                 );
-                gemm::decode(&w, order, &mut dw, &mut corr, &mut at, &mut fix);
-                let dr = DecodedRows::new(&dw, &corr, &at, &fix, g.k(), order).unwrap();
+                let mut sh = vec![0u8; n];
+                gemm::decode(&w, order, &mut dw, &mut corr, &mut sh, &mut at, &mut fix);
+                let dr = DecodedRows::new(&dw, &corr, &sh, &at, &fix, g.k(), order).unwrap();
                 for k in dispatch::kernels() {
                     let KernelFn::DecodedI8(f) = k.f else {
                         continue;

@@ -38,9 +38,10 @@
 //!   blocks do not fit: 8 x 3 needs 24 + 8 + 3 = 35 registers, 6 x 3
 //!   (27) and 4 x 4 (24) give the same 1.19 per `sdot`; 8 x 2 keeps
 //!   sub-blocks at a power of two pixels.
-//! * **Epilogue.** Per row and sub-block: the row's +128 fixes, each one
-//!   more `sdot` per vector on the same panel step (the stored 127 plus
-//!   1 times the activation), then requantization in NEON (`requant8`,
+//! * **Epilogue.** Per row and sub-block: a halved row's sums doubled
+//!   ([`crate::gemm`]), the row's fixes, each one more `sdot` per vector
+//!   on the same panel step (the stored 127 plus 1 times the activation,
+//!   or a halved row's +-1), then requantization in NEON (`requant8`,
 //!   exact, the rule of [`Requant::apply`]) and an 8-byte store.
 //!
 //! The panel (at most [`PANEL_BYTES`] = 288 KiB, `k` up to
@@ -386,6 +387,10 @@ unsafe fn rows<const R: usize>(
             if r >= r1 {
                 break;
             }
+            // A halved row's sums doubled before its fixes go in.
+            let sh = vdupq_n_s32(d.shift(r) as i32);
+            acc[0] = vshlq_s32(acc[0], sh);
+            acc[1] = vshlq_s32(acc[1], sh);
             for f in d.fixes(r) {
                 let fw = vreinterpretq_s8_s32(vdupq_n_s32(f.word));
                 // SAFETY: f.kb < steps (checked by DecodedRows::new): the

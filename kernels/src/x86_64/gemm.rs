@@ -17,8 +17,9 @@
 //!   12 x 2 or 12 x 1) in 24 or fewer `zmm` accumulators; per step of four
 //!   weights, `NV` panel loads, `MR` broadcast words of weights, `MR * NV`
 //!   `vpdpbusd`, each 64 MACs.
-//! * **Epilogue.** Per row: the offset correction `-128 * sum(w)`, the
-//!   row's +128 fixes (one `vpdpbusd` each per vector), and requantization
+//! * **Epilogue.** Per row: the offset correction `-128 * sum(w)` (where
+//!   the sums start), a halved row's doubling, the row's fixes (one
+//!   `vpdpbusd` each per vector; see [`crate::gemm`]), and requantization
 //!   of the pixels present, stored as one 64-byte move per full block.
 //! * **Tail.** Up to `TAIL_MAX` (8) pixels past a block's whole vectors (a
 //!   7x7 plane is 3 vectors and 1 pixel) do not get a vector of their
@@ -700,7 +701,8 @@ impl Store for Sink {
 }
 
 /// Row `r`'s epilogue for its accumulators of vectors `v0 .. v0 + NV` of
-/// a block: the offset correction, the row's +128 fixes (per fix one
+/// a block: the offset correction, the doubling of a halved row, the
+/// row's fixes (per fix one
 /// broadcast, then per vector a load of the fix's step and a `vpdpbusd`)
 /// and requantization: each vector's 16 outputs.
 ///
@@ -727,6 +729,13 @@ unsafe fn finish<const NV: usize>(
             for a in a.iter_mut() {
                 *a = _mm512_add_epi32(*a, c);
             }
+        }
+        // A halved row's sums doubled, before its fixes (+-1) go in; by a
+        // shift of 0 or 1 rather than a branch, which rows in a tile would
+        // take at random.
+        let sh = _mm_cvtsi32_si128(d.shift(r) as i32);
+        for a in a.iter_mut() {
+            *a = _mm512_sll_epi32(*a, sh);
         }
         // The fixes go round-robin into `sets` groups of accumulators, so
         // that at least four `vpdpbusd` chains are in flight: with one
@@ -791,7 +800,7 @@ unsafe fn finish<const NV: usize>(
     }
 }
 
-/// One +128 fix of [`finish`]: per vector a load of the fix's step and a
+/// One fix of [`finish`]: per vector a load of the fix's step and a
 /// `vpdpbusd`.
 ///
 /// No closures or iterator adaptors around intrinsics in these kernels:
