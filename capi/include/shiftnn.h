@@ -19,6 +19,14 @@
 // Most inputs (and most outputs) [`shiftnn_session_run`] accepts.
 #define SHIFTNN_MAX_IO 16
 
+// Stack (bytes) a thread that calls [`shiftnn_session_run`] needs: on
+// x86-64 with AVX-512 the int8 GEMM keeps its activation panel (up to
+// 288 KiB), the patches of its tail (36 KiB) and, for stride-2 layers,
+// a phase-split copy of the input (up to 192 KiB) on the stack, because
+// the kernels never allocate. Elsewhere less is needed. The runtime's
+// own worker threads (more than one thread) have 2 MiB.
+#define SHIFTNN_STACK_BYTES (1 << 20)
+
 // Result of every call.
 typedef enum ShiftnnStatus {
   // Success.

@@ -36,6 +36,14 @@ pub const SHIFTNN_ARENA_ALIGN: usize = 64;
 /// Most inputs (and most outputs) [`shiftnn_session_run`] accepts.
 pub const SHIFTNN_MAX_IO: usize = 16;
 
+/// Stack (bytes) a thread that calls [`shiftnn_session_run`] needs: on
+/// x86-64 with AVX-512 the int8 GEMM keeps its activation panel (up to
+/// 288 KiB), the patches of its tail (36 KiB) and, for stride-2 layers,
+/// a phase-split copy of the input (up to 192 KiB) on the stack, because
+/// the kernels never allocate. Elsewhere less is needed. The runtime's
+/// own worker threads (more than one thread) have 2 MiB.
+pub const SHIFTNN_STACK_BYTES: usize = 1 << 20;
+
 /// Result of every call.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -55,6 +55,22 @@ fn the_c_api_runs_the_fixture_model_and_rejects_bad_calls() {
     unsafe { c_api_session() }
 }
 
+/// The same calls on a thread with only `SHIFTNN_STACK_BYTES` of stack:
+/// the fixture model has a stride-2 layer that the AVX-512 GEMM reads
+/// through its stack copy, beside its stack panel (a stack overflow
+/// aborts the test process).
+#[test]
+fn the_c_api_runs_on_a_thread_with_the_stated_stack() {
+    let t = std::thread::Builder::new()
+        .stack_size(SHIFTNN_STACK_BYTES)
+        .spawn(|| {
+            // SAFETY: as in the test above.
+            unsafe { c_api_session() }
+        })
+        .unwrap();
+    t.join().unwrap();
+}
+
 #[allow(unsafe_op_in_unsafe_fn)]
 unsafe fn c_api_session() {
     let model_bytes = fixture("fmnist_b4_int8.shift");
