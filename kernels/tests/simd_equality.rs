@@ -1195,6 +1195,34 @@ fn gemm_layers_past_l2() {
     }
 }
 
+/// Output planes of whole vectors and one more pixel (17, 33 and 49
+/// pixels: a 7x7 plane is three vectors and one), whose pixel the x86
+/// GEMM sums in the same pass over the weights as the vectors, with a
+/// tile of as many rows again; 65 pixels (a block and one pixel) take
+/// the separate tail. Row counts end in short tiles of every size.
+#[test]
+fn gemm_one_pixel_tails() {
+    for (h, w) in [(1usize, 17usize), (3, 11), (7, 7), (5, 13)] {
+        for c_out in [3usize, 10, 16, 27] {
+            let g = Conv2dGeom {
+                c_in: 19,
+                h,
+                w,
+                c_out,
+                kh: 3,
+                kw: 3,
+                stride: [1, 1],
+                pads: [1; 4],
+                dilation: [1, 1],
+                groups: 1,
+            };
+            for b in 2..=4 {
+                check_i8(&case(g, b, (h * 1000 + w * 10 + c_out) as u64)).unwrap();
+            }
+        }
+    }
+}
+
 /// The x86 panel's permuted taps: planes of at most 64 bytes (one
 /// `vpermb` of the plane) and blocks whose input rows fit 128 bytes (one
 /// `vpermi2b`), including a window whose last byte is read (32-wide rows
