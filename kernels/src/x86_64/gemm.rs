@@ -734,6 +734,17 @@ unsafe fn build_panel_perm<const PLANE: bool>(
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 #[inline]
 pub(super) unsafe fn requant16(acc: __m512i, rq: &Requant) -> __m128i {
+    // SAFETY: forwarded.
+    _mm512_cvtepi32_epi8(unsafe { requant16_i32(acc, rq) })
+}
+
+/// [`requant16`] with the outputs left in their 32-bit lanes.
+///
+/// # Safety
+/// As [`requant16`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+#[inline]
+unsafe fn requant16_i32(acc: __m512i, rq: &Requant) -> __m512i {
     debug_assert!(rq.offset.unsigned_abs() < 1 << 62);
     let m = _mm512_set1_epi64(rq.mult as i64);
     let off = _mm512_set1_epi64(rq.offset);
@@ -748,8 +759,7 @@ pub(super) unsafe fn requant16(acc: __m512i, rq: &Requant) -> __m128i {
     };
     let even = one(acc);
     let odd = one(_mm512_srli_epi64::<32>(acc));
-    let y = _mm512_mask_blend_epi32(0xaaaa, even, _mm512_slli_epi64::<32>(odd));
-    _mm512_cvtepi32_epi8(y)
+    _mm512_mask_blend_epi32(0xaaaa, even, _mm512_slli_epi64::<32>(odd))
 }
 
 /// `vpermt2d` indices putting the low dwords of the 64-bit lanes of `a`
@@ -768,13 +778,14 @@ const INTERLEAVE_LOW: [u32; 16] = {
 /// [`requant16`] for a requantizer with a [`Requant::window`] `(c0, c1)`:
 /// the accumulators are clamped to the window in 32-bit lanes, and the
 /// 64-bit results then need no clamp of their own (they are already in
-/// `lo ..= hi`): 11 instructions per 16 outputs instead of 14.
+/// `lo ..= hi`): 11 instructions per 16 outputs instead of 14. The
+/// outputs stay in their 32-bit lanes ([`pack`] narrows them).
 ///
 /// # Safety
 /// AVX-512 F/BW/VL available; `(c0, c1)` is `rq.window()`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 #[inline]
-unsafe fn requant16_window(acc: __m512i, rq: &Requant, c0: i32, c1: i32) -> __m128i {
+unsafe fn requant16_window(acc: __m512i, rq: &Requant, c0: i32, c1: i32) -> __m512i {
     let m = _mm512_set1_epi64(rq.mult as i64);
     let off = _mm512_set1_epi64(rq.offset);
     let sh = _mm_cvtsi64_si128(rq.shift as i64);
@@ -787,7 +798,7 @@ unsafe fn requant16_window(acc: __m512i, rq: &Requant, c0: i32, c1: i32) -> __m1
     let odd = _mm512_sra_epi64(_mm512_add_epi64(_mm512_mul_epi32(a_odd, m), off), sh);
     // SAFETY: INTERLEAVE_LOW is 64 bytes.
     let idx = unsafe { _mm512_loadu_si512(INTERLEAVE_LOW.as_ptr().cast()) };
-    _mm512_cvtepi32_epi8(_mm512_permutex2var_epi32(even, idx, odd))
+    _mm512_permutex2var_epi32(even, idx, odd)
 }
 
 /// Where each step's `NV` vectors of activations are: a panel built per
@@ -899,7 +910,7 @@ unsafe fn finish<const NV: usize, const TL: bool>(
     st: &impl Steps,
     v0: usize,
     rq: &Requant,
-) -> ([__m128i; NV], __m128i) {
+) -> ([__m512i; NV], __m512i) {
     // SAFETY (the intrinsics): the features are available (contract).
     unsafe {
         let mut t = [t];
@@ -980,38 +991,38 @@ unsafe fn finish<const NV: usize, const TL: bool>(
                 }
             }
         }
-        let mut q = [_mm_setzero_si128(); NV];
+        let mut q = [_mm512_setzero_si512(); NV];
         for v in 0..NV {
             q[v] = requant_any(a[v], rq);
         }
         let qt = if TL {
             requant_any(t[0], rq)
         } else {
-            _mm_setzero_si128()
+            _mm512_setzero_si512()
         };
         (q, qt)
     }
 }
 
 /// [`Requant::apply`] on 16 accumulators, by the fastest rule that is
-/// exact for `rq`.
+/// exact for `rq`, in their 32-bit lanes.
 ///
 /// # Safety
 /// AVX-512 F/BW/VL available.
 #[inline(always)]
-unsafe fn requant_any(a: __m512i, rq: &Requant) -> __m128i {
+unsafe fn requant_any(a: __m512i, rq: &Requant) -> __m512i {
     // SAFETY (the intrinsics): the features are available (contract).
     unsafe {
         if let Some((c0, c1)) = rq.window() {
             requant16_window(a, rq, c0, c1)
         } else if rq.offset.unsigned_abs() < 1 << 62 {
-            requant16(a, rq)
+            requant16_i32(a, rq)
         } else {
             let (mut tile, mut y) = ([0i32; 16], [0i8; 16]);
             // `tile` has 16 i32 lanes, `y` 16 bytes.
             _mm512_storeu_si512(tile.as_mut_ptr().cast(), a);
             rq.apply_run(&tile, &mut y);
-            _mm_loadu_si128(y.as_ptr().cast())
+            _mm512_cvtepi8_epi32(_mm_loadu_si128(y.as_ptr().cast()))
         }
     }
 }
@@ -1044,25 +1055,38 @@ unsafe fn fix1<const NV: usize>(
     }
 }
 
-/// Four vectors of 16 outputs as one of 64 (vector `v` in lanes
-/// `16 v ..`; missing ones zero).
+/// `vpermd` indices that undo the lane-wise order of two rounds of packs
+/// (see [`pack`]): output dword `4 v + l` is input dword `4 l + v`.
+const UNPACK_DWORDS: [u32; 16] = [0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15];
+
+/// Up to four vectors of 16 outputs (in `i8` range, in 32-bit lanes) as
+/// one of 64 bytes, vector `v` in lanes `16 v ..` (missing ones zero).
+/// Three or four take two rounds of saturating packs, exact on `i8`
+/// values, and a `vpermd`: 4 instructions where four `vpmovdb` (two uops
+/// each on Zen 4) and three inserts took 11.
 ///
 /// # Safety
-/// AVX-512 F available.
+/// AVX-512 F/BW available.
 #[inline(always)]
-unsafe fn join(q: &[__m128i]) -> __m512i {
-    // SAFETY: the feature is available (contract).
+unsafe fn pack(q: &[__m512i]) -> __m512i {
+    // SAFETY: the features are available (contract); UNPACK_DWORDS is 64
+    // bytes.
     unsafe {
-        let mut y = _mm512_setzero_si512();
-        for (v, &q) in q.iter().enumerate() {
-            y = match v {
-                0 => _mm512_inserti32x4::<0>(y, q),
-                1 => _mm512_inserti32x4::<1>(y, q),
-                2 => _mm512_inserti32x4::<2>(y, q),
-                _ => _mm512_inserti32x4::<3>(y, q),
-            };
+        let z = _mm512_setzero_si512();
+        let at = |v: usize| q.get(v).copied().unwrap_or(z);
+        if q.len() >= 3 {
+            let w01 = _mm512_packs_epi32(at(0), at(1));
+            let w23 = _mm512_packs_epi32(at(2), at(3));
+            let b = _mm512_packs_epi16(w01, w23);
+            let idx = _mm512_loadu_si512(UNPACK_DWORDS.as_ptr().cast());
+            _mm512_permutexvar_epi32(idx, b)
+        } else {
+            let mut y = _mm512_castsi128_si512(_mm512_cvtepi32_epi8(at(0)));
+            if q.len() > 1 {
+                y = _mm512_inserti32x4::<1>(y, _mm512_cvtepi32_epi8(at(1)));
+            }
+            y
         }
-        y
     }
 }
 
@@ -1192,12 +1216,12 @@ unsafe fn rows<const NV: usize, const MR: usize, const PF: bool, const TL: bool>
                 };
                 let (q, qt) = finish::<NV, TL>(d, r, *acc, t, false, st, 0, &rq[r]);
                 if TL {
-                    let mut qs = [_mm_setzero_si128(); 4];
+                    let mut qs = [_mm512_setzero_si512(); 4];
                     qs[..NV].copy_from_slice(&q);
                     qs[NV] = qt;
-                    out.put(r, join(&qs), 0, cnt);
+                    out.put(r, pack(&qs[..NV + 1]), 0, cnt);
                 } else {
-                    out.put(r, join(&q), 0, cnt);
+                    out.put(r, pack(&q), 0, cnt);
                 }
             }
         }
@@ -1488,9 +1512,9 @@ unsafe fn tail_pass<const TG: usize>(
             // of row r are the caller's to write.
             unsafe {
                 // Lane j of vector v is block lane 16 v + j.
-                let mut q = [_mm_setzero_si128(); 4];
+                let mut q = [_mm512_setzero_si512(); 4];
                 q[v] = finish::<1, false>(d, r, [a], a, true, st, v, &rq[r]).0[0];
-                out.put(r, join(&q), 16 * v + j0, 16 * v + j0 + TG);
+                out.put(r, pack(&q[..v + 1]), 16 * v + j0, 16 * v + j0 + TG);
             }
         }
         rb += RB;
