@@ -1253,6 +1253,25 @@ fn gemm_panel_windows() {
             check_i8(&case(g, b, (h * 100 + w) as u64)).unwrap();
         }
     }
+    // Kernels of up to 49 taps, whose tap tables the builder keeps: a
+    // 7x7 kernel on an 8x8 plane, 6x5 on a 12-row window.
+    for (h, w, kh, kw) in [(8usize, 8usize, 7usize, 7usize), (12, 10, 6, 5)] {
+        let g = Conv2dGeom {
+            c_in: 6,
+            h,
+            w,
+            c_out: 11,
+            kh,
+            kw,
+            stride: [1, 1],
+            pads: [kh / 2, kw / 2, kh / 2, kw / 2],
+            dilation: [1, 1],
+            groups: 1,
+        };
+        for b in 2..=4 {
+            check_i8(&case(g, b, (h * 100 + kw) as u64)).unwrap();
+        }
+    }
 }
 
 /// Stride-2 layers, which the AVX-512 GEMM reads through a phase split
@@ -1260,7 +1279,8 @@ fn gemm_panel_windows() {
 /// 3x3/2 shapes (a 128-byte window, a 64-byte plane), odd input sizes and
 /// asymmetric padding, even kernels (whose phase planes are a row and a
 /// column short of the padded input's half), one-row and one-column
-/// kernels (a single row or column phase), and groups.
+/// kernels (a single row or column phase), groups, and output rows a
+/// multiple of 16 pixels, whose blocks keep within a row.
 #[test]
 fn gemm_phase_split() {
     for (h, w, kh, kw, pads, groups) in [
@@ -1272,6 +1292,11 @@ fn gemm_phase_split() {
         (12, 12, 1, 3, [0, 1, 0, 1], 1),
         (16, 30, 3, 1, [1, 0, 1, 0], 1),
         (11, 12, 5, 5, [2, 2, 2, 2], 2),
+        // Output rows of 48 and 64 pixels: blocks within a row, a load
+        // per tap (a 7x7/2 stem shape, a 3x3/2 one).
+        (96, 96, 7, 7, [3, 3, 3, 3], 1),
+        (8, 128, 3, 3, [1, 1, 1, 1], 1),
+        (9, 96, 5, 5, [2, 1, 2, 2], 2),
     ] {
         let g = Conv2dGeom {
             c_in: 14,

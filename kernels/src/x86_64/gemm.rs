@@ -574,7 +574,14 @@ fn step_tables() -> [__m512i; 4] {
 
 /// Most taps per channel [`build_panel_perm`] takes (a 5x5 kernel): its
 /// tap table and its scratch of four channels' taps take 8 KiB of stack.
-const PERM_TAPS: usize = 25;
+const PERM_TAPS: usize = 49;
+
+/// [`build_panel_perm`]'s modes: a [`Perm::Window`] block, a
+/// [`Perm::Plane`] block, and a block of one run through a phase split
+/// whose blocks keep within output rows ([`Phases::rows`]).
+const WINDOW: u8 = 0;
+const PLANE: u8 = 1;
+const SEG: u8 = 2;
 
 /// Where one kernel tap of every channel reads, in a block whose taps are
 /// permutes ([`Perm::Plane`] or [`Perm::Window`]).
@@ -604,7 +611,7 @@ struct PermTap {
 /// `g.kh * g.kw <= PERM_TAPS`.
 #[inline(never)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
-unsafe fn build_panel_perm<const PLANE: bool>(
+unsafe fn build_panel_perm<const MODE: u8>(
     g: &Conv2dGeom,
     ph: Option<&Phases>,
     x: &[i8],
@@ -639,7 +646,18 @@ unsafe fn build_panel_perm<const PLANE: bool>(
             let poff = (pc * pl) as isize;
             // As tap_lanes: the plane from its start, or the window from
             // the first of the tap's rows inside the image.
-            let (e, off) = if PLANE {
+            let (e, off) = if MODE == SEG {
+                // One run: lanes 0 .. cnt read consecutive bytes of a
+                // phase plane, whose padding is in the plane.
+                let s = &blk.segs[0];
+                let e = PermTap {
+                    off: poff + ((s.oy as usize + dy) * gx.w + s.ox as usize + dx) as isize,
+                    mlo: lanes_upto(blk.cnt),
+                    mhi: 0,
+                    m: 0,
+                };
+                (e, 0)
+            } else if MODE == PLANE {
                 let e = PermTap {
                     off: poff,
                     mlo: lanes_upto(pl),
@@ -667,58 +685,39 @@ unsafe fn build_panel_perm<const PLANE: bool>(
     let flip = _mm512_set1_epi8(0x80u8 as i8);
     let cig = g.c_in_g();
     let steps = padded_k(g.k()) / 4;
-    let mut scratch = MaybeUninit::<[__m512i; 4 * PERM_TAPS]>::uninit();
-    let sp = scratch.as_mut_ptr().cast::<__m512i>();
     let x0 = x.as_ptr().wrapping_offset((grp * cig) as isize * chan);
-    let (mut kb, mut ic) = (0, 0);
-    while kb < steps {
-        // Four channels' taps are `taps` steps (k = (ic * kh + ky) * kw + kx).
-        for cc in 0..4 {
-            let xc = x0.wrapping_offset((ic + cc) as isize * chan);
-            for (t, (e, ix)) in tt.iter().zip(&idx).take(taps).enumerate() {
-                let v = if ic + cc < cig {
-                    let p = xc.wrapping_offset(e.off);
-                    // SAFETY: channel grp * cig + ic + cc of x (or its
-                    // phase planes); the enabled bytes are inside its
-                    // plane (`mlo`, `mhi` as in tap_lanes), masked-off
-                    // bytes cannot fault.
-                    let v = unsafe {
-                        if PLANE {
-                            _mm512_maskz_permutexvar_epi8(
-                                e.m,
-                                *ix,
-                                _mm512_maskz_loadu_epi8(e.mlo, p),
-                            )
-                        } else {
-                            let lo = _mm512_maskz_loadu_epi8(e.mlo, p);
-                            let hi = _mm512_maskz_loadu_epi8(e.mhi, p.wrapping_add(64));
-                            _mm512_maskz_permutex2var_epi8(e.m, lo, *ix, hi)
-                        }
-                    };
-                    _mm512_xor_si512(v, flip)
-                } else {
-                    _mm512_setzero_si512()
+    // Channel and tap of weight index (ic * kh + ky) * kw + kx.
+    let (mut ic, mut t) = (0, 0);
+    for kb in 0..steps {
+        let mut q = [_mm512_setzero_si512(); 4];
+        for q in &mut q {
+            if ic < cig {
+                let (e, ix) = (&tt[t], idx[t]);
+                let p = x0.wrapping_offset(ic as isize * chan + e.off);
+                // SAFETY: channel grp * cig + ic of x (or its phase
+                // planes); the enabled bytes are inside its plane (`mlo`,
+                // `mhi` as in tap_lanes), masked-off bytes cannot fault.
+                let v = unsafe {
+                    if MODE == SEG {
+                        _mm512_maskz_loadu_epi8(e.mlo, p)
+                    } else if MODE == PLANE {
+                        _mm512_maskz_permutexvar_epi8(e.m, ix, _mm512_maskz_loadu_epi8(e.mlo, p))
+                    } else {
+                        let lo = _mm512_maskz_loadu_epi8(e.mlo, p);
+                        let hi = _mm512_maskz_loadu_epi8(e.mhi, p.wrapping_add(64));
+                        _mm512_maskz_permutex2var_epi8(e.m, lo, ix, hi)
+                    }
                 };
-                // SAFETY: cc * taps + t < 4 * PERM_TAPS.
-                unsafe { sp.add(cc * taps + t).write(v) };
+                *q = _mm512_xor_si512(v, flip);
+                t += 1;
+                if t == taps {
+                    t = 0;
+                    ic += 1;
+                }
             }
         }
-        let n = taps.min(steps - kb);
-        for s in 0..n {
-            // SAFETY: entries 4s .. 4s + 4 < 4 * taps were written above;
-            // step kb + s lies within the panel's steps.
-            unsafe {
-                let t = [
-                    sp.add(4 * s).read(),
-                    sp.add(4 * s + 1).read(),
-                    sp.add(4 * s + 2).read(),
-                    sp.add(4 * s + 3).read(),
-                ];
-                put_step!(t, tabs, nv, panel.wrapping_add((kb + s) * nv * 64));
-            }
-        }
-        kb += n;
-        ic += 4;
+        // SAFETY: step kb lies within the panel's steps.
+        unsafe { put_step!(q, tabs, nv, panel.wrapping_add(kb * nv * 64)) };
     }
 }
 
@@ -1583,6 +1582,9 @@ pub(super) struct Phases {
     pub(super) py: usize,
     /// Column phases, likewise.
     pub(super) px: usize,
+    /// Blocks stay within an output row ([`for_blocks_in`]): output rows
+    /// a multiple of 16 pixels and wider than a permute's window.
+    pub(super) rows: bool,
 }
 
 impl Phases {
@@ -1592,8 +1594,12 @@ impl Phases {
     /// plane (so that its taps are one permute). Measured, one thread:
     /// ResNet-18's 3x3/2 layers at 14x14 and 7x7 335 -> 323 and 340 ->
     /// 327 us. A 1x1/2 layer copies as many bytes into the split as into
-    /// its panel, and ran 4-6 us slower (of 50-60); the stem's blocks
-    /// take one or two loads a tap either way, and it ran 1% slower.
+    /// its panel, and ran 4-6 us slower (of 50-60). Wider blocks split
+    /// too when the output rows are a multiple of 16 pixels: their blocks
+    /// then keep within a row ([`Phases::rows`]), so that each tap is one
+    /// load of a phase plane, its padding included ([`build_panel_perm`]
+    /// `SEG`): ResNet-18's 7x7/2 stem 849 -> 742 us (read with stride 2,
+    /// a tap was two or three runs of two loads, a `vpermt2b` and a blend).
     pub(super) fn of(g: &Conv2dGeom) -> Option<Phases> {
         if g.stride != [2, 2] || g.dilation != [1, 1] || g.kh * g.kw == 1 {
             return None;
@@ -1613,11 +1619,9 @@ impl Phases {
         // The split's last store runs up to 64 bytes past it.
         let bytes = gv.c_in.checked_mul(gv.h)?.checked_mul(gv.w)?;
         let span = (64usize.div_ceil(g.out_w()) + 1) * gv.w;
-        (bytes + 64 <= PHASE_BYTES && (span <= 128 || gv.h * gv.w <= 64)).then_some(Phases {
-            gv,
-            py,
-            px,
-        })
+        let rows = g.out_w().is_multiple_of(16) && span > 128;
+        (bytes + 64 <= PHASE_BYTES && (span <= 128 || gv.h * gv.w <= 64 || rows))
+            .then_some(Phases { gv, py, px, rows })
     }
 }
 
@@ -1786,7 +1790,8 @@ unsafe fn panel_conv_of(
         Some(ph) => &ph.gv,
         None => g,
     };
-    for_blocks(gb, n, oc0, 16 * nv_max, |grp, r, r_end, q0, blk| {
+    let rows = ph.is_some_and(|ph| ph.rows);
+    for_blocks_in(gb, n, oc0, 16 * nv_max, rows, |grp, r, r_end, q0, blk| {
         let cnt = blk.pixels();
         let nv = cnt.div_ceil(16);
         let (whole, t) = (cnt / 16, cnt % 16);
@@ -1809,10 +1814,13 @@ unsafe fn panel_conv_of(
             let tabulated = g.kh * g.kw <= PERM_TAPS;
             match (blk.perm, ph) {
                 (Perm::Plane, _) if tabulated => {
-                    build_panel_perm::<true>(g, ph, x, grp, blk, nv, pp)
+                    build_panel_perm::<PLANE>(g, ph, x, grp, blk, nv, pp)
                 }
                 (Perm::Window, _) if tabulated => {
-                    build_panel_perm::<false>(g, ph, x, grp, blk, nv, pp)
+                    build_panel_perm::<WINDOW>(g, ph, x, grp, blk, nv, pp)
+                }
+                (Perm::No, Some(p)) if tabulated && p.rows && blk.ns == 1 => {
+                    build_panel_perm::<SEG>(g, ph, x, grp, blk, nv, pp)
                 }
                 (_, Some(_)) => build_panel::<true>(g, ph, x, grp, blk, nv, pp),
                 (_, None) => build_panel::<false>(g, ph, x, grp, blk, nv, pp),
@@ -2117,6 +2125,18 @@ pub(super) fn for_blocks(
     n: usize,
     oc0: usize,
     px: usize,
+    f: impl FnMut(usize, usize, usize, usize, &Block),
+) {
+    for_blocks_in(g, n, oc0, px, false, f)
+}
+
+/// [`for_blocks`]; with `rows`, no block straddles two output rows.
+pub(super) fn for_blocks_in(
+    g: &Conv2dGeom,
+    n: usize,
+    oc0: usize,
+    px: usize,
+    rows: bool,
     mut f: impl FnMut(usize, usize, usize, usize, &Block),
 ) {
     let plane = g.out_plane();
@@ -2128,7 +2148,10 @@ pub(super) fn for_blocks(
         let r_end = n.min((grp + 1) * cog - oc0);
         let mut q0 = 0;
         while q0 < plane {
-            let cnt = (plane - q0).min(px);
+            let mut cnt = (plane - q0).min(px);
+            if rows {
+                cnt = cnt.min(g.out_w() - q0 % g.out_w());
+            }
             blk.set(g, q0, cnt);
             f(grp, r, r_end, q0, &blk);
             q0 += cnt;
