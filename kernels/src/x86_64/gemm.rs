@@ -572,8 +572,8 @@ fn step_tables() -> [__m512i; 4] {
     }
 }
 
-/// Most taps per channel [`build_panel_perm`] takes (a 5x5 kernel): its
-/// tap table and its scratch of four channels' taps take 8 KiB of stack.
+/// Most taps per channel [`build_panel_perm`] takes (a 7x7 kernel): its
+/// two tap tables take 4.6 KiB of stack.
 const PERM_TAPS: usize = 49;
 
 /// [`build_panel_perm`]'s modes: a [`Perm::Window`] block, a
@@ -583,8 +583,8 @@ const WINDOW: u8 = 0;
 const PLANE: u8 = 1;
 const SEG: u8 = 2;
 
-/// Where one kernel tap of every channel reads, in a block whose taps are
-/// permutes ([`Perm::Plane`] or [`Perm::Window`]).
+/// Where one kernel tap of every channel reads, in a block of
+/// [`build_panel_perm`].
 #[derive(Clone, Copy, Default)]
 struct PermTap {
     /// Bytes from a channel's first (phase) plane to the plane or window
@@ -597,18 +597,18 @@ struct PermTap {
     m: u64,
 }
 
-/// [`build_panel`] for a block read with a permute ([`Block::perm`]: `PLANE`
-/// for [`Perm::Plane`], else [`Perm::Window`]) of a kernel of at most
-/// [`PERM_TAPS`] taps. The lanes, masks and window of each kernel tap are
-/// the same for every channel, so they are tabulated once per block; the
-/// taps of four channels (as many steps as the kernel has taps) go to a
-/// stack scratch and are interleaved from there. The generic builder
-/// recomputed them per tap and spent 27 cycles a tap on ResNet-18's
-/// 14x14 layers, a ninth of their time.
+/// [`build_panel`] for a kernel of at most [`PERM_TAPS`] taps and a block
+/// of `MODE`: read with a permute of its plane ([`PLANE`]) or window
+/// ([`WINDOW`]), or one run of a phase split ([`SEG`]). The lanes, masks
+/// and window of each kernel tap are the same for every channel, so they
+/// are tabulated once per block, and each step reads its four taps from
+/// the tables. The generic builder recomputed them per tap and spent 27
+/// cycles a tap on ResNet-18's 14x14 layers, a ninth of their time.
 ///
 /// # Safety
-/// As [`build_panel`]; `blk.perm` is the one `PLANE` names and
-/// `g.kh * g.kw <= PERM_TAPS`.
+/// As [`build_panel`]; `g.kh * g.kw <= PERM_TAPS`; `blk.perm` is
+/// [`Perm::Plane`] for `PLANE` and [`Perm::Window`] for `WINDOW`; for
+/// `SEG`, `blk` is one run (`ns == 1`) of a split `ph` with `rows`.
 #[inline(never)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
 unsafe fn build_panel_perm<const MODE: u8>(
