@@ -1102,13 +1102,16 @@ unsafe fn pack(q: &[__m512i]) -> __m512i {
 
 /// Rows `r0 .. r1` of `d` against the panel (`NV` vectors, `cnt` pixels,
 /// a step every `pstride` bytes), `MR` rows at a time; `out` gets each
-/// row's `cnt` requantized outputs.
+/// row's `cnt` requantized outputs. With `TL`, pixel `cnt - 1 = 16 NV`
+/// is lane 0 of vector `NV`, summed from its patch at `tp`
+/// ([`run_rows_tail`]); without, `tp` is not read.
 ///
 /// # Safety
 /// AVX-512 F/BW/VL/VNNI available; the panel holds `kp / 4` steps of
 /// `pstride >= NV * 64` bytes at `panel` (64-byte aligned), their first
-/// `NV * 64` bytes initialized; rows within `rq`; `out` valid for rows
-/// `r0 .. r1`, lanes `0 .. cnt`.
+/// `NV * 64` bytes (with `TL`, `(NV + 1) * 64`) initialized; with `TL`,
+/// `tp` holds `kp` initialized bytes; rows within `rq`; `out` valid for
+/// rows `r0 .. r1`, lanes `0 .. cnt`.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn rows<const NV: usize, const MR: usize, const PF: bool, const TL: bool>(
