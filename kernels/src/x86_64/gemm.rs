@@ -440,33 +440,48 @@ macro_rules! tap_lanes {
     }};
 }
 
-/// Step `dst` of a panel from its four taps `t` (64 lanes each): the
-/// pixel-major words of `nv` vectors, interleaved with the index tables
-/// `[BYTES_LO, BYTES_HI, WORDS_LO, WORDS_HI]` (loaded in `tabs`). A macro
-/// for the reason [`tap_lanes`] is one.
+/// The four vectors of pixel-major words of four taps `t` (64 lanes
+/// each): vector `v` holds pixels `16 v .. 16 v + 16`, each the word of
+/// its four taps' bytes. Interleaved with the index tables `[BYTES_LO,
+/// BYTES_HI, WORDS_LO, WORDS_HI]` (as [`step_tables`] loads them). A
+/// macro for the reason [`tap_lanes`] is one.
+macro_rules! step_words {
+    ($t:expr, $tabs:expr) => {{
+        let (t, [blo, bhi, wlo, whi]): ([__m512i; 4], [__m512i; 4]) = ($t, $tabs);
+        let (a_lo, b_lo) = (
+            _mm512_permutex2var_epi8(t[0], blo, t[1]),
+            _mm512_permutex2var_epi8(t[2], blo, t[3]),
+        );
+        let (a_hi, b_hi) = (
+            _mm512_permutex2var_epi8(t[0], bhi, t[1]),
+            _mm512_permutex2var_epi8(t[2], bhi, t[3]),
+        );
+        [
+            _mm512_permutex2var_epi16(a_lo, wlo, b_lo),
+            _mm512_permutex2var_epi16(a_lo, whi, b_lo),
+            _mm512_permutex2var_epi16(a_hi, wlo, b_hi),
+            _mm512_permutex2var_epi16(a_hi, whi, b_hi),
+        ]
+    }};
+}
+
+/// Step `dst` of a panel from its four taps `t`: the first `nv` vectors
+/// of [`step_words!`].
 ///
 /// Safety (the caller's): `dst` is 64-byte aligned and valid for writes of
 /// `nv * 64` bytes.
 macro_rules! put_step {
     ($t:expr, $tabs:expr, $nv:expr, $dst:expr) => {{
-        let (t, [blo, bhi, wlo, whi], nv, dst): ([__m512i; 4], [__m512i; 4], usize, *mut u8) =
-            ($t, $tabs, $nv, $dst);
-        let a_lo = _mm512_permutex2var_epi8(t[0], blo, t[1]);
-        let b_lo = _mm512_permutex2var_epi8(t[2], blo, t[3]);
-        _mm512_store_si512(dst.cast(), _mm512_permutex2var_epi16(a_lo, wlo, b_lo));
+        let (y, nv, dst): ([__m512i; 4], usize, *mut u8) = (step_words!($t, $tabs), $nv, $dst);
+        _mm512_store_si512(dst.cast(), y[0]);
         if nv > 1 {
-            let d1 = _mm512_permutex2var_epi16(a_lo, whi, b_lo);
-            _mm512_store_si512(dst.add(64).cast(), d1);
+            _mm512_store_si512(dst.add(64).cast(), y[1]);
         }
         if nv > 2 {
-            let a_hi = _mm512_permutex2var_epi8(t[0], bhi, t[1]);
-            let b_hi = _mm512_permutex2var_epi8(t[2], bhi, t[3]);
-            let d2 = _mm512_permutex2var_epi16(a_hi, wlo, b_hi);
-            _mm512_store_si512(dst.add(128).cast(), d2);
-            if nv > 3 {
-                let d3 = _mm512_permutex2var_epi16(a_hi, whi, b_hi);
-                _mm512_store_si512(dst.add(192).cast(), d3);
-            }
+            _mm512_store_si512(dst.add(128).cast(), y[2]);
+        }
+        if nv > 3 {
+            _mm512_store_si512(dst.add(192).cast(), y[3]);
         }
     }};
 }
@@ -1963,23 +1978,9 @@ unsafe fn fill_band(g: &Conv2dGeom, x: &[i8], cp: usize, at: &BandAt, buf: *mut 
                         };
                         *q = _mm512_xor_si512(v, flip);
                     }
-                    // Pixel-major words of the four channels, as a panel
-                    // step (put_step!), stored whole but for the last.
-                    let [blo, bhi, wlo, whi] = tabs;
-                    let (a_lo, b_lo) = (
-                        _mm512_permutex2var_epi8(q[0], blo, q[1]),
-                        _mm512_permutex2var_epi8(q[2], blo, q[3]),
-                    );
-                    let (a_hi, b_hi) = (
-                        _mm512_permutex2var_epi8(q[0], bhi, q[1]),
-                        _mm512_permutex2var_epi8(q[2], bhi, q[3]),
-                    );
-                    let y = [
-                        _mm512_permutex2var_epi16(a_lo, wlo, b_lo),
-                        _mm512_permutex2var_epi16(a_lo, whi, b_lo),
-                        _mm512_permutex2var_epi16(a_hi, wlo, b_hi),
-                        _mm512_permutex2var_epi16(a_hi, whi, b_hi),
-                    ];
+                    // The four channels' pixel-major words, as a panel
+                    // step, stored whole but for the last.
+                    let y = step_words!(q, tabs);
                     let d = dst.wrapping_add(4 * px0);
                     for (v, &y) in y.iter().enumerate().take(npx.div_ceil(16)) {
                         let n = (npx - 16 * v).min(16);
