@@ -35,7 +35,8 @@ step "tests"
 # has, and cap the level to each lower one in turn; say which x86 levels
 # that covers, since a CI machine without AVX-512 cannot test those kernels.
 if grep -qw avx512vbmi /proc/cpuinfo && grep -qw avx512_vnni /proc/cpuinfo; then
-  echo "x86 levels tested: scalar, avx2, avx512 (this CPU has AVX-512 VBMI and VNNI)"
+  echo "x86 levels tested: scalar, avx2, avxvnni (by its EVEX form), avx512 (this CPU has AVX-512 VBMI and VNNI)"
+  grep -qw avx_vnni /proc/cpuinfo || echo "  (this CPU lacks AVX-VNNI: the VEX form of the avxvnni kernels is not run)"
 else
   echo "x86 levels tested: scalar, avx2 (NOT avx512: this CPU lacks AVX-512 VBMI/VNNI)"
 fi

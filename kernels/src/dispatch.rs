@@ -4,7 +4,7 @@
 //! reference kernels.
 //!
 //! * [`Isa`]: the instruction-set level. Detected once per process; the
-//!   `std` feature reads `SHIFTNN_ISA=scalar|avx2|avx512|neon|neondot` to
+//!   `std` feature reads `SHIFTNN_ISA=scalar|avx2|avxvnni|avx512|neon|neondot` to
 //!   cap it (tests, benchmarks, a multiplication-free build). Cortex-M
 //!   has no runtime detection: [`Isa::Dsp`] is decided at compile time
 //!   (see `build.rs`).
@@ -40,25 +40,33 @@ pub enum Isa {
     Scalar = 1,
     /// x86-64 with AVX2, FMA and BMI2 (Haswell, Zen and later).
     Avx2 = 2,
+    /// [`Isa::Avx2`] plus the int8 dot products on 256-bit vectors
+    /// (`vpdpbusd`, `vpdpwssd`): AVX-VNNI (VEX; Alder Lake and later
+    /// client cores, Sierra Forest, Zen 5) or AVX-512 VL + VNNI (EVEX;
+    /// Cascade Lake, and every CPU of [`Isa::Avx512`]). The AVX2 `dot`
+    /// kernels with the dot product instead of `vpmaddubsw` + `vpmaddwd`
+    /// (`avxvnni/*`); each picks the encoding the CPU has, VEX first.
+    AvxVnni = 3,
     /// x86-64 with AVX-512 F/BW/VL/VBMI/VNNI (Ice Lake, Sapphire Rapids,
     /// Zen4): the `crate::x86_64::avx512` kernels (`dot` by `vpdpbusd`,
     /// `shift` by `vpsllvw`, `fexp`), `lut` by `vpermi2w`
     /// (`crate::x86_64::lut`) and `vpdpwssd` pixel-lane kernels.
-    Avx512 = 3,
+    Avx512 = 4,
     /// aarch64 Advanced SIMD (baseline on every aarch64 CPU).
-    Neon = 4,
+    Neon = 5,
     /// aarch64 with the `dotprod` extension (`sdot`).
-    NeonDot = 5,
+    NeonDot = 6,
     /// 32-bit Arm (Cortex-M4/M7/M33/M55) with the DSP extension (SIMD32:
     /// `SMLAD`); known at compile time (`cfg(shiftnn_dsp)`).
-    Dsp = 6,
+    Dsp = 7,
 }
 
 impl Isa {
     /// Every level, lowest first.
-    pub const ALL: [Isa; 6] = [
+    pub const ALL: [Isa; 7] = [
         Isa::Scalar,
         Isa::Avx2,
+        Isa::AvxVnni,
         Isa::Avx512,
         Isa::Neon,
         Isa::NeonDot,
@@ -70,6 +78,7 @@ impl Isa {
         match self {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "avx2",
+            Isa::AvxVnni => "avxvnni",
             Isa::Avx512 => "avx512",
             Isa::Neon => "neon",
             Isa::NeonDot => "neondot",
@@ -77,23 +86,26 @@ impl Isa {
         }
     }
 
-    /// Parse a name (`scalar`, `avx2`, `avx512`, `neon`, `neondot`, `dsp`).
+    /// Parse a name (`scalar`, `avx2`, `avxvnni`, `avx512`, `neon`,
+    /// `neondot`, `dsp`; also `avx-vnni` and `dotprod`).
     pub fn parse(s: &str) -> Option<Isa> {
         let s = s.trim();
         Isa::ALL
             .into_iter()
             .find(|i| i.name().eq_ignore_ascii_case(s))
             .or_else(|| s.eq_ignore_ascii_case("dotprod").then_some(Isa::NeonDot))
+            .or_else(|| s.eq_ignore_ascii_case("avx-vnni").then_some(Isa::AvxVnni))
     }
 
     const fn from_u8(v: u8) -> Option<Isa> {
         match v {
             1 => Some(Isa::Scalar),
             2 => Some(Isa::Avx2),
-            3 => Some(Isa::Avx512),
-            4 => Some(Isa::Neon),
-            5 => Some(Isa::NeonDot),
-            6 => Some(Isa::Dsp),
+            3 => Some(Isa::AvxVnni),
+            4 => Some(Isa::Avx512),
+            5 => Some(Isa::Neon),
+            6 => Some(Isa::NeonDot),
+            7 => Some(Isa::Dsp),
             _ => None,
         }
     }
@@ -102,8 +114,8 @@ impl Isa {
     pub const fn runs_on(self, cpu: Isa) -> bool {
         match self {
             Isa::Scalar => true,
-            Isa::Avx2 | Isa::Avx512 => {
-                matches!(cpu, Isa::Avx2 | Isa::Avx512) && self as u8 <= cpu as u8
+            Isa::Avx2 | Isa::AvxVnni | Isa::Avx512 => {
+                matches!(cpu, Isa::Avx2 | Isa::AvxVnni | Isa::Avx512) && self as u8 <= cpu as u8
             }
             Isa::Neon | Isa::NeonDot => {
                 matches!(cpu, Isa::Neon | Isa::NeonDot) && self as u8 <= cpu as u8
@@ -363,7 +375,8 @@ macro_rules! registry {
 
 // Listed best first: selection takes the first entry that fits. On x86 the
 // AVX-512 `dot` comes before the AVX2 small-`k` kernel: it beats it on the
-// k = 144-147 layers that `avx2/px-dot` takes on AVX2 (`pointwise::MAX_K_TINY`).
+// k = 144-147 layers that `avx2/px-dot` takes on AVX2 (`pointwise::MAX_K_TINY`);
+// the AVX-VNNI kernels follow the AVX-512 pattern.
 #[cfg(target_arch = "x86_64")]
 registry! { SIMD:
     "avx512/gemm-dot" => Avx512, Dot, Gemm, DecodedI8(crate::x86_64::gemm::conv_gemm_i8);
@@ -374,8 +387,11 @@ registry! { SIMD:
     "avx2/dw-fexp" => Avx2, Fexp, Depthwise, ShiftF32(crate::x86_64::avx2::dw::conv_fexp_f32);
     "avx512/pw-dot" => Avx512, Dot, Pointwise, ShiftI8(crate::x86_64::pointwise::conv_dot_i8_vnni);
     "avx512/px-dot" => Avx512, Dot, TinyK, ShiftI8(crate::x86_64::pointwise::conv_small_k_i8_vnni);
+    "avxvnni/pw-dot" => AvxVnni, Dot, Pointwise, ShiftI8(crate::x86_64::pointwise::conv_dot_i8_avxvnni);
     "avx2/pw-dot" => Avx2, Dot, Pointwise, ShiftI8(crate::x86_64::pointwise::conv_dot_i8);
     "avx512/dot" => Avx512, Dot, All, ShiftI8(crate::x86_64::avx512::conv_dot_i8);
+    "avxvnni/px-dot" => AvxVnni, Dot, SmallK, ShiftI8(crate::x86_64::pointwise::conv_small_k_i8_avxvnni);
+    "avxvnni/dot" => AvxVnni, Dot, All, ShiftI8(crate::x86_64::avx2::conv_dot_i8_avxvnni);
     "avx2/px-dot" => Avx2, Dot, SmallK, ShiftI8(crate::x86_64::pointwise::conv_small_k_i8);
     "avx2/dot" => Avx2, Dot, All, ShiftI8(crate::x86_64::avx2::conv_dot_i8);
     "avx512/lut" => Avx512, Lut, All, ShiftI8(crate::x86_64::lut::conv_lut_i8);
@@ -386,6 +402,7 @@ registry! { SIMD:
     "avx512/fexp" => Avx512, Fexp, All, ShiftF32(crate::x86_64::avx512::conv_fexp_f32);
     "avx2/fexp" => Avx2, Fexp, All, ShiftF32(crate::x86_64::avx2::conv_fexp_f32);
     "avx512/w8" => Avx512, Dot, All, W8I8(crate::x86_64::avx512::conv_w8_i8);
+    "avxvnni/w8" => AvxVnni, Dot, All, W8I8(crate::x86_64::avx2::conv_w8_i8_avxvnni);
     "avx2/w8" => Avx2, Dot, All, W8I8(crate::x86_64::avx2::conv_w8_i8);
 }
 #[cfg(target_arch = "aarch64")]
@@ -438,6 +455,23 @@ static ENV_READ: AtomicU8 = AtomicU8::new(0);
 /// `CAP`/`FAMILY` value meaning "none".
 const NONE: u8 = 0xff;
 
+/// True if this CPU has AVX-VNNI, the VEX encoding of the 256-bit dot
+/// products: the [`Isa::AvxVnni`] kernels use it, and the EVEX one
+/// (AVX-512 VL + VNNI) otherwise. Cached by `std`'s detection; without
+/// `std`, the compile-time target features.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub(crate) fn vnni_vex() -> bool {
+    #[cfg(feature = "std")]
+    {
+        std::arch::is_x86_feature_detected!("avxvnni")
+    }
+    #[cfg(not(feature = "std"))]
+    {
+        cfg!(target_feature = "avxvnni")
+    }
+}
+
 fn detect() -> Isa {
     #[cfg(all(target_arch = "x86_64", feature = "std"))]
     {
@@ -453,6 +487,13 @@ fn detect() -> Isa {
                 && std::arch::is_x86_feature_detected!("popcnt")
             {
                 return Isa::Avx512;
+            }
+            if vnni_vex()
+                || (std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512vl")
+                    && std::arch::is_x86_feature_detected!("avx512vnni"))
+            {
+                return Isa::AvxVnni;
             }
             return Isa::Avx2;
         }
@@ -474,6 +515,16 @@ fn detect() -> Isa {
             target_feature = "popcnt"
         )) {
             Isa::Avx512
+        } else if cfg!(all(
+            target_feature = "avx2",
+            target_feature = "fma",
+            target_feature = "bmi2",
+            any(
+                target_feature = "avxvnni",
+                all(target_feature = "avx512vl", target_feature = "avx512vnni")
+            )
+        )) {
+            Isa::AvxVnni
         } else if cfg!(all(
             target_feature = "avx2",
             target_feature = "fma",
@@ -993,6 +1044,7 @@ mod tests {
             assert_eq!(Family::parse(f.name()), Some(f));
         }
         assert_eq!(Isa::parse("AVX2"), Some(Isa::Avx2));
+        assert_eq!(Isa::parse("avx-vnni"), Some(Isa::AvxVnni));
         assert_eq!(Isa::parse("nope"), None);
     }
 
@@ -1000,6 +1052,10 @@ mod tests {
     fn level_order() {
         assert!(Isa::Scalar.runs_on(Isa::Avx2));
         assert!(Isa::Avx2.runs_on(Isa::Avx512));
+        assert!(Isa::Avx2.runs_on(Isa::AvxVnni));
+        assert!(Isa::AvxVnni.runs_on(Isa::Avx512));
+        assert!(!Isa::AvxVnni.runs_on(Isa::Avx2));
+        assert!(!Isa::Avx512.runs_on(Isa::AvxVnni));
         assert!(!Isa::Avx512.runs_on(Isa::Avx2));
         assert!(!Isa::Neon.runs_on(Isa::Avx512));
         assert!(Isa::Neon.runs_on(Isa::NeonDot));

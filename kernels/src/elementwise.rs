@@ -324,7 +324,7 @@ pub fn quantize_i8_at(isa: Isa, x: &[f32], inv_scale: f32, out: &mut [i8]) {
         Isa::Avx512 => unsafe { avx512::quantize(x, inv_scale, out) },
         // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { avx2::quantize(x, inv_scale, out) },
+        Isa::Avx2 | Isa::AvxVnni => unsafe { avx2::quantize(x, inv_scale, out) },
         _ => quantize_body(x, inv_scale, out),
     }
 }
@@ -361,7 +361,7 @@ pub fn add_i8_at(isa: Isa, a: &[i8], b: &[i8], rq: &AddRequant, out: &mut [i8]) 
         Isa::Avx512 => unsafe { avx512::add(a, b, &s, out) },
         // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { avx2::add(a, b, &s, out) },
+        Isa::Avx2 | Isa::AvxVnni => unsafe { avx2::add(a, b, &s, out) },
         _ => add_body(a, b, &s, out),
     }
 }

@@ -69,7 +69,7 @@ pub fn maxpool_i8_at(isa: Isa, g: &PoolGeom, x: &[i8], out: &mut [i8]) {
         Isa::Avx512 => unsafe { x86::avx512(g, x, out) },
         // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { x86::avx2(g, x, out) },
+        Isa::Avx2 | Isa::AvxVnni => unsafe { x86::avx2(g, x, out) },
         _ => pool_body(g, x, out),
     }
 }

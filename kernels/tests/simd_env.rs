@@ -82,6 +82,15 @@ fn env_forces_level_and_family() {
             ("avx2/shift", "avx2/fexp")
         );
         assert_eq!(run(Some("avx2"), Some("lut")), ("avx2/lut", "avx2/fexp"));
+        if Isa::AvxVnni.available() {
+            // The level's only kernels are `dot`'s; the other families
+            // stay AVX2's.
+            assert_eq!(run(Some("avxvnni"), None), ("avxvnni/dot", "avx2/fexp"));
+            assert_eq!(
+                run(Some("avx-vnni"), Some("shift")),
+                ("avx2/shift", "avx2/fexp")
+            );
+        }
         let top = if Isa::Avx512.available() {
             // The float layer (36 pixels, 7 channels) fits the pixel-lane
             // GEMM (`gemm::applies`), which the float op runs on the codes
@@ -101,8 +110,13 @@ fn env_forces_level_and_family() {
             "avx512/dot"
         } else {
             // A level above the CPU is capped.
-            assert_eq!(run(Some("avx512"), Some("dot")).0, "avx2/dot");
-            "avx2/dot"
+            let top = if Isa::AvxVnni.available() {
+                "avxvnni/dot"
+            } else {
+                "avx2/dot"
+            };
+            assert_eq!(run(Some("avx512"), Some("dot")).0, top);
+            top
         };
         // A level of another architecture is ignored.
         assert_eq!(run(Some("neon"), None).0, top);

@@ -20,8 +20,8 @@ pub struct Args {
     /// SHIFTNN_KERNEL environment variable.
     #[arg(long, value_name = "FAMILY")]
     pub kernel: Option<String>,
-    /// Cap the instruction-set level: scalar, avx2, avx512, neon or
-    /// neondot (to test a lower path). Same as SHIFTNN_ISA.
+    /// Cap the instruction-set level: scalar, avx2, avxvnni, avx512, neon
+    /// or neondot (to test a lower path). Same as SHIFTNN_ISA.
     #[arg(long, value_name = "LEVEL")]
     pub isa: Option<String>,
 }

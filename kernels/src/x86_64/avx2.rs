@@ -16,6 +16,11 @@
 //! int8; here it never has to.)
 //!
 //! * `dot`: `vpshufb` table `code -> |w|`, `vpmaddubsw` + `vpmaddwd`.
+//!   At [`Isa::AvxVnni`] (`avxvnni/dot`, `avxvnni/w8`) the same body runs
+//!   with one `vpdpbusd` instead (exact: no 16-bit intermediate), in its
+//!   VEX encoding (AVX-VNNI) or, on CPUs without it, its EVEX one on
+//!   `ymm` (AVX-512 VL + VNNI): the `dot_group!` macro compiles the body
+//!   once per encoding with that encoding's target features.
 //!   The same kernel runs int8 weights (`w8`, kept layers; `B = 8`):
 //!   `|w|` by `vpabsb` (128 for -128, still a valid unsigned operand).
 //!   When a chunk's patch holds no -128 (checked once per chunk, shared by
@@ -172,7 +177,9 @@ const fn sign_table(b: u32, pos: i8) -> [i8; 32] {
 // --------------------------------------------------------------------------
 // dot
 
-struct Dot;
+/// The `dot` row kernel; `V` is its multiply-add ([`MADD`], [`VEX`] or
+/// [`EVEX`]).
+struct Dot<const V: u8>;
 
 /// [`RowKernel::prepare`] mode of `dot`: the chunk holds no activation of
 /// -128, so `vpsignb` applies a weight's sign to `x` exactly (`-x` fits
@@ -236,126 +243,186 @@ unsafe fn split_even_odd(p: *mut i8, n: usize) {
     }
 }
 
-/// `R` rows against `NP` patches over one chunk, 64 codes per step. With
-/// `SIGN` (the chunk has no -128) the term is `|w| * sign(x, w)`; without,
-/// `|w| * (x ^ m)` plus the correction `sum_neg |w|` (module docs).
+/// Defines a `dot` group kernel: `R` rows against `NP` patches over one
+/// chunk, 64 codes per step, compiled with `$features` and with `$dot` as
+/// its multiply-add, so that one body serves `vpmaddubsw` + `vpmaddwd`
+/// (AVX2) and `vpdpbusd` (AVX-VNNI or AVX-512 VL + VNNI). The intrinsics
+/// must be inlined into a function that has their features: a closure or
+/// trait method per encoding would be compiled without them.
+macro_rules! dot_group {
+    ($name:ident, $features:literal, |$acc:ident, $w:ident, $x:ident| $dot:expr) => {
+        /// `R` rows against `NP` patches over one chunk, 64 codes per step. With
+        /// `SIGN` (the chunk has no -128) the term is `|w| * sign(x, w)`; without,
+        /// `|w| * (x ^ m)` plus the correction `sum_neg |w|` (module docs).
+        /// The multiply-add adds the four products of each 32-bit lane of
+        /// the unsigned `|w|` and signed `x` bytes to the accumulator,
+        /// exactly.
+        ///
+        /// # Safety
+        /// The CPU has the function's target features; `xs` as [`RowKernel::dot`] describes, after
+        /// [`Dot::prepare`]; `rows.len() == out.len() == R`, rows of equal length
+        /// `ceil(kc * B / 8)`.
+        #[target_feature(enable = $features)]
+        unsafe fn $name<const B: u32, const NP: usize, const R: usize, const SIGN: bool>(
+            rows: &[&[u8]],
+            kc: usize,
+            xs: &[i8],
+            stride: usize,
+            out: &mut [[i32; NP]],
+        ) {
+            // Built at compile time: this runs once per row and pixel tile.
+            let tabv = const { abs_table(if B < 4 { B } else { 4 }) };
+            let sgnv = const { sign_table(if B < 4 { B } else { 4 }, SIGN as i8) };
+            // SAFETY: 32 readable bytes each.
+            let (tab, tsg) = unsafe {
+                (
+                    _mm256_loadu_si256(tabv.as_ptr().cast()),
+                    _mm256_loadu_si256(sgnv.as_ptr().cast()),
+                )
+            };
+            let zero = _mm256_setzero_si256();
+            let nb = 8 * B as usize;
+            let nblk = kc.div_ceil(64);
+            assert!(rows.len() == R && out.len() == R);
+            assert!(xs.len() >= (NP - 1) * stride + nblk * 64);
+            let len = rows[0].len();
+            assert!(rows.iter().all(|r| r.len() == len) && len <= nblk * nb);
+            // Whole blocks read the rows in place; the last, partial one (if
+            // any) goes through zeroed copies, once, outside the hot loop.
+            let nfull = len / nb;
+            let xp = xs.as_ptr();
+            let mut acc = [[zero; NP]; R];
+            let mut corr = [zero; R];
+            let mut step = |cs: [*const u8; R], blk: usize| {
+                for r in 0..R {
+                    // SAFETY: `cs[r]` has `nb` readable bytes (callers below).
+                    let cv = unsafe { decode64::<B>(cs[r]) };
+                    for (h, &c) in cv.iter().enumerate() {
+                        let (absw, s) = if B == 8 {
+                            let m = if SIGN { c } else { _mm256_cmpgt_epi8(zero, c) };
+                            (_mm256_abs_epi8(c), m)
+                        } else {
+                            (_mm256_shuffle_epi8(tab, c), _mm256_shuffle_epi8(tsg, c))
+                        };
+                        if !SIGN {
+                            corr[r] = _mm256_add_epi64(
+                                corr[r],
+                                _mm256_sad_epu8(_mm256_and_si256(absw, s), zero),
+                            );
+                        }
+                        for (j, a) in acc[r].iter_mut().enumerate() {
+                            // SAFETY: `j * stride + blk * 64 + 64 <= xs.len()`
+                            // (assert above; `blk < nblk`).
+                            let xv = unsafe {
+                                _mm256_loadu_si256(xp.add(j * stride + blk * 64 + h * 32).cast())
+                            };
+                            let xv = if SIGN {
+                                _mm256_sign_epi8(xv, s)
+                            } else {
+                                _mm256_xor_si256(xv, s)
+                            };
+                            let ($acc, $w, $x) = (*a, absw, xv);
+                            *a = $dot;
+                        }
+                    }
+                }
+            };
+            for blk in 0..nfull {
+                // SAFETY: `(blk + 1) * nb <= len`: in bounds of every row.
+                let cs = core::array::from_fn(|r| unsafe { rows[r].as_ptr().add(blk * nb) });
+                if R > 1 {
+                    // Rows of a layer lie back to back, so the next group's
+                    // codes follow this group's last row. Its R short streams
+                    // would each have to train the hardware prefetcher (a
+                    // 4096-code row is 32 cache lines at b = 4); fetching them as
+                    // one sequential stream during this group keeps layers beyond
+                    // the cache at memory speed. A hint: wrong addresses (chunks
+                    // of longer rows, the layer's end) cost nothing but bandwidth.
+                    let next = rows[R - 1].as_ptr().wrapping_add(len + blk * R * nb);
+                    for o in (0..R * nb).step_by(64) {
+                        _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(o).cast());
+                    }
+                }
+                step(cs, blk);
+            }
+            if nfull * nb < len {
+                let mut t = [[0u8; 64]; R];
+                for (t, row) in t.iter_mut().zip(rows) {
+                    let rest = &row[nfull * nb..];
+                    tile::copy_short(&mut t[..rest.len()], rest);
+                }
+                // Zero codes decode to weight +1 against zero padding of `xs`.
+                step(core::array::from_fn(|r| t[r].as_ptr()), nfull);
+            }
+            for ((o, a), c) in out.iter_mut().zip(acc.iter()).zip(corr.iter()) {
+                // SAFETY: AVX2 available (this function's contract).
+                let neg = if SIGN {
+                    0
+                } else {
+                    (unsafe { hsum_epi64(*c) }) as i32
+                };
+                for j in 0..NP {
+                    // SAFETY: as above.
+                    o[j] = o[j].wrapping_add(unsafe { hsum_epi32(a[j]) }.wrapping_add(neg));
+                }
+            }
+        }
+    };
+}
+
+dot_group!(dot_group, "avx2,fma,bmi2", |acc, w, x| _mm256_add_epi32(
+    acc,
+    _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1))
+));
+dot_group!(dot_group_vex, "avx2,fma,bmi2,avxvnni", |acc, w, x| {
+    _mm256_dpbusd_avx_epi32(acc, w, x)
+});
+dot_group!(
+    dot_group_evex,
+    "avx2,fma,bmi2,avx512f,avx512vl,avx512vnni",
+    |acc, w, x| _mm256_dpbusd_epi32(acc, w, x)
+);
+
+/// The multiply-add of [`Dot`]: `vpmaddubsw` + `vpmaddwd` ([`Isa::Avx2`]).
+const MADD: u8 = 0;
+/// `vpdpbusd` in its VEX encoding (AVX-VNNI).
+const VEX: u8 = 1;
+/// `vpdpbusd` in its EVEX encoding on `ymm` (AVX-512 VL + VNNI).
+const EVEX: u8 = 2;
+
+/// One group of `R` rows through the [`dot_group()`] of encoding `V`.
 ///
 /// # Safety
-/// AVX2, FMA and BMI2 available; `xs` as [`RowKernel::dot`] describes,
-/// after [`Dot::prepare`]; `rows.len() == out.len() == R`, rows of equal
-/// length `ceil(kc * B / 8)`.
-#[target_feature(enable = "avx2,fma,bmi2")]
-unsafe fn dot_group<const B: u32, const NP: usize, const R: usize, const SIGN: bool>(
+/// As [`dot_group()`], and the CPU has encoding `V`.
+#[inline(always)]
+unsafe fn dot_group_v<
+    const B: u32,
+    const NP: usize,
+    const R: usize,
+    const SIGN: bool,
+    const V: u8,
+>(
     rows: &[&[u8]],
     kc: usize,
     xs: &[i8],
     stride: usize,
     out: &mut [[i32; NP]],
 ) {
-    // Built at compile time: this runs once per row and pixel tile.
-    let tabv = const { abs_table(if B < 4 { B } else { 4 }) };
-    let sgnv = const { sign_table(if B < 4 { B } else { 4 }, SIGN as i8) };
-    // SAFETY: 32 readable bytes each.
-    let (tab, tsg) = unsafe {
-        (
-            _mm256_loadu_si256(tabv.as_ptr().cast()),
-            _mm256_loadu_si256(sgnv.as_ptr().cast()),
-        )
-    };
-    let ones = _mm256_set1_epi16(1);
-    let zero = _mm256_setzero_si256();
-    let nb = 8 * B as usize;
-    let nblk = kc.div_ceil(64);
-    assert!(rows.len() == R && out.len() == R);
-    assert!(xs.len() >= (NP - 1) * stride + nblk * 64);
-    let len = rows[0].len();
-    assert!(rows.iter().all(|r| r.len() == len) && len <= nblk * nb);
-    // Whole blocks read the rows in place; the last, partial one (if
-    // any) goes through zeroed copies, once, outside the hot loop.
-    let nfull = len / nb;
-    let xp = xs.as_ptr();
-    let mut acc = [[zero; NP]; R];
-    let mut corr = [zero; R];
-    let mut step = |cs: [*const u8; R], blk: usize| {
-        for r in 0..R {
-            // SAFETY: `cs[r]` has `nb` readable bytes (callers below).
-            let cv = unsafe { decode64::<B>(cs[r]) };
-            for (h, &c) in cv.iter().enumerate() {
-                let (absw, s) = if B == 8 {
-                    let m = if SIGN { c } else { _mm256_cmpgt_epi8(zero, c) };
-                    (_mm256_abs_epi8(c), m)
-                } else {
-                    (_mm256_shuffle_epi8(tab, c), _mm256_shuffle_epi8(tsg, c))
-                };
-                if !SIGN {
-                    corr[r] =
-                        _mm256_add_epi64(corr[r], _mm256_sad_epu8(_mm256_and_si256(absw, s), zero));
-                }
-                for (j, a) in acc[r].iter_mut().enumerate() {
-                    // SAFETY: `j * stride + blk * 64 + 64 <= xs.len()`
-                    // (assert above; `blk < nblk`).
-                    let xv = unsafe {
-                        _mm256_loadu_si256(xp.add(j * stride + blk * 64 + h * 32).cast())
-                    };
-                    let xv = if SIGN {
-                        _mm256_sign_epi8(xv, s)
-                    } else {
-                        _mm256_xor_si256(xv, s)
-                    };
-                    let m = _mm256_maddubs_epi16(absw, xv);
-                    *a = _mm256_add_epi32(*a, _mm256_madd_epi16(m, ones));
-                }
-            }
-        }
-    };
-    for blk in 0..nfull {
-        // SAFETY: `(blk + 1) * nb <= len`: in bounds of every row.
-        let cs = core::array::from_fn(|r| unsafe { rows[r].as_ptr().add(blk * nb) });
-        if R > 1 {
-            // Rows of a layer lie back to back, so the next group's
-            // codes follow this group's last row. Its R short streams
-            // would each have to train the hardware prefetcher (a
-            // 4096-code row is 32 cache lines at b = 4); fetching them as
-            // one sequential stream during this group keeps layers beyond
-            // the cache at memory speed. A hint: wrong addresses (chunks
-            // of longer rows, the layer's end) cost nothing but bandwidth.
-            let next = rows[R - 1].as_ptr().wrapping_add(len + blk * R * nb);
-            for o in (0..R * nb).step_by(64) {
-                _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(o).cast());
-            }
-        }
-        step(cs, blk);
-    }
-    if nfull * nb < len {
-        let mut t = [[0u8; 64]; R];
-        for (t, row) in t.iter_mut().zip(rows) {
-            let rest = &row[nfull * nb..];
-            tile::copy_short(&mut t[..rest.len()], rest);
-        }
-        // Zero codes decode to weight +1 against zero padding of `xs`.
-        step(core::array::from_fn(|r| t[r].as_ptr()), nfull);
-    }
-    for ((o, a), c) in out.iter_mut().zip(acc.iter()).zip(corr.iter()) {
-        // SAFETY: AVX2 available (caller).
-        let neg = if SIGN {
-            0
-        } else {
-            (unsafe { hsum_epi64(*c) }) as i32
-        };
-        for j in 0..NP {
-            // SAFETY: as above.
-            o[j] = o[j].wrapping_add(unsafe { hsum_epi32(a[j]) }.wrapping_add(neg));
-        }
+    // SAFETY (all three): forwarded from this function's contract.
+    match V {
+        VEX => unsafe { dot_group_vex::<B, NP, R, SIGN>(rows, kc, xs, stride, out) },
+        EVEX => unsafe { dot_group_evex::<B, NP, R, SIGN>(rows, kc, xs, stride, out) },
+        _ => unsafe { dot_group::<B, NP, R, SIGN>(rows, kc, xs, stride, out) },
     }
 }
 
-/// [`dot_group`] over any number of rows: groups of [`GEMV_ROWS`] at one
+/// [`dot_group()`] over any number of rows: groups of [`GEMV_ROWS`] at one
 /// pixel, single rows at several (their accumulators fill the registers).
 ///
 /// # Safety
-/// As [`dot_group`] without the row count.
+/// As [`dot_group_v`] without the row count.
 #[target_feature(enable = "avx2,fma,bmi2")]
-unsafe fn dot_rows<const B: u32, const NP: usize, const SIGN: bool>(
+unsafe fn dot_rows<const B: u32, const NP: usize, const SIGN: bool, const V: u8>(
     rows: &[&[u8]],
     kc: usize,
     xs: &[i8],
@@ -367,14 +434,14 @@ unsafe fn dot_rows<const B: u32, const NP: usize, const SIGN: bool>(
         while r + GEMV_ROWS <= rows.len() {
             let (rs, os) = (&rows[r..r + GEMV_ROWS], &mut out[r..r + GEMV_ROWS]);
             // SAFETY: forwarded from this function's contract.
-            unsafe { dot_group::<B, NP, GEMV_ROWS, SIGN>(rs, kc, xs, stride, os) };
+            unsafe { dot_group_v::<B, NP, GEMV_ROWS, SIGN, V>(rs, kc, xs, stride, os) };
             r += GEMV_ROWS;
         }
     }
     while r < rows.len() {
         let (rs, os) = (&rows[r..r + 1], &mut out[r..r + 1]);
         // SAFETY: forwarded from this function's contract.
-        unsafe { dot_group::<B, NP, 1, SIGN>(rs, kc, xs, stride, os) };
+        unsafe { dot_group_v::<B, NP, 1, SIGN, V>(rs, kc, xs, stride, os) };
         r += 1;
     }
 }
@@ -410,7 +477,7 @@ pub(super) unsafe fn dot_prepare<const B: u32>(
 }
 
 // SAFETY: X = i8, a primitive integer.
-unsafe impl RowKernel for Dot {
+unsafe impl<const V: u8> RowKernel for Dot<V> {
     type In = i8;
     type X = i8;
     type Acc = i32;
@@ -429,12 +496,13 @@ unsafe impl RowKernel for Dot {
         out: &mut [[i32; NP]],
         mode: u32,
     ) {
-        // SAFETY (both): the caller guarantees AVX2/FMA/BMI2 and a patch
-        // that `prepare` returned `mode` for.
+        // SAFETY (both): the caller guarantees AVX2/FMA/BMI2 (and
+        // encoding `V`: the entry points below choose it by the CPU) and a
+        // patch that `prepare` returned `mode` for.
         if mode & NO_MIN != 0 {
-            unsafe { dot_rows::<B, NP, true>(rows, kc, xs, stride, out) }
+            unsafe { dot_rows::<B, NP, true, V>(rows, kc, xs, stride, out) }
         } else {
-            unsafe { dot_rows::<B, NP, false>(rows, kc, xs, stride, out) }
+            unsafe { dot_rows::<B, NP, false, V>(rows, kc, xs, stride, out) }
         }
     }
 }
@@ -753,7 +821,7 @@ unsafe impl RowKernel for Lut {
 
 // --------------------------------------------------------------------------
 // Entry points (the scalar signatures). Each panics if the CPU lacks
-// AVX2/FMA/BMI2.
+// AVX2/FMA/BMI2 (the `avxvnni/*` ones: the AVX-VNNI level).
 
 /// `avx2/dot`: equal to [`crate::scalar::conv_shift_i8`].
 pub fn conv_dot_i8(
@@ -764,7 +832,26 @@ pub fn conv_dot_i8(
     rq: &[Requant],
     out: &mut [i8],
 ) {
-    tile::shift_i8::<Dot>(Isa::Avx2, g, x, w, oc0, rq, out)
+    tile::shift_i8::<Dot<MADD>>(Isa::Avx2, g, x, w, oc0, rq, out)
+}
+
+/// `avxvnni/dot`: [`conv_dot_i8`] with `vpdpbusd` (AVX-VNNI, or AVX-512
+/// VL + VNNI on `ymm` where the CPU lacks AVX-VNNI): one instruction for
+/// the three of `vpmaddubsw` + `vpmaddwd` + `vpaddd`. Equal to
+/// [`crate::scalar::conv_shift_i8`].
+pub fn conv_dot_i8_avxvnni(
+    g: &Conv2dGeom,
+    x: &[i8],
+    w: &PackedRows,
+    oc0: usize,
+    rq: &[Requant],
+    out: &mut [i8],
+) {
+    if crate::dispatch::vnni_vex() {
+        tile::shift_i8::<Dot<VEX>>(Isa::AvxVnni, g, x, w, oc0, rq, out)
+    } else {
+        tile::shift_i8::<Dot<EVEX>>(Isa::AvxVnni, g, x, w, oc0, rq, out)
+    }
 }
 
 /// `avx2/shift`: equal to [`crate::scalar::conv_shift_i8`]; no multiply.
@@ -793,7 +880,23 @@ pub fn conv_lut_i8(
 
 /// `avx2/w8`: equal to [`crate::scalar::conv_w8_i8`] (int8 weights).
 pub fn conv_w8_i8(g: &Conv2dGeom, x: &[i8], w: &[i8], oc0: usize, rq: &[Requant], out: &mut [i8]) {
-    tile::w8_i8::<Dot>(Isa::Avx2, g, x, w, oc0, rq, out)
+    tile::w8_i8::<Dot<MADD>>(Isa::Avx2, g, x, w, oc0, rq, out)
+}
+
+/// `avxvnni/w8`: [`conv_w8_i8`] with `vpdpbusd` (as [`conv_dot_i8_avxvnni`]).
+pub fn conv_w8_i8_avxvnni(
+    g: &Conv2dGeom,
+    x: &[i8],
+    w: &[i8],
+    oc0: usize,
+    rq: &[Requant],
+    out: &mut [i8],
+) {
+    if crate::dispatch::vnni_vex() {
+        tile::w8_i8::<Dot<VEX>>(Isa::AvxVnni, g, x, w, oc0, rq, out)
+    } else {
+        tile::w8_i8::<Dot<EVEX>>(Isa::AvxVnni, g, x, w, oc0, rq, out)
+    }
 }
 
 /// `avx2/fexp`: [`crate::scalar::conv_shift_f32`] within the summation

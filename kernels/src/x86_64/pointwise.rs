@@ -1,5 +1,5 @@
-//! `avx2/pw-dot`, `avx512/pw-dot`: the pointwise kernel of
-//! [`crate::pointwise`] (and `*/px-dot`, its small-`k` variant).
+//! `avx2/pw-dot`, `avxvnni/pw-dot`, `avx512/pw-dot`: the pointwise kernel
+//! of [`crate::pointwise`] (and `*/px-dot`, its small-`k` variant).
 //!
 //! Per block of `PX` output pixels the input channels are interleaved in
 //! pairs as `i16` (`vpunpcklbw` + `vpmovsxbw`: pixel `j`'s lane holds
@@ -8,7 +8,7 @@
 //! `i32` from `crate::pointwise::weight_pairs`) and, per 8 pixels, one
 //! `vpmaddwd` + `vpaddd`: 2 instructions per 16 MACs, no padding of `k`,
 //! no gather, no horizontal sums. Exact: `|w * x| <= 2^14`, pairs and sums
-//! in `i32`. At the AVX-512 level (VNNI) `vpdpwssd` fuses the two: one
+//! in `i32`. At the AVX-VNNI and AVX-512 levels `vpdpwssd` fuses the two: one
 //! instruction per 16 MACs (on `ymm`: Zen4 runs `zmm` as two halves, so
 //! the wider form would only save decode bandwidth this loop does not
 //! lack).
@@ -166,24 +166,38 @@ unsafe fn rows_vnni<const R: usize>(wt: &[u32], kp: usize, pk: &[i16]) -> [[i32;
     unsafe { rows_with::<R>(wt, kp, pk, |a, x, w| _mm256_dpwssd_epi32(a, x, w)) }
 }
 
-/// Sums of `R` rows with the instructions of level `isa`.
+/// [`rows_with`] by `vpdpwssd` in its VEX encoding (AVX-VNNI).
 ///
 /// # Safety
-/// `isa` (AVX2 or AVX-512) available; as [`rows`].
+/// AVX2 and AVX-VNNI available.
+#[target_feature(enable = "avx2,avxvnni")]
+unsafe fn rows_vex<const R: usize>(wt: &[u32], kp: usize, pk: &[i16]) -> [[i32; PX]; R] {
+    // SAFETY: AVX2 available (this function's contract).
+    unsafe { rows_with::<R>(wt, kp, pk, |a, x, w| _mm256_dpwssd_avx_epi32(a, x, w)) }
+}
+
+/// Sums of `R` rows with the instructions of level `isa`; at
+/// [`Isa::AvxVnni`], the encoding of `vpdpwssd` the CPU has.
+///
+/// # Safety
+/// `isa` (AVX2, AVX-VNNI or AVX-512) available; as [`rows`].
 #[inline(always)]
 unsafe fn rows_at<const R: usize>(isa: Isa, wt: &[u32], kp: usize, pk: &[i16]) -> [[i32; PX]; R] {
-    // SAFETY (both): forwarded from this function's contract.
-    if isa == Isa::Avx512 {
-        unsafe { rows_vnni::<R>(wt, kp, pk) }
-    } else {
-        unsafe { rows::<R>(wt, kp, pk) }
+    // SAFETY (all three): forwarded from this function's contract; the
+    // AVX-VNNI level has one of the two encodings of `vpdpwssd`, and
+    // AVX-512 the EVEX one.
+    match isa {
+        Isa::AvxVnni if crate::dispatch::vnni_vex() => unsafe { rows_vex::<R>(wt, kp, pk) },
+        Isa::AvxVnni | Isa::Avx512 => unsafe { rows_vnni::<R>(wt, kp, pk) },
+        _ => unsafe { rows::<R>(wt, kp, pk) },
     }
 }
 
 /// The kernel body.
 ///
 /// # Safety
-/// `isa` (AVX2 or AVX-512) available; arguments checked by [`entry`].
+/// `isa` (AVX2, AVX-VNNI or AVX-512) available; arguments checked by
+/// [`entry`].
 #[target_feature(enable = "avx2")]
 unsafe fn conv(isa: Isa, g: &Conv2dGeom, x: &[i8], w: &PackedRows, rq: &[Requant], out: &mut [i8]) {
     let (k, n, plane) = (g.k(), w.rows(), g.out_plane());
@@ -297,6 +311,35 @@ pub fn conv_small_k_i8_vnni(
     entry(Isa::Avx512, g, x, w, oc0, rq, out)
 }
 
+/// `avxvnni/pw-dot`: [`conv_dot_i8`] with `vpdpwssd` (AVX-VNNI, or
+/// AVX-512 VL + VNNI). Panics if the CPU lacks the AVX-VNNI level or the
+/// layer is not pointwise.
+pub fn conv_dot_i8_avxvnni(
+    g: &Conv2dGeom,
+    x: &[i8],
+    w: &PackedRows,
+    oc0: usize,
+    rq: &[Requant],
+    out: &mut [i8],
+) {
+    assert!(applies(g), "avxvnni/pw-dot: not a pointwise layer");
+    entry(Isa::AvxVnni, g, x, w, oc0, rq, out)
+}
+
+/// `avxvnni/px-dot`: [`conv_small_k_i8`] with `vpdpwssd`. Panics if the
+/// CPU lacks the AVX-VNNI level or the layer does not qualify.
+pub fn conv_small_k_i8_avxvnni(
+    g: &Conv2dGeom,
+    x: &[i8],
+    w: &PackedRows,
+    oc0: usize,
+    rq: &[Requant],
+    out: &mut [i8],
+) {
+    assert!(small_k(g), "avxvnni/px-dot: not a small-k dense conv");
+    entry(Isa::AvxVnni, g, x, w, oc0, rq, out)
+}
+
 /// The checks every entry point shares, then the kernel.
 fn entry(
     isa: Isa,
@@ -313,7 +356,7 @@ fn entry(
         isa.name()
     );
     check_call(g, x.len(), w.k(), w.rows(), oc0, rq.len(), out.len());
-    // SAFETY: `isa` (AVX2 or AVX-512, which includes AVX2) is available
+    // SAFETY: `isa` (AVX2, AVX-VNNI or AVX-512, which include AVX2) is available
     // and the arguments were checked above (the layer qualifies: the
     // callers asserted it).
     unsafe { conv(isa, g, x, w, rq, out) }
