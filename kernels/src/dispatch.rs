@@ -381,6 +381,7 @@ macro_rules! registry {
 registry! { SIMD:
     "avx512/gemm-dot" => Avx512, Dot, Gemm, DecodedI8(crate::x86_64::gemm::conv_gemm_i8);
     "avx512/gemm-shift" => Avx512, Shift, GemmShift, ListsI8(crate::x86_64::gemm_shift::conv_gemm_shift_i8);
+    "avxvnni/gemm-dot" => AvxVnni, Dot, Gemm, DecodedI8(crate::x86_64::gemm_vnni::conv_gemm_i8);
     "avx512/dw-shift" => Avx512, Shift, Depthwise, ShiftI8(crate::x86_64::avx512::dw::conv_shift_i8);
     "avx2/dw-shift" => Avx2, Shift, Depthwise, ShiftI8(crate::x86_64::avx2::dw::conv_shift_i8);
     "avx512/dw-fexp" => Avx512, Fexp, Depthwise, ShiftF32(crate::x86_64::avx512::dw::conv_fexp_f32);
@@ -893,6 +894,10 @@ pub fn decoded_linear(m: usize, k: usize, n: usize) -> Option<(&'static str, Lin
     #[cfg(target_arch = "x86_64")]
     if dot_ok && fits && Isa::Avx512.runs_on(isa()) {
         return Some(("avx512/gemm-dot", crate::x86_64::gemm::linear_gemm_i8));
+    }
+    #[cfg(target_arch = "x86_64")]
+    if dot_ok && fits && Isa::AvxVnni.runs_on(isa()) {
+        return Some(("avxvnni/gemm-dot", crate::x86_64::gemm_vnni::linear_gemm_i8));
     }
     #[cfg(target_arch = "aarch64")]
     if dot_ok && fits && Isa::NeonDot.runs_on(isa()) {

@@ -29,6 +29,8 @@ pub mod fexp;
 pub mod gemm;
 pub mod geom;
 pub mod lists;
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub(crate) mod panel;
 pub mod pointwise;
 pub mod pool;
 pub mod requant;

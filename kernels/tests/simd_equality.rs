@@ -1316,17 +1316,27 @@ fn gemm_phase_split() {
     }
 }
 
-/// The batched linear GEMM of this target, if this CPU runs it.
-fn linear_gemm() -> Option<dispatch::LinFn> {
+/// The batched linear GEMMs of this target that this CPU runs.
+fn linear_gemms() -> Vec<(&'static str, dispatch::LinFn)> {
+    let mut v: Vec<(&'static str, dispatch::LinFn)> = Vec::new();
     #[cfg(target_arch = "x86_64")]
-    if Isa::Avx512.available() {
-        return Some(shiftnn_kernels::x86_64::gemm::linear_gemm_i8);
+    {
+        use shiftnn_kernels::x86_64::{gemm, gemm_vnni};
+        if Isa::Avx512.available() {
+            v.push(("avx512/gemm-dot", gemm::linear_gemm_i8));
+        }
+        if Isa::AvxVnni.available() {
+            v.push(("avxvnni/gemm-dot", gemm_vnni::linear_gemm_i8));
+        }
     }
     #[cfg(target_arch = "aarch64")]
     if Isa::NeonDot.available() {
-        return Some(shiftnn_kernels::aarch64::gemm::linear_gemm_i8);
+        v.push((
+            "neondot/gemm-dot",
+            shiftnn_kernels::aarch64::gemm::linear_gemm_i8,
+        ));
     }
-    None
+    v
 }
 
 /// The multiplication-free batched linear GEMM on exponent lists, if this
@@ -1397,12 +1407,12 @@ fn check_linear_batch(
     let c = case(g, b, seed);
     let (x, want) = batch(&c, m, seed);
     let w = PackedRows::new(&c.packed, c.bits, n, k).unwrap();
-    if let Some(f) = linear_gemm().filter(|_| k <= gemm::MAX_K) {
+    for (name, f) in linear_gemms().into_iter().filter(|_| k <= gemm::MAX_K) {
         let (dw, corr, sh, at, fix) = decode_rows(&w, gemm::Order::Codes);
         let d = gemm::DecodedRows::new(&dw, &corr, &sh, &at, &fix, k, gemm::Order::Codes).unwrap();
         let mut got = vec![0i8; m * n];
         f(&x, m, &d, &c.rq, &mut got);
-        prop_assert_eq!(&got, &want, "gemm-dot m {} k {} n {} b {}", m, k, n, b);
+        prop_assert_eq!(&got, &want, "{} m {} k {} n {} b {}", name, m, k, n, b);
     }
     if let Some(f) = lists_linear_gemm().filter(|_| k <= lists::MAX_K) {
         let (mut idx, mut at) = (vec![0u16; n * k], vec![0u32; lists::offsets_len(&w)]);

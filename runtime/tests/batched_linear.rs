@@ -1,7 +1,9 @@
-//! Batched linear layers under a forced multiplication-free family (int8,
-//! `shift`) and in float mode: where the CPU runs the pixel-lane GEMMs
-//! (AVX-512: `avx512/gemm-shift` on exponent lists regrouped at load,
-//! `avx512/gemm-fexp` on the codes), the model runs the whole batch
+//! Batched linear layers in int8 mode (the `dot` GEMMs of the AVX-512 and
+//! AVX-VNNI levels, on rows decoded at load), under a forced
+//! multiplication-free family (int8, `shift`) and in float mode: where the
+//! CPU runs the pixel-lane GEMMs (AVX-512: `avx512/gemm-shift` on exponent
+//! lists regrouped at load, `avx512/gemm-fexp` on the codes), the model
+//! runs the whole batch
 //! through them, and its outputs equal those of the same model loaded and
 //! run with the `scalar` family forced, at one and two threads.
 //!
@@ -110,8 +112,15 @@ fn same(a: &[f32], b: &[f32]) -> bool {
 /// Under `forced`, each shape's batched linear layer runs `kernel` where
 /// the CPU has AVX-512 (else row by row) and equals the `scalar` family.
 fn check(mode: Mode, forced: Option<Family>, kernel: &str, specials: bool) {
+    check_at(Isa::Avx512, mode, forced, kernel, specials)
+}
+
+/// [`check`] with the level capped at `level`: `kernel` runs the batch
+/// where the CPU has that level, else the layer runs row by row.
+fn check_at(level: Isa, mode: Mode, forced: Option<Family>, kernel: &str, specials: bool) {
     let _g = SETTINGS.lock().unwrap_or_else(|e| e.into_inner());
-    let gemm = Isa::Avx512.available();
+    let gemm = level.available();
+    dispatch::set_isa_cap(Some(level));
     let r = std::panic::catch_unwind(|| {
         for (si, (m, k, n)) in [(8, 70, 24), (9, 33, 17), (17, 257, 19), (64, 1031, 40)]
             .into_iter()
@@ -151,7 +160,14 @@ fn check(mode: Mode, forced: Option<Family>, kernel: &str, specials: bool) {
         }
     });
     dispatch::set_family(None);
+    dispatch::set_isa_cap(None);
     r.unwrap();
+}
+
+#[test]
+fn int8_default_runs_the_dot_gemm_of_each_level() {
+    check_at(Isa::Avx512, Mode::Int8, None, "avx512/gemm-dot", false);
+    check_at(Isa::AvxVnni, Mode::Int8, None, "avxvnni/gemm-dot", false);
 }
 
 #[test]

@@ -53,16 +53,11 @@ use core::mem::MaybeUninit;
 
 use crate::dispatch::Isa;
 use crate::gemm::{check_conv, check_linear, padded_k, DecodedRows, Order, MAX_K};
+use crate::panel::{block_pixels, build_rows_panel, for_each_block, gather, Seg, PX_MAX, SUB};
 use crate::{Conv2dGeom, Requant};
 
 /// Rows of the microkernel.
 pub const MR: usize = 8;
-
-/// Pixels of a panel sub-block: the microkernel's 2 vectors of 4.
-const SUB: usize = 8;
-
-/// Most pixels of a block.
-const PX_MAX: usize = 64;
 
 /// Bytes of the stack panel: `MAX_K` weights of 16 pixels.
 pub const PANEL_BYTES: usize = padded_k(MAX_K) * 16;
@@ -93,87 +88,6 @@ unsafe fn sdot_lane<const L: u32>(mut acc: int32x4_t, a: int8x16_t, b: int8x16_t
         );
     }
     acc
-}
-
-/// One run of consecutive output pixels of a block within one output row.
-#[derive(Clone, Copy, Default)]
-struct Seg {
-    /// First lane (pixel of the block).
-    l0: usize,
-    /// Pixels in the run.
-    len: usize,
-    /// Output row.
-    oy: usize,
-    /// Output column of lane `l0`.
-    ox: usize,
-}
-
-/// The runs of pixels `q0 .. q0 + cnt` (`cnt <= PX_MAX`); returns how many.
-fn segments(g: &Conv2dGeom, q0: usize, cnt: usize, segs: &mut [Seg; PX_MAX]) -> usize {
-    let ow = g.out_w();
-    let (mut q, mut ns) = (q0, 0);
-    while q < q0 + cnt {
-        let (oy, ox) = (q / ow, q % ow);
-        let len = (ow - ox).min(q0 + cnt - q);
-        segs[ns] = Seg {
-            l0: q - q0,
-            len,
-            oy,
-            ox,
-        };
-        ns += 1;
-        q += len;
-    }
-    ns
-}
-
-/// Activations of tap `(c, ky, kx)` for the block's pixels into `t` (lane
-/// = pixel of the block); lanes of padded taps are left as they are (the
-/// caller zeroes `t`).
-fn gather(
-    g: &Conv2dGeom,
-    x: &[i8],
-    segs: &[Seg],
-    c: usize,
-    ky: usize,
-    kx: usize,
-    t: &mut [i8; PX_MAX],
-) {
-    let (h, w) = (g.h as isize, g.w as isize);
-    let (sy, sx) = (g.stride[0] as isize, g.stride[1] as isize);
-    let plane = c * g.h * g.w;
-    for s in segs {
-        let iy = (s.oy as isize) * sy + (ky * g.dilation[0]) as isize - g.pads[0] as isize;
-        if iy < 0 || iy >= h {
-            continue;
-        }
-        // Input column of lane l0; lane l0 + i reads ix0 + i * sx.
-        let ix0 = (s.ox as isize) * sx + (kx * g.dilation[1]) as isize - g.pads[1] as isize;
-        // Lanes whose column is inside the row: i in [lo, hi).
-        let (lo, hi) = if sx == 1 {
-            ((-ix0).max(0), w - ix0)
-        } else {
-            (
-                if ix0 >= 0 { 0 } else { (-ix0 + sx - 1) / sx },
-                if ix0 >= w { 0 } else { (w - ix0 + sx - 1) / sx },
-            )
-        };
-        let (a, b) = (lo, hi.min(s.len as isize));
-        if a >= b {
-            continue;
-        }
-        let (a, b) = (a as usize, b as usize);
-        // In bounds: 0 <= ix0 + i * sx < w for i in [a, b).
-        let src = plane + iy as usize * g.w + (ix0 + a as isize * sx) as usize;
-        let dst = &mut t[s.l0 + a..s.l0 + b];
-        if sx == 1 {
-            dst.copy_from_slice(&x[src..src + (b - a)]);
-        } else {
-            for (i, d) in dst.iter_mut().enumerate() {
-                *d = x[src + i * sx as usize];
-            }
-        }
-    }
 }
 
 /// Build the panel of group `grp` for the block of `cnt` pixels whose runs
@@ -460,43 +374,31 @@ unsafe fn conv(
     rq: &[Requant],
     out: &mut [i8],
 ) {
-    let n = d.rows();
-    let plane = g.out_plane();
+    let (n, plane) = (d.rows(), g.out_plane());
     if n == 0 || plane == 0 {
         return;
     }
-    // Pixels per block: a multiple of 16 (the panel's interleave), 16 ..= 64.
-    let px = (PANEL_BYTES / d.kp() / 16 * 16).clamp(16, PX_MAX);
+    let px = block_pixels(PANEL_BYTES, d.kp());
     let mut panel = MaybeUninit::<Panel>::uninit();
     let pp = panel.as_mut_ptr().cast::<i8>();
-    let mut segs = [Seg::default(); PX_MAX];
-    let cog = g.c_out_g();
-    let mut r = 0;
-    while r < n {
-        let grp = (oc0 + r) / cog;
-        let r_end = n.min((grp + 1) * cog - oc0);
-        let mut q0 = 0;
-        while q0 < plane {
-            let cnt = (plane - q0).min(px);
-            let ns = segments(g, q0, cnt, &mut segs);
-            // SAFETY: 16 * cnt.div_ceil(16) * kp <= px * kp <= PANEL_BYTES
-            // by the choice of px; the panel is written before it is read.
-            unsafe { build_panel(g, x, grp, &segs[..ns], cnt, pp) };
-            let mut emit = |r: usize, p: usize, y: &[i8; SUB], n: usize| {
-                let dst = &mut out[r * plane + q0 + p..];
-                if n == SUB {
-                    dst[..SUB].copy_from_slice(y);
-                } else {
-                    dst[..n].copy_from_slice(&y[..n]);
-                }
-            };
-            // SAFETY: the block's panel is built; rows and outputs are
-            // within d, rq and out (checked by the caller).
-            unsafe { all_rows(d, r, r_end, pp, cnt, rq, &mut emit) };
-            q0 += cnt;
-        }
-        r = r_end;
-    }
+    for_each_block(g, n, oc0, px, |grp, r, r_end, q0, cnt, segs| {
+        // SAFETY: 16 * cnt.div_ceil(16) * kp <= px * kp <= PANEL_BYTES by
+        // the choice of px; the panel is written before it is read.
+        unsafe { build_panel(g, x, grp, segs, cnt, pp) };
+        let mut emit = |r: usize, p: usize, y: &[i8; SUB], n: usize| {
+            // A whole vector's outputs as one fixed-size move, not a call
+            // to memcpy.
+            let dst = &mut out[r * plane + q0 + p..];
+            if n == SUB {
+                dst[..SUB].copy_from_slice(y);
+            } else {
+                dst[..n].copy_from_slice(&y[..n]);
+            }
+        };
+        // SAFETY: the block's panel is built; rows and outputs are within
+        // d, rq and out (checked by the caller).
+        unsafe { all_rows(d, r, r_end, pp, cnt, rq, &mut emit) };
+    });
 }
 
 /// `neondot/gemm-dot`: equal to [`crate::scalar::conv_shift_i8`] on the
@@ -526,44 +428,6 @@ pub fn conv_gemm_i8(
     unsafe { conv(g, x, d, oc0, rq, out) }
 }
 
-/// Build the panel of batch rows `j0 .. j0 + cnt` of `x` (`[m][k]`, a
-/// linear layer's input; `cnt <= PX_MAX`): the layout of the conv panel
-/// with batch rows for pixels, each step one 4-byte word of a row (zero
-/// past `k` and past `cnt` rows up to the next 16).
-///
-/// # Safety
-/// `panel` valid for writes of `16 * cnt.div_ceil(16) * padded_k(k)`
-/// bytes; `x.len() >= (j0 + cnt) * k`.
-unsafe fn build_rows_panel(x: &[i8], k: usize, j0: usize, cnt: usize, panel: *mut i8) {
-    let steps = padded_k(k) / 4;
-    let full = k / 4;
-    for p in 0..16 * cnt.div_ceil(16) {
-        let (sb, lane) = (p / SUB, p % SUB);
-        let at = |kb: usize| ((sb * steps + kb) * SUB + lane) * 4;
-        let put = |kb: usize, wd: [i8; 4]| {
-            // SAFETY: sub-block sb < 2 cnt.div_ceil(16), step kb < steps,
-            // lane < 8: within 16 * cnt.div_ceil(16) * kp bytes.
-            unsafe { panel.add(at(kb)).cast::<[i8; 4]>().write_unaligned(wd) }
-        };
-        if p >= cnt {
-            for kb in 0..steps {
-                put(kb, [0; 4]);
-            }
-            continue;
-        }
-        let row = &x[(j0 + p) * k..][..k];
-        for (kb, wd) in row.chunks_exact(4).enumerate() {
-            put(kb, [wd[0], wd[1], wd[2], wd[3]]);
-        }
-        if steps > full {
-            // The last, partial step: k % 4 weights, the rest padding.
-            let mut wd = [0i8; 4];
-            wd[..k - 4 * full].copy_from_slice(&row[4 * full..]);
-            put(full, wd);
-        }
-    }
-}
-
 /// # Safety
 /// dotprod available; arguments checked by [`linear_gemm_i8`].
 #[target_feature(enable = "neon,dotprod")]
@@ -572,7 +436,7 @@ unsafe fn linear(x: &[i8], m: usize, d: &DecodedRows, rq: &[Requant], out: &mut 
     if n == 0 || m == 0 {
         return;
     }
-    let px = (PANEL_BYTES / d.kp() / 16 * 16).clamp(16, PX_MAX);
+    let px = block_pixels(PANEL_BYTES, d.kp());
     let mut panel = MaybeUninit::<Panel>::uninit();
     let pp = panel.as_mut_ptr().cast::<i8>();
     let mut j0 = 0;
@@ -586,7 +450,7 @@ unsafe fn linear(x: &[i8], m: usize, d: &DecodedRows, rq: &[Requant], out: &mut 
         // SAFETY: 16 * cnt.div_ceil(16) * kp <= px * kp <= PANEL_BYTES;
         // the panel is written before it is read; x holds m rows of k.
         unsafe {
-            build_rows_panel(x, k, j0, cnt, pp);
+            build_rows_panel(x, k, j0, cnt, 0, pp);
             all_rows(d, 0, n, pp, cnt, rq, &mut emit);
         }
         j0 += cnt;

@@ -8,6 +8,9 @@
 //!   and the FMA baseline the `fexp` target is measured against;
 //! * `gemm`: the pixel-lane int8 GEMM on rows decoded at load
 //!   ([`crate::gemm`]), `vpdpbusd` with broadcast weights;
+//! * `gemm_vnni`: the same GEMM on `ymm` for the AVX-VNNI level (VEX
+//!   AVX-VNNI or EVEX AVX-512 VL + VNNI), on the panel layout of
+//!   `neondot/gemm-dot`;
 //! * `gemm_shift`: its multiplication-free twin on codes regrouped by
 //!   exponent ([`crate::lists`]): one `vpaddw` per weight and 32 pixels;
 //! * `gemm_fexp`: the float-mode pixel-lane GEMM on the packed codes:
@@ -132,5 +135,6 @@ pub mod avx512;
 pub mod gemm;
 pub mod gemm_fexp;
 pub mod gemm_shift;
+pub mod gemm_vnni;
 pub mod lut;
 pub mod pointwise;
