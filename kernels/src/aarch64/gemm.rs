@@ -15,7 +15,9 @@
 //!   signed), so there is no `0x80` offset and the rows' `corr` is not
 //!   used; padded taps and weights past `k` are 0. Each tap is gathered
 //!   into a byte row of the block's pixels (one copy per run of pixels
-//!   within an output row, a strided loop for strides above 1), and four
+//!   within an output row, a strided loop for strides above 1; the runs
+//!   of each of a block's taps worked out once, `crate::panel::TapRuns`,
+//!   as they are the same for every input channel), and four
 //!   taps interleave into pixel-major words with two rounds of `zip`
 //!   (8 `zip1`/`zip2` per 16 pixels of a step). The panel is built once
 //!   per pixel block and read by every row of the call.
@@ -53,7 +55,7 @@ use core::mem::MaybeUninit;
 
 use crate::dispatch::Isa;
 use crate::gemm::{check_conv, check_linear, padded_k, DecodedRows, Order, MAX_K};
-use crate::panel::{block_pixels, build_rows_panel, for_each_block, gather, Seg, PX_MAX, SUB};
+use crate::panel::{block_pixels, build_rows_panel, for_each_block, Seg, StepTaps, PX_MAX, SUB};
 use crate::{Conv2dGeom, Requant};
 
 /// Rows of the microkernel.
@@ -107,28 +109,11 @@ unsafe fn build_panel(
     panel: *mut i8,
 ) {
     let steps = padded_k(g.k()) / 4;
-    let (kh, kw, cig) = (g.kh, g.kw, g.c_in_g());
-    let c_base = grp * cig;
     let chunks = cnt.div_ceil(16);
-    // Tap counters of weight index i = (ic * kh + ky) * kw + kx.
-    let (mut ic, mut ky, mut kx) = (0, 0, 0);
+    let mut taps = StepTaps::new(g, x, grp, segs, cnt);
     let mut t = [[0i8; PX_MAX]; 4];
     for kb in 0..steps {
-        for tv in &mut t {
-            tv[..16 * chunks].fill(0);
-            if ic < cig {
-                gather(g, x, segs, c_base + ic, ky, kx, tv);
-                kx += 1;
-                if kx == kw {
-                    kx = 0;
-                    ky += 1;
-                    if ky == kh {
-                        ky = 0;
-                        ic += 1;
-                    }
-                }
-            }
-        }
+        taps.next(&mut t);
         for ch in 0..chunks {
             // SAFETY: each `t` row has PX_MAX >= 16 * chunks bytes.
             let [a, b, c, d] = t

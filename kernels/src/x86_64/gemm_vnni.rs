@@ -12,8 +12,12 @@
 //!   signed ones, so activations go in as `x ^ 0x80` (`x + 128`, padded
 //!   taps `0x80`) and each row's sums start at its `corr`
 //!   ([`DecodedRows::corr`]), as in the AVX-512 kernel. The taps are
-//!   gathered into byte rows (`crate::panel::gather`) and four of them
-//!   interleave into pixel-major words with two rounds of `punpck`.
+//!   gathered into byte rows and four of them interleave into
+//!   pixel-major words with two rounds of `punpck`. A tap's copies (runs
+//!   of pixels within output rows, clipped to the input) are the same
+//!   for every input channel, so they are worked out once per block
+//!   (`crate::panel::TapRuns`): ResNet-18 17.6 -> 15.0 ms, ResNet-20
+//!   0.85 -> 0.65 ms against the per-channel `crate::panel::gather`.
 //! * **Microkernel.** [`MR`] = 6 rows by 2 sub-blocks (16 pixels): per
 //!   step, two panel loads, one broadcast of each row's 4-weight word and
 //!   12 `vpdpbusd` (384 MACs). 12 accumulators, 2 panel vectors and a
@@ -32,7 +36,7 @@ use core::mem::MaybeUninit;
 
 use crate::dispatch::{vnni_vex, Isa};
 use crate::gemm::{check_conv, check_linear, padded_k, DecodedRows, Order, MAX_K};
-use crate::panel::{block_pixels, build_rows_panel, for_each_block, gather, Seg, PX_MAX};
+use crate::panel::{block_pixels, build_rows_panel, for_each_block, Seg, StepTaps, PX_MAX};
 use crate::{Conv2dGeom, Requant};
 
 /// Rows of the microkernel.
@@ -67,29 +71,12 @@ unsafe fn build_panel(
     panel: *mut i8,
 ) {
     let steps = padded_k(g.k()) / 4;
-    let (kh, kw, cig) = (g.kh, g.kw, g.c_in_g());
-    let c_base = grp * cig;
     let chunks = cnt.div_ceil(16);
     let flip = _mm_set1_epi8(i8::MIN);
-    // Tap counters of weight index i = (ic * kh + ky) * kw + kx.
-    let (mut ic, mut ky, mut kx) = (0, 0, 0);
+    let mut taps = StepTaps::new(g, x, grp, segs, cnt);
     let mut t = [[0i8; PX_MAX]; 4];
     for kb in 0..steps {
-        for tv in &mut t {
-            tv[..16 * chunks].fill(0);
-            if ic < cig {
-                gather(g, x, segs, c_base + ic, ky, kx, tv);
-                kx += 1;
-                if kx == kw {
-                    kx = 0;
-                    ky += 1;
-                    if ky == kh {
-                        ky = 0;
-                        ic += 1;
-                    }
-                }
-            }
-        }
+        taps.next(&mut t);
         for ch in 0..chunks {
             // SAFETY: each `t` row has PX_MAX >= 16 * chunks bytes.
             let [a, b, c, d] = t
