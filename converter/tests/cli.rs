@@ -392,6 +392,12 @@ fn int8_convert_run_eval_bench_diff() {
                 || k.ends_with("-dot")),
         "{kernels:?}"
     );
+    // The int8 input's quantize names the level of its vectorized kernel.
+    assert_eq!(
+        ins["layers"][0]["kernel"].as_str(),
+        Some(shiftnn_kernels::elementwise::kernel_name()),
+        "{kernels:?}"
+    );
 
     // run: (5, 1, 6, 6) -> (5, 3); thread count does not change results.
     ok(&[

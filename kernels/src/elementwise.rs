@@ -305,6 +305,20 @@ x86_level!(avx2, "avx2");
 #[cfg(target_arch = "x86_64")]
 x86_level!(avx512, "avx512f,avx512bw,avx512vl");
 
+/// What `inspect` and `bench` call the kernels of [`quantize_i8`] and
+/// [`add_i8`] at the level [`dispatch::isa`] chooses: the x86 level they
+/// are compiled for, else `portable` (the same bodies, vectorized by the
+/// compiler for the target's baseline).
+pub fn kernel_name() -> &'static str {
+    match dispatch::isa() {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => "avx512",
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::AvxVnni => "avx2",
+        _ => "portable",
+    }
+}
+
 /// Quantize `f32` to int8: equal to [`scalar::quantize_i8`] for every
 /// input (NaN to 0, saturating), at the level [`dispatch::isa`] chooses.
 pub fn quantize_i8(x: &[f32], inv_scale: f32, out: &mut [i8]) {

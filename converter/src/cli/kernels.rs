@@ -9,12 +9,19 @@ use shiftnn_runtime::{DType, Mode, Model, Op, WeightKind};
 
 /// The kernel that runs node `i` of `model`: `isa/family` for conv and
 /// linear layers, `rows` for int8 max pooling (the row-vectorized
-/// `shiftnn_kernels::pool`), `scalar` for everything else.
+/// `shiftnn_kernels::pool`), the level of the vectorized int8 quantize and
+/// residual add (`shiftnn_kernels::elementwise::kernel_name`), `scalar`
+/// for everything else.
 pub fn kernel_name(model: &Model, i: usize) -> String {
     let node = &model.graph().nodes[i];
     if matches!(node.op, Op::MaxPool { .. }) && model.graph().values[node.output].dtype == DType::I8
     {
         return "rows".to_string();
+    }
+    let int8_out = model.graph().values[node.output].dtype == DType::I8;
+    if int8_out && matches!(node.op, Op::Quantize | Op::Add { .. }) {
+        // The vectorized quantize and residual add (`elementwise`).
+        return shiftnn_kernels::elementwise::kernel_name().to_string();
     }
     if let Some(name) = model.batched_linear_kernel(i) {
         // A batched linear layer through a pixel-lane GEMM.
