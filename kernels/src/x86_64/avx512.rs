@@ -51,7 +51,7 @@ use crate::{Conv2dGeom, PackedRows, Requant};
 /// then the odd ones, the order of a patch that `avx2::dot_prepare` split;
 /// otherwise natural order. Codes past the row's end are 0 (weight +1,
 /// against the patch's zero padding); only the last block of a row can be
-/// partial, and only it computes a load mask.
+/// partial. Blocks within 64 bytes of the row's end take a masked load.
 ///
 /// # Safety
 /// AVX-512 (F, BW, VBMI) available.
@@ -73,10 +73,20 @@ unsafe fn load_codes<const B: u32, const SPLIT: bool>(codes: &[u8], blk: usize) 
     } else {
         (1u64 << n) - 1
     };
-    // SAFETY: the mask enables only the first `n <= rest.len()` bytes of
-    // `rest`; masked-off bytes are neither read nor able to fault (a
-    // plain 64-byte load could cross the row's end).
-    let v = unsafe { _mm512_maskz_loadu_epi8(mask, rest.as_ptr().cast()) };
+    let v = if rest.len() >= 64 {
+        // A plain load where 64 bytes of the row remain: the bytes past
+        // this block's `nb` are the row's next codes, which land only in
+        // bits the callers ignore (above a code's `B` bits, or outside
+        // the bytes a permute or a lane shuffle takes). A masked load
+        // made Linear 4096 batch 1 take 0.395 ms against 0.345.
+        // SAFETY: 64 readable bytes of `rest`.
+        unsafe { _mm512_loadu_si512(rest.as_ptr().cast()) }
+    } else {
+        // SAFETY: the mask enables only the first `n <= rest.len()` bytes
+        // of `rest`; masked-off bytes are neither read nor able to fault
+        // (a plain 64-byte load could cross the row's end).
+        unsafe { _mm512_maskz_loadu_epi8(mask, rest.as_ptr().cast()) }
+    };
     if B == 8 {
         return v;
     }
