@@ -344,6 +344,9 @@ pub enum Layers {
     /// The layers of [`Layers::Gemm`] whose `k` fits the exponent-list
     /// GEMM ([`crate::lists::applies`]).
     GemmShift,
+    /// The layers of [`Layers::Gemm`] whose `k` fits the AVX2 GEMM's stack
+    /// panel (`x86_64::gemm_avx2::applies`).
+    GemmI16,
 }
 
 impl Layers {
@@ -357,6 +360,10 @@ impl Layers {
             Layers::TinyK => crate::pointwise::tiny_k(g),
             Layers::Gemm => crate::gemm::applies(g),
             Layers::GemmShift => crate::lists::applies(g),
+            #[cfg(target_arch = "x86_64")]
+            Layers::GemmI16 => crate::x86_64::gemm_avx2::applies(g),
+            #[cfg(not(target_arch = "x86_64"))]
+            Layers::GemmI16 => false,
         }
     }
 }
@@ -383,6 +390,7 @@ registry! { SIMD:
     "avx512/gemm-dot" => Avx512, Dot, Gemm, DecodedI8(crate::x86_64::gemm::conv_gemm_i8);
     "avx512/gemm-shift" => Avx512, Shift, GemmShift, ListsI8(crate::x86_64::gemm_shift::conv_gemm_shift_i8);
     "avxvnni/gemm-dot" => AvxVnni, Dot, Gemm, DecodedI8(crate::x86_64::gemm_vnni::conv_gemm_i8);
+    "avx2/gemm-dot" => Avx2, Dot, GemmI16, DecodedI8(crate::x86_64::gemm_avx2::conv_gemm_i8);
     "avx512/dw-shift" => Avx512, Shift, Depthwise, ShiftI8(crate::x86_64::avx512::dw::conv_shift_i8);
     "avx2/dw-shift" => Avx2, Shift, Depthwise, ShiftI8(crate::x86_64::avx2::dw::conv_shift_i8);
     "avx512/dw-fexp" => Avx512, Fexp, Depthwise, ShiftF32(crate::x86_64::avx512::dw::conv_fexp_f32);
@@ -904,6 +912,10 @@ pub fn decoded_linear(m: usize, k: usize, n: usize) -> Option<(&'static str, Lin
     #[cfg(target_arch = "x86_64")]
     if dot_ok && fits && Isa::AvxVnni.runs_on(isa()) {
         return Some(("avxvnni/gemm-dot", crate::x86_64::gemm_vnni::linear_gemm_i8));
+    }
+    #[cfg(target_arch = "x86_64")]
+    if dot_ok && linear_fits(m, k, n, crate::x86_64::gemm_avx2::MAX_K) && Isa::Avx2.runs_on(isa()) {
+        return Some(("avx2/gemm-dot", crate::x86_64::gemm_avx2::linear_gemm_i8));
     }
     #[cfg(target_arch = "aarch64")]
     if dot_ok && fits && Isa::NeonDot.runs_on(isa()) {

@@ -397,3 +397,15 @@ impl<'a> StepTaps<'a> {
         }
     }
 }
+
+/// Store `n <= N` outputs `y[..n]` of one row at `out[at..]`: a whole
+/// vector's as one fixed-size move, not a call to `memcpy`.
+#[inline(always)]
+pub(crate) fn put_outputs<const N: usize>(out: &mut [i8], at: usize, y: &[i8; N], n: usize) {
+    let dst = &mut out[at..];
+    if n == N {
+        dst[..N].copy_from_slice(y);
+    } else {
+        dst[..n].copy_from_slice(&y[..n]);
+    }
+}

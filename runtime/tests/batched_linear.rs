@@ -1,5 +1,5 @@
-//! Batched linear layers in int8 mode (the `dot` GEMMs of the AVX-512 and
-//! AVX-VNNI levels, on rows decoded at load), under a forced
+//! Batched linear layers in int8 mode (the `dot` GEMMs of the AVX-512,
+//! AVX-VNNI and AVX2 levels, on rows decoded at load), under a forced
 //! multiplication-free family (int8, `shift`) and in float mode: where the
 //! CPU runs the pixel-lane GEMMs (AVX-512: `avx512/gemm-shift` on exponent
 //! lists regrouped at load, `avx512/gemm-fexp` on the codes), the model
@@ -168,6 +168,7 @@ fn check_at(level: Isa, mode: Mode, forced: Option<Family>, kernel: &str, specia
 fn int8_default_runs_the_dot_gemm_of_each_level() {
     check_at(Isa::Avx512, Mode::Int8, None, "avx512/gemm-dot", false);
     check_at(Isa::AvxVnni, Mode::Int8, None, "avxvnni/gemm-dot", false);
+    check_at(Isa::Avx2, Mode::Int8, None, "avx2/gemm-dot", false);
 }
 
 #[test]

@@ -55,7 +55,9 @@ use core::mem::MaybeUninit;
 
 use crate::dispatch::Isa;
 use crate::gemm::{check_conv, check_linear, padded_k, DecodedRows, Order, MAX_K};
-use crate::panel::{block_pixels, build_rows_panel, for_each_block, Seg, StepTaps, PX_MAX, SUB};
+use crate::panel::{
+    block_pixels, build_rows_panel, for_each_block, put_outputs, Seg, StepTaps, PX_MAX, SUB,
+};
 use crate::{Conv2dGeom, Requant};
 
 /// Rows of the microkernel.
@@ -371,14 +373,7 @@ unsafe fn conv(
         // the choice of px; the panel is written before it is read.
         unsafe { build_panel(g, x, grp, segs, cnt, pp) };
         let mut emit = |r: usize, p: usize, y: &[i8; SUB], n: usize| {
-            // A whole vector's outputs as one fixed-size move, not a call
-            // to memcpy.
-            let dst = &mut out[r * plane + q0 + p..];
-            if n == SUB {
-                dst[..SUB].copy_from_slice(y);
-            } else {
-                dst[..n].copy_from_slice(&y[..n]);
-            }
+            put_outputs(out, r * plane + q0 + p, y, n)
         };
         // SAFETY: the block's panel is built; rows and outputs are within
         // d, rq and out (checked by the caller).

@@ -36,7 +36,9 @@ use core::mem::MaybeUninit;
 
 use crate::dispatch::{vnni_vex, Isa};
 use crate::gemm::{check_conv, check_linear, padded_k, DecodedRows, Order, MAX_K};
-use crate::panel::{block_pixels, build_rows_panel, for_each_block, Seg, StepTaps, PX_MAX};
+use crate::panel::{
+    block_pixels, build_rows_panel, for_each_block, put_outputs, Seg, StepTaps, PX_MAX,
+};
 use crate::{Conv2dGeom, Requant};
 
 /// Rows of the microkernel.
@@ -273,14 +275,7 @@ macro_rules! gemm_body {
                     // level; the panel is written before it is read.
                     unsafe { build_panel(g, x, grp, segs, cnt, pp) };
                     let mut emit = |r: usize, p: usize, y: &[i8; PAIR], n: usize| {
-                        // A whole vector's outputs as one fixed-size move, not a call
-                        // to memcpy.
-                        let dst = &mut out[r * plane + q0 + p..];
-                        if n == PAIR {
-                            dst[..PAIR].copy_from_slice(y);
-                        } else {
-                            dst[..n].copy_from_slice(&y[..n]);
-                        }
+                        put_outputs(out, r * plane + q0 + p, y, n)
                     };
                     // SAFETY: the block's panel is built; rows and outputs
                     // are within d, rq and out (checked by the caller).

@@ -8,6 +8,8 @@
 //!   and the FMA baseline the `fexp` target is measured against;
 //! * `gemm`: the pixel-lane int8 GEMM on rows decoded at load
 //!   ([`crate::gemm`]), `vpdpbusd` with broadcast weights;
+//! * `gemm_avx2`: a pixel-lane GEMM for plain AVX2, `vpmaddwd` on `i16`
+//!   pairs of the decoded rows' true weights;
 //! * `gemm_vnni`: the same GEMM on `ymm` for the AVX-VNNI level (VEX
 //!   AVX-VNNI or EVEX AVX-512 VL + VNNI), on the panel layout of
 //!   `neondot/gemm-dot`;
@@ -133,6 +135,7 @@ use depthwise_kernel;
 pub mod avx2;
 pub mod avx512;
 pub mod gemm;
+pub mod gemm_avx2;
 pub mod gemm_fexp;
 pub mod gemm_shift;
 pub mod gemm_vnni;
