@@ -3,10 +3,13 @@
 //! `avxvnni/gemm-dot` (`crate::x86_64::gemm_vnni`): for a block of up to
 //! [`PX_MAX`] output pixels, sub-blocks of [`SUB`] pixels, each step of
 //! four weights one 32-byte vector (`[pixels / SUB][k / 4][SUB][4]`
-//! bytes). The runs of a block's pixels within output rows, the gather of
-//! one tap for them (tabulated per block by [`TapRuns`], the generic
-//! [`gather`] otherwise), and the panel of a linear layer's batch rows;
-//! the per-ISA builders interleave the gathered taps.
+//! bytes). The block loop, the runs of a block's pixels within output
+//! rows, the taps of each step gathered for them ([`StepTaps`]: tabulated
+//! per block by [`TapRuns`], the generic [`gather`] otherwise), the panel
+//! of a linear layer's batch rows, and the output stores; the per-ISA
+//! builders interleave the gathered taps. `avx2/gemm-dot`
+//! (`crate::x86_64::gemm_avx2`) uses the block loop and the taps for its
+//! own 16-bit panel.
 
 use crate::gemm::padded_k;
 use crate::Conv2dGeom;
@@ -21,13 +24,13 @@ pub(crate) const PX_MAX: usize = 64;
 #[derive(Clone, Copy, Default)]
 pub(crate) struct Seg {
     /// First lane (pixel of the block).
-    pub l0: usize,
+    l0: usize,
     /// Pixels in the run.
-    pub len: usize,
+    len: usize,
     /// Output row.
-    pub oy: usize,
+    oy: usize,
     /// Output column of lane `l0`.
-    pub ox: usize,
+    ox: usize,
 }
 
 /// The runs of pixels `q0 .. q0 + cnt` (`cnt <= PX_MAX`); returns how many.
@@ -52,7 +55,7 @@ fn segments(g: &Conv2dGeom, q0: usize, cnt: usize, segs: &mut [Seg; PX_MAX]) -> 
 /// Activations of tap `(c, ky, kx)` for the block's pixels into `t` (lane
 /// = pixel of the block): every lane of `segs`, zero where the tap falls
 /// in the padding. Lanes past the segments are left as they are.
-pub(crate) fn gather(
+fn gather(
     g: &Conv2dGeom,
     x: &[i8],
     segs: &[Seg],
@@ -315,7 +318,7 @@ impl TapRuns {
     /// every lane of the block, and the lanes past it, zero where the tap
     /// falls in the padding.
     #[inline(always)]
-    pub(crate) fn gather(&self, x: &[i8], c: usize, tap: usize, t: &mut [i8; PX_MAX]) {
+    fn gather(&self, x: &[i8], c: usize, tap: usize, t: &mut [i8; PX_MAX]) {
         *t = [0; PX_MAX];
         let base = &x[c * self.plane..(c + 1) * self.plane];
         for r in &self.runs[tap][..self.n[tap] as usize] {
