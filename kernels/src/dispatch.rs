@@ -366,6 +366,21 @@ impl Layers {
             Layers::GemmI16 => false,
         }
     }
+
+    /// Largest `k` a kernel of this kind takes on a layer of any shape
+    /// (its stack buffers bound it), not only on those [`Layers::fits`]
+    /// picks.
+    pub const fn max_k(self) -> usize {
+        match self {
+            Layers::Gemm => crate::gemm::MAX_K,
+            Layers::GemmShift => crate::lists::MAX_K,
+            #[cfg(target_arch = "x86_64")]
+            Layers::GemmI16 => crate::x86_64::gemm_avx2::MAX_K,
+            #[cfg(not(target_arch = "x86_64"))]
+            Layers::GemmI16 => 0,
+            _ => usize::MAX,
+        }
+    }
 }
 
 /// Declare the registry: one line per kernel.
@@ -914,7 +929,7 @@ pub fn decoded_linear(m: usize, k: usize, n: usize) -> Option<(&'static str, Lin
         return Some(("avxvnni/gemm-dot", crate::x86_64::gemm_vnni::linear_gemm_i8));
     }
     #[cfg(target_arch = "x86_64")]
-    if dot_ok && linear_fits(m, k, n, crate::x86_64::gemm_avx2::MAX_K) && Isa::Avx2.runs_on(isa()) {
+    if dot_ok && linear_fits(m, k, n, Layers::GemmI16.max_k()) && Isa::Avx2.runs_on(isa()) {
         return Some(("avx2/gemm-dot", crate::x86_64::gemm_avx2::linear_gemm_i8));
     }
     #[cfg(target_arch = "aarch64")]

@@ -217,12 +217,8 @@ fn check_decoded(c: &Case, w: &PackedRows, want: &[i8]) -> Result<(), TestCaseEr
             let KernelFn::DecodedI8(f) = k.f else {
                 continue;
             };
-            let takes = order == gemm::Order::Codes || k.takes_tap_major();
-            // The AVX2 GEMM's stack panel bounds its `k` more tightly.
-            #[cfg(target_arch = "x86_64")]
-            let takes = takes
-                && (k.layers != dispatch::Layers::GemmI16
-                    || g.k() <= shiftnn_kernels::x86_64::gemm_avx2::MAX_K);
+            let takes =
+                (order == gemm::Order::Codes || k.takes_tap_major()) && g.k() <= k.layers.max_k();
             if k.isa.available() && takes {
                 let name = format!("{} {order:?}", k.name);
                 whole_and_split(c, want, &name, |oc0, n, o| {
@@ -1321,20 +1317,34 @@ fn gemm_phase_split() {
     }
 }
 
-/// The batched linear GEMMs of this target that this CPU runs.
-fn linear_gemms() -> Vec<(&'static str, dispatch::LinFn)> {
-    let mut v: Vec<(&'static str, dispatch::LinFn)> = Vec::new();
+/// The batched linear GEMMs of this target that this CPU runs, each with
+/// the largest `k` it takes.
+fn linear_gemms() -> Vec<(&'static str, dispatch::LinFn, usize)> {
+    let mut v: Vec<(&'static str, dispatch::LinFn, usize)> = Vec::new();
     #[cfg(target_arch = "x86_64")]
     {
+        use dispatch::Layers;
         use shiftnn_kernels::x86_64::{gemm, gemm_avx2, gemm_vnni};
         if Isa::Avx512.available() {
-            v.push(("avx512/gemm-dot", gemm::linear_gemm_i8));
+            v.push((
+                "avx512/gemm-dot",
+                gemm::linear_gemm_i8,
+                Layers::Gemm.max_k(),
+            ));
         }
         if Isa::AvxVnni.available() {
-            v.push(("avxvnni/gemm-dot", gemm_vnni::linear_gemm_i8));
+            v.push((
+                "avxvnni/gemm-dot",
+                gemm_vnni::linear_gemm_i8,
+                Layers::Gemm.max_k(),
+            ));
         }
         if Isa::Avx2.available() {
-            v.push(("avx2/gemm-dot", gemm_avx2::linear_gemm_i8));
+            v.push((
+                "avx2/gemm-dot",
+                gemm_avx2::linear_gemm_i8,
+                Layers::GemmI16.max_k(),
+            ));
         }
     }
     #[cfg(target_arch = "aarch64")]
@@ -1342,6 +1352,7 @@ fn linear_gemms() -> Vec<(&'static str, dispatch::LinFn)> {
         v.push((
             "neondot/gemm-dot",
             shiftnn_kernels::aarch64::gemm::linear_gemm_i8,
+            gemm::MAX_K,
         ));
     }
     v
@@ -1415,14 +1426,10 @@ fn check_linear_batch(
     let c = case(g, b, seed);
     let (x, want) = batch(&c, m, seed);
     let w = PackedRows::new(&c.packed, c.bits, n, k).unwrap();
-    for (name, f) in linear_gemms().into_iter().filter(|&(name, _)| {
-        #[cfg(target_arch = "x86_64")]
-        if name == "avx2/gemm-dot" {
-            return k <= shiftnn_kernels::x86_64::gemm_avx2::MAX_K;
-        }
-        let _ = name;
-        k <= gemm::MAX_K
-    }) {
+    for (name, f, _) in linear_gemms()
+        .into_iter()
+        .filter(|&(_, _, max_k)| k <= max_k)
+    {
         let (dw, corr, sh, at, fix) = decode_rows(&w, gemm::Order::Codes);
         let d = gemm::DecodedRows::new(&dw, &corr, &sh, &at, &fix, k, gemm::Order::Codes).unwrap();
         let mut got = vec![0i8; m * n];
