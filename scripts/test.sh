@@ -34,12 +34,22 @@ step "tests"
 # The kernel tests run every registered kernel whose ISA level this CPU
 # has, and cap the level to each lower one in turn; say which x86 levels
 # that covers, since a CI machine without AVX-512 cannot test those kernels.
-if grep -qw avx512vbmi /proc/cpuinfo && grep -qw avx512_vnni /proc/cpuinfo; then
-  echo "x86 levels tested: scalar, avx2, avxvnni (by its EVEX form), avx512 (this CPU has AVX-512 VBMI and VNNI)"
-  grep -qw avx_vnni /proc/cpuinfo || echo "  (this CPU lacks AVX-VNNI: the VEX form of the avxvnni kernels is not run)"
+has() { grep -qw "$1" /proc/cpuinfo; }
+levels="scalar"
+has avx2 && levels="$levels, avx2"
+if has avx_vnni; then
+  levels="$levels, avxvnni (VEX form)"
+elif has avx512vl && has avx512_vnni; then
+  levels="$levels, avxvnni (EVEX form only: this CPU lacks AVX-VNNI)"
 else
-  echo "x86 levels tested: scalar, avx2 (NOT avx512: this CPU lacks AVX-512 VBMI/VNNI)"
+  levels="$levels (NOT avxvnni: no AVX-VNNI or AVX-512 VNNI)"
 fi
+if has avx512vbmi && has avx512_vnni; then
+  levels="$levels, avx512"
+else
+  levels="$levels (NOT avx512: this CPU lacks AVX-512 VBMI/VNNI)"
+fi
+echo "x86 levels tested: $levels"
 cargo test --workspace
 
 step "aarch64 kernels under qemu-user (cortex-a72: NEON; max: dotprod)"
