@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The kernels crate's tests on aarch64 under qemu-user, twice: with
-# `-cpu cortex-a72` (ARMv8.0 NEON, no dotprod: fallback paths) and with the
-# default `max` CPU (dotprod, i8mm, sve). Installs what it needs (Debian
+# `-cpu cortex-a72` (ARMv8.0 NEON, no dotprod, no FEAT_FP16: fallback
+# paths) and with the default `max` CPU (dotprod, FEAT_FP16, i8mm, sve). Installs what it needs (Debian
 # cross gcc and libc, qemu-user, the rustup target). See shared CROSS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -94,7 +94,7 @@ fn bench(c: &mut Criterion) {
             lists::decode(&w, &mut li, &mut la);
             let l = lists::ExpLists::new(&li, &la, n, g.k(), bits).unwrap();
             for k in dispatch::kernels() {
-                if !k.isa.available()
+                if !k.available()
                     || !k.layers.fits(&g)
                     || (k.isa == dispatch::Isa::Scalar && !with_scalar)
                 {
@@ -105,7 +105,7 @@ fn bench(c: &mut Criterion) {
                     KernelFn::ShiftI8(f) => {
                         group.bench_function(id, |bn| bn.iter(|| f(&g, &xi, &w, 0, &rq, &mut oi)))
                     }
-                    KernelFn::ShiftF32(f) => {
+                    KernelFn::ShiftF32(f) | KernelFn::ShiftF16(f) => {
                         group.bench_function(id, |bn| bn.iter(|| f(&g, &xf, &w, 0, &ep, &mut of)))
                     }
                     // Rows decoded at load (`gemm::decode`, `lists::decode`,

@@ -16,6 +16,8 @@
 //! * [`kernels`]: every kernel, listed once in one registry; `tests/simd_equality.rs` runs
 //!   each entry against `scalar`.
 //! * [`kernel_name`]: which kernel a layer will run, for `inspect`/`bench`.
+//! * [`set_fp16`] (or `SHIFTNN_FP16=1`): allow f16 arithmetic in float
+//!   layers where the CPU has it ([`has_fp16`]; [`Op::ShiftF16`]).
 //!
 //! Int8 kernels are bit-identical to `scalar`; float (`fexp`) kernels agree
 //! within the recursive-summation bound stated in `tests/simd_equality.rs`.
@@ -204,6 +206,10 @@ pub enum Op {
     W8I8,
     /// Float activations, shift-code weights ([`conv_shift_f32`]).
     ShiftF32,
+    /// [`Op::ShiftF32`] in f16 arithmetic inside (f32 in and out), within
+    /// a looser bound: opt-in ([`set_fp16`]); [`conv_shift_f32`] runs it
+    /// when asked to and the CPU has it ([`has_fp16`]).
+    ShiftF16,
     /// Float activations, float weights ([`conv_f32`]).
     F32,
     /// Int8 activations, shift codes decoded at load
@@ -253,6 +259,8 @@ pub enum KernelFn {
     ShiftI8(I8Fn),
     /// [`Op::ShiftF32`].
     ShiftF32(F32Fn),
+    /// [`Op::ShiftF16`].
+    ShiftF16(F32Fn),
     /// [`Op::W8I8`].
     W8I8(W8Fn),
     /// [`Op::F32`].
@@ -269,6 +277,7 @@ impl KernelFn {
         match self {
             KernelFn::ShiftI8(_) => Op::ShiftI8,
             KernelFn::ShiftF32(_) => Op::ShiftF32,
+            KernelFn::ShiftF16(_) => Op::ShiftF16,
             KernelFn::W8I8(_) => Op::W8I8,
             KernelFn::F32(_) => Op::F32,
             KernelFn::DecodedI8(_) => Op::DecodedI8,
@@ -299,6 +308,18 @@ impl Kernel {
     /// The op this kernel computes.
     pub const fn op(&self) -> Op {
         self.f.op()
+    }
+
+    /// True if this kernel runs at level `at` on this CPU: its level
+    /// runs there, and an f16 kernel also needs FEAT_FP16 ([`has_fp16`]),
+    /// which no level implies.
+    pub fn runs_on(&self, at: Isa) -> bool {
+        self.isa.runs_on(at) && (self.op() != Op::ShiftF16 || self.isa == Isa::Scalar || has_fp16())
+    }
+
+    /// True if this CPU runs the kernel (whatever `SHIFTNN_ISA` says).
+    pub fn available(&self) -> bool {
+        self.runs_on(detected())
     }
 
     /// The order in which layer `g`'s codes are decoded for this
@@ -439,6 +460,7 @@ registry! { SIMD:
     "neon/lut" => Neon, Lut, All, ShiftI8(crate::aarch64::neon::conv_lut_i8);
     "neon/shift" => Neon, Shift, All, ShiftI8(crate::aarch64::neon::conv_shift_i8);
     "neon/fexp" => Neon, Fexp, All, ShiftF32(crate::aarch64::neon::conv_fexp_f32);
+    "neonfp16/fexp" => Neon, Fexp, All, ShiftF16(crate::aarch64::fp16::conv_fexp_f16);
     "neondot/w8" => NeonDot, Dot, All, W8I8(crate::aarch64::neon::conv_sdot_w8_i8);
     "neon/w8" => Neon, Dot, All, W8I8(crate::aarch64::neon::conv_w8_i8);
 }
@@ -458,6 +480,9 @@ registry! { SIMD: }
 registry! { SCALAR:
     "scalar/shift-i8" => Scalar, Scalar, All, ShiftI8(scalar::conv_shift_i8);
     "scalar/shift-f32" => Scalar, Scalar, All, ShiftF32(scalar::conv_shift_f32);
+    // The f32 reference is within every f16 bound; [`select_float`] never
+    // picks it (it takes the f32 kernels instead).
+    "scalar/shift-f16" => Scalar, Scalar, All, ShiftF16(scalar::conv_shift_f32);
     "scalar/w8-i8" => Scalar, Scalar, All, W8I8(scalar::conv_w8_i8);
     "scalar/f32" => Scalar, Scalar, All, F32(scalar::conv_f32);
     "scalar/decoded-i8" => Scalar, Scalar, All, DecodedI8(crate::gemm::conv_decoded_i8);
@@ -475,6 +500,8 @@ pub fn kernels() -> impl Iterator<Item = &'static Kernel> {
 static DETECTED: AtomicU8 = AtomicU8::new(0);
 static CAP: AtomicU8 = AtomicU8::new(0);
 static FAMILY: AtomicU8 = AtomicU8::new(0);
+/// 1: f16 arithmetic allowed in float layers ([`set_fp16`]); 0: not.
+static FP16: AtomicU8 = AtomicU8::new(0);
 /// 0: environment not read yet; 1: read.
 static ENV_READ: AtomicU8 = AtomicU8::new(0);
 /// `CAP`/`FAMILY` value meaning "none".
@@ -611,8 +638,9 @@ fn ensure_env() {
     }
 }
 
-/// Read `SHIFTNN_ISA` and `SHIFTNN_KERNEL` again (they are read once, on
-/// first use). Unknown values are ignored. Without `std` this clears both.
+/// Read `SHIFTNN_ISA`, `SHIFTNN_KERNEL` and `SHIFTNN_FP16` again (they
+/// are read once, on first use). Unknown values are ignored. Without
+/// `std` this clears all three.
 pub fn reload_env() {
     #[cfg(feature = "std")]
     {
@@ -622,13 +650,17 @@ pub fn reload_env() {
         let fam = std::env::var("SHIFTNN_KERNEL")
             .ok()
             .and_then(|v| Family::parse(&v));
+        let fp16 = std::env::var("SHIFTNN_FP16")
+            .is_ok_and(|v| matches!(v.trim(), "1" | "true" | "on" | "yes"));
         CAP.store(isa.map_or(NONE, |i| i as u8), Ordering::Relaxed);
         FAMILY.store(fam.map_or(NONE, |f| f as u8), Ordering::Relaxed);
+        FP16.store(fp16 as u8, Ordering::Relaxed);
     }
     #[cfg(not(feature = "std"))]
     {
         CAP.store(NONE, Ordering::Relaxed);
         FAMILY.store(NONE, Ordering::Relaxed);
+        FP16.store(0, Ordering::Relaxed);
     }
     ENV_READ.store(1, Ordering::Relaxed);
 }
@@ -644,6 +676,45 @@ pub fn set_isa_cap(cap: Option<Isa>) {
 pub fn set_family(f: Option<Family>) {
     ensure_env();
     FAMILY.store(f.map_or(NONE, |f| f as u8), Ordering::Relaxed);
+}
+
+/// Allow (`true`) or forbid f16 arithmetic in float layers: with it, on
+/// a CPU with FEAT_FP16 ([`has_fp16`]), [`conv_shift_f32`] runs the
+/// [`Op::ShiftF16`] kernels (`neonfp16/fexp`), which round activations
+/// and pairs of terms to f16 (the bound in `crate::aarch64::fp16`);
+/// elsewhere it changes nothing. Off by default (ncnn's
+/// `use_fp16_arithmetic` is on by default): results change, so the
+/// caller chooses. Overrides `SHIFTNN_FP16=1`.
+pub fn set_fp16(on: bool) {
+    ensure_env();
+    FP16.store(on as u8, Ordering::Relaxed);
+}
+
+/// True if f16 arithmetic is allowed in float layers ([`set_fp16`]).
+#[inline]
+pub fn fp16_allowed() -> bool {
+    ensure_env();
+    FP16.load(Ordering::Relaxed) == 1
+}
+
+/// True if this CPU has half-precision arithmetic on vectors (aarch64
+/// FEAT_FP16, `fp16` in Linux's `/proc/cpuinfo` as `fphp asimdhp`):
+/// `std`'s cached detection, or the compile-time target features without
+/// `std`. No x86 kernel uses f16 arithmetic yet: `false` there.
+#[inline]
+pub fn has_fp16() -> bool {
+    #[cfg(all(target_arch = "aarch64", feature = "std"))]
+    {
+        std::arch::is_aarch64_feature_detected!("fp16")
+    }
+    #[cfg(all(target_arch = "aarch64", not(feature = "std")))]
+    {
+        cfg!(target_feature = "fp16")
+    }
+    #[cfg(not(target_arch = "aarch64"))]
+    {
+        false
+    }
 }
 
 /// The level kernels are chosen at: the CPU's, capped by `SHIFTNN_ISA` /
@@ -826,6 +897,9 @@ fn preference(op: Op, g: &Conv2dGeom, forced: Option<Family>) -> &'static [Famil
         // forced: they are the only float kernels, and multiplication-free.
         (Op::ShiftF32, _) if crate::depthwise::applies(g) => &[Fexp, Scalar],
         (Op::ShiftF32, _) => &[Fexp, Scalar],
+        // No f16 depthwise kernel: [`select_float`] takes `*/dw-fexp`.
+        (Op::ShiftF16, _) if crate::depthwise::applies(g) => &[Scalar],
+        (Op::ShiftF16, _) => &[Fexp, Scalar],
         // Int8 weights (kept layers) multiply in every family, the scalar
         // reference included: a forced multiplication-free family cannot
         // change that, so they take the SIMD int8 dot kernel.
@@ -848,7 +922,7 @@ fn preference(op: Op, g: &Conv2dGeom, forced: Option<Family>) -> &'static [Famil
 pub fn select_with(op: Op, g: &Conv2dGeom, at: Isa, forced: Option<Family>) -> &'static Kernel {
     for &fam in preference(op, g, forced) {
         for k in kernels() {
-            if k.op() == op && k.family == fam && k.isa.runs_on(at) && k.layers.fits(g) {
+            if k.op() == op && k.family == fam && k.runs_on(at) && k.layers.fits(g) {
                 return k;
             }
         }
@@ -863,6 +937,19 @@ pub fn select_with(op: Op, g: &Conv2dGeom, at: Isa, forced: Option<Family>) -> &
 #[inline]
 pub fn select(op: Op, g: &Conv2dGeom) -> &'static Kernel {
     select_with(op, g, isa(), forced_family())
+}
+
+/// The kernel a float layer `g` with shift codes runs under the process
+/// settings: the [`Op::ShiftF16`] kernel when f16 arithmetic is allowed
+/// ([`set_fp16`]) and one runs here, else [`Op::ShiftF32`]'s.
+pub fn select_float(g: &Conv2dGeom) -> &'static Kernel {
+    if fp16_allowed() {
+        let k = select(Op::ShiftF16, g);
+        if k.isa != Isa::Scalar {
+            return k;
+        }
+    }
+    select(Op::ShiftF32, g)
 }
 
 /// The SIMD kernel of [`Op::DecodedI8`] for layer `g` under the process
@@ -1002,7 +1089,10 @@ pub fn fexp_linear(m: usize, k: usize, n: usize) -> Option<(&'static str, F32Lin
 /// Name of the kernel a layer runs (`avx2/dot`, `neon/shift`,
 /// `scalar/shift-i8`, ...), for `inspect` and `bench`.
 pub fn kernel_name(op: Op, g: &Conv2dGeom) -> &'static str {
-    select(op, g).name
+    match op {
+        Op::ShiftF32 => select_float(g).name,
+        _ => select(op, g).name,
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1023,7 +1113,8 @@ pub fn conv_shift_i8(
     }
 }
 
-/// Dispatching [`scalar::conv_shift_f32`]: within the stated bound.
+/// Dispatching [`scalar::conv_shift_f32`]: within the stated bound (the
+/// f16 one when [`set_fp16`] allowed f16 arithmetic and it runs here).
 pub fn conv_shift_f32(
     g: &Conv2dGeom,
     x: &[f32],
@@ -1032,8 +1123,8 @@ pub fn conv_shift_f32(
     ep: &[Affine],
     out: &mut [f32],
 ) {
-    match select(Op::ShiftF32, g).f {
-        KernelFn::ShiftF32(f) => f(g, x, w, oc0, ep, out),
+    match select_float(g).f {
+        KernelFn::ShiftF32(f) | KernelFn::ShiftF16(f) => f(g, x, w, oc0, ep, out),
         _ => scalar::conv_shift_f32(g, x, w, oc0, ep, out),
     }
 }
@@ -1119,6 +1210,7 @@ mod tests {
         for op in [
             Op::ShiftI8,
             Op::ShiftF32,
+            Op::ShiftF16,
             Op::W8I8,
             Op::F32,
             Op::DecodedI8,

@@ -13,6 +13,11 @@
 //!   an f64 computation, the bound `tests/float_bound.rs` uses for scalar.
 //!   Pixels that read a subnormal, zero-exponent or huge activation take
 //!   the exact scalar path: checked bit for bit with such inputs.
+//! * f16 (`Op::ShiftF16`, `neonfp16/fexp` on aarch64 CPUs with FEAT_FP16):
+//!   activations and pairs of terms are rounded to f16, so the bound is
+//!   `(2^-10 + 2^-21 + n * 2^-23) * sum |t_i|`, plus the terms of
+//!   activations below `2^-14` (flushed to zero); the exact path as above
+//!   for activations of `2^8` and more (`shiftnn_kernels::aarch64::fp16`).
 
 use proptest::prelude::*;
 use shiftnn_kernels::codes::pack;
@@ -334,43 +339,48 @@ fn fma_baseline() -> Vec<(&'static str, dispatch::F32Fn)> {
     Vec::new()
 }
 
-/// All float kernels against the exact sum, within the stated bound.
+/// Every float kernel this CPU runs on `g` (the registered f32 and f16
+/// ones that fit it, and the FMA baselines), with whether it computes in
+/// f16.
+fn float_kernels(g: &Conv2dGeom) -> Vec<(&'static str, dispatch::F32Fn, bool)> {
+    dispatch::kernels()
+        .filter(|k| k.isa != Isa::Scalar && k.available() && k.layers.fits(g))
+        .filter_map(|k| match k.f {
+            KernelFn::ShiftF32(f) => Some((k.name, f, false)),
+            KernelFn::ShiftF16(f) => Some((k.name, f, true)),
+            _ => None,
+        })
+        .chain(fma_baseline().into_iter().map(|(n, f)| (n, f, false)))
+        .collect()
+}
+
+/// The `(activation, weight)` terms of output `(oc, oy, ox)`.
+fn float_terms(c: &Case, xf: &[f32], oc: usize, oy: usize, ox: usize) -> Vec<(f32, i32)> {
+    let mut terms = Vec::new();
+    c.g.for_each_tap(oc, oy, ox, |xi, ki| {
+        terms.push((xf[xi], c.bits.value(c.codes[oc * c.g.k() + ki])));
+    });
+    terms
+}
+
+/// All float kernels against the exact sum, within the stated bounds.
 fn check_f32(c: &Case, xf: &[f32]) -> Result<(), TestCaseError> {
     let g = &c.g;
     let w = PackedRows::new(&c.packed, c.bits, g.c_out, g.k()).unwrap();
     let ep = vec![Affine::IDENTITY; g.c_out];
-    let eps = f32::EPSILON as f64 / 2.0;
-    let float_kernels = dispatch::kernels()
-        .filter(|k| k.isa.available() && k.layers.fits(g))
-        .filter_map(|k| match k.f {
-            KernelFn::ShiftF32(f) => Some((k.name, f)),
-            _ => None,
-        })
-        .chain(fma_baseline());
-    for (name, f) in float_kernels {
+    let mut want = vec![0f32; g.out_len()];
+    scalar::conv_shift_f32(g, xf, &w, 0, &ep, &mut want);
+    for (name, f, f16) in float_kernels(g) {
         let mut got = vec![0f32; g.out_len()];
         f(g, xf, &w, 0, &ep, &mut got);
         for oc in 0..g.c_out {
             for oy in 0..g.out_h() {
                 for ox in 0..g.out_w() {
-                    let (mut exact, mut abs, mut n) = (0f64, 0f64, 0usize);
-                    g.for_each_tap(oc, oy, ox, |xi, ki| {
-                        let t = xf[xi] as f64 * c.bits.value(c.codes[oc * g.k() + ki]) as f64;
-                        exact += t;
-                        abs += t.abs();
-                        n += 1;
-                    });
-                    let v = got[(oc * g.out_h() + oy) * g.out_w() + ox] as f64;
-                    let bound = n as f64 * eps * abs + f64::MIN_POSITIVE;
-                    prop_assert!(
-                        (v - exact).abs() <= bound,
-                        "kernel {} oc {} got {} exact {} bound {}",
-                        name,
-                        oc,
-                        v,
-                        exact,
-                        bound
-                    );
+                    let i = (oc * g.out_h() + oy) * g.out_w() + ox;
+                    let terms = float_terms(c, xf, oc, oy, ox);
+                    check_float_out(got[i], want[i], &terms, f16, || {
+                        format!("kernel {name} oc {oc} px {:?}", (oy, ox))
+                    })?;
                 }
             }
         }
@@ -476,6 +486,8 @@ proptest! {
         let xf: Vec<f32> = c.x.iter().map(|&v| match r.next() % 6 {
             0 => 0.0,
             1 => -0.0,
+            // Below f16's normal range, for the f16 kernels' flush.
+            2 if r.next().is_multiple_of(4) => (r.next() % 1000) as f32 * 1e-7,
             _ => v as f32 / 16.0 + (r.next() % 1000) as f32 * 1e-4,
         }).collect();
         check_f32(&c, &xf)?;
@@ -682,27 +694,22 @@ fn float_edge_activations() {
             let ep = vec![Affine::IDENTITY; g.c_out];
             let mut want = vec![0f32; g.out_len()];
             scalar::conv_shift_f32(&g, &xf, &w, 0, &ep, &mut want);
-            for k in dispatch::kernels() {
-                let KernelFn::ShiftF32(f) = k.f else { continue };
-                if !k.isa.available() || !k.layers.fits(&g) {
-                    continue;
-                }
+            for (name, f, f16) in float_kernels(&g) {
                 let mut got = vec![0f32; g.out_len()];
                 f(&g, &xf, &w, 0, &ep, &mut got);
-                for (i, (&a, &e)) in got.iter().zip(&want).enumerate() {
-                    // Outputs reading the special value are exact; others
-                    // are within the summation bound (checked loosely here:
-                    // the proptests check the bound itself).
-                    let ok = a.to_bits() == e.to_bits()
-                        || (a.is_nan() && e.is_nan())
-                        || (a.is_finite()
-                            && e.is_finite()
-                            && (a - e).abs() <= 1e-3 * (1.0 + e.abs()));
-                    assert!(
-                        ok,
-                        "kernel {} special {s:e} b {b} out {i}: got {a:e} want {e:e}",
-                        k.name
-                    );
+                // Outputs reading the special value are exact; the others
+                // are within the bound.
+                for oc in 0..g.c_out {
+                    for oy in 0..g.out_h() {
+                        for ox in 0..g.out_w() {
+                            let i = (oc * g.out_h() + oy) * g.out_w() + ox;
+                            let terms = float_terms(&c, &xf, oc, oy, ox);
+                            check_float_out(got[i], want[i], &terms, f16, || {
+                                format!("kernel {name} special {s:e} b {b} out {i}")
+                            })
+                            .unwrap();
+                        }
+                    }
                 }
             }
         }
@@ -721,6 +728,7 @@ fn registry_is_consistent() {
     for op in [
         Op::ShiftI8,
         Op::ShiftF32,
+        Op::ShiftF16,
         Op::W8I8,
         Op::F32,
         Op::DecodedI8,
@@ -978,15 +986,8 @@ fn check_f32_edges(c: &Case, xf: &[f32]) -> Result<usize, TestCaseError> {
     scalar::conv_shift_f32(g, xf, &w, 0, &ep, &mut want);
     let plane = g.out_plane();
     let split = g.c_out / 2 + (g.c_out % 2);
-    let kernels: Vec<_> = dispatch::kernels()
-        .filter(|k| k.isa != Isa::Scalar && k.isa.available() && k.layers.fits(g))
-        .filter_map(|k| match k.f {
-            KernelFn::ShiftF32(f) => Some((k.name, f)),
-            _ => None,
-        })
-        .chain(fma_baseline())
-        .collect();
-    for &(name, f) in &kernels {
+    let kernels = float_kernels(g);
+    for &(name, f, f16) in &kernels {
         let mut whole = vec![0f32; g.out_len()];
         f(g, xf, &w, 0, &ep, &mut whole);
         let mut parts = vec![0f32; g.out_len()];
@@ -998,12 +999,9 @@ fn check_f32_edges(c: &Case, xf: &[f32]) -> Result<usize, TestCaseError> {
             for oc in 0..g.c_out {
                 for oy in 0..g.out_h() {
                     for ox in 0..g.out_w() {
-                        let mut terms = Vec::new();
-                        g.for_each_tap(oc, oy, ox, |xi, ki| {
-                            terms.push((xf[xi], c.bits.value(c.codes[oc * g.k() + ki])));
-                        });
+                        let terms = float_terms(c, xf, oc, oy, ox);
                         let i = (oc * g.out_h() + oy) * g.out_w() + ox;
-                        check_float_out(got[i], want[i], &terms, || {
+                        check_float_out(got[i], want[i], &terms, f16, || {
                             format!("kernel {name} ({how}) oc {oc} px {:?} geom {g:?}", (oy, ox))
                         })?;
                     }
@@ -1014,24 +1012,47 @@ fn check_f32_edges(c: &Case, xf: &[f32]) -> Result<usize, TestCaseError> {
     Ok(kernels.len())
 }
 
-/// One float output `got` of a kernel whose terms are `(activation,
-/// weight)`: within the summation bound of their exact sum if every
-/// activation takes the fast path, else bit for bit the reference's
-/// `want` (NaN: NaN); `what` names the output in a failure.
+/// True for an activation the f16 kernels take on their fast path: zero,
+/// or an f32 normal whose f16 rounding is below `2^8` (biased exponent at
+/// most 22; those below f16's normal range are flushed to zero).
+fn fexp16_fast(v: f32) -> bool {
+    let e32 = (v.to_bits() >> 23) & 0xff;
+    let e16 = (half::f16::from_f32(v).to_bits() >> 10) & 0x1f;
+    v == 0.0 || (e32 != 0 && e32 != 0xff && e16 <= 22)
+}
+
+/// One float output `got` of a kernel (f16 arithmetic if `f16`) whose
+/// terms are `(activation, weight)`: within the kernel's bound of their
+/// exact sum if every activation takes the fast path, else bit for bit
+/// the reference's `want` (NaN: NaN); `what` names the output in a
+/// failure.
 fn check_float_out(
     got: f32,
     want: f32,
     terms: &[(f32, i32)],
+    f16: bool,
     what: impl Fn() -> String,
 ) -> Result<(), TestCaseError> {
-    if terms.iter().all(|&(x, _)| fexp_fast(x)) {
-        let eps = f32::EPSILON as f64 / 2.0;
+    let fast = if f16 { fexp16_fast } else { fexp_fast };
+    if terms.iter().all(|&(x, _)| fast(x)) {
         let exact: f64 = terms.iter().map(|&(x, w)| x as f64 * w as f64).sum();
         let abs: f64 = terms
             .iter()
             .map(|&(x, w)| (x as f64 * w as f64).abs())
             .sum();
-        let bound = terms.len() as f64 * eps * abs + f64::MIN_POSITIVE;
+        let n = terms.len() as f64;
+        let bound = if f16 {
+            // Rounding to f16 and the pair sums (2^-10 + 2^-21), the f32
+            // sums after them, and the flushed terms in full.
+            let flushed: f64 = terms
+                .iter()
+                .filter(|&&(x, _)| x.abs() < 2f32.powi(-14))
+                .map(|&(x, w)| (x as f64 * w as f64).abs())
+                .sum();
+            (2f64.powi(-10) + 2f64.powi(-21) + n * 2f64.powi(-23)) * abs + flushed
+        } else {
+            n * (f32::EPSILON as f64 / 2.0) * abs
+        } + f64::MIN_POSITIVE;
         prop_assert!(
             (got as f64 - exact).abs() <= bound,
             "{}: got {} exact {} bound {}",
@@ -1481,7 +1502,7 @@ fn check_linear_float(
                 let terms: Vec<(f32, i32)> = (0..k)
                     .map(|i| (row[i], c.bits.value(c.codes[oc * k + i])))
                     .collect();
-                check_float_out(got[j * n + oc], want[j * n + oc], &terms, || {
+                check_float_out(got[j * n + oc], want[j * n + oc], &terms, false, || {
                     format!("{name} m {m} k {k} n {n} b {b} row {j} oc {oc}")
                 })?;
             }

@@ -87,7 +87,7 @@ unsafe fn decode16<const B: u32>(p: *const u8) -> uint8x16_t {
 /// NEON available.
 #[target_feature(enable = "neon")]
 #[inline]
-unsafe fn block<const B: u32>(codes: &[u8], blk: usize) -> uint8x16_t {
+pub(super) unsafe fn block<const B: u32>(codes: &[u8], blk: usize) -> uint8x16_t {
     let off = blk * 2 * B as usize;
     if off + 16 <= codes.len() {
         // SAFETY: 16 bytes from `off` are inside `codes`.
