@@ -311,6 +311,22 @@ fn convert_float_is_lossless_and_inspects() {
     assert_eq!(conv2["macs"], 4 * 36 * 36);
     assert!(j["totals"]["macs"].as_u64().unwrap() >= 4 * 36 * 36);
 
+    // --fp16 allows f16 arithmetic: `neonfp16/fexp` on aarch64 CPUs with
+    // FEAT_FP16, the same f32 kernel everywhere else.
+    let j16 = json(&["inspect", &f.s("f.shift"), "--json", "--fp16"]);
+    let k16 = j16["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"] == "conv2")
+        .map(|l| l["kernel"].as_str().unwrap().to_string())
+        .unwrap();
+    if shiftnn_kernels::dispatch::has_fp16() {
+        assert_eq!(k16, "neonfp16/fexp");
+    } else {
+        assert_eq!(k16, k2);
+    }
+
     let text = ok(&["inspect", &f.s("f.shift")]);
     assert!(
         (text.contains("scalar/shift-f32") || text.contains("fexp"))

@@ -38,15 +38,9 @@ pub struct Args {
     /// Print results as JSON on stdout.
     #[arg(long)]
     pub json: bool,
-    /// Force a kernel family for conv and linear layers: scalar, shift,
-    /// dot, lut or fexp (default: the fastest this CPU has). Same as the
-    /// SHIFTNN_KERNEL environment variable.
-    #[arg(long, value_name = "FAMILY")]
-    pub kernel: Option<String>,
-    /// Cap the instruction-set level: scalar, avx2, avxvnni, avx512, neon
-    /// or neondot (to test a lower path). Same as SHIFTNN_ISA.
-    #[arg(long, value_name = "LEVEL")]
-    pub isa: Option<String>,
+    /// Kernel choice: --kernel, --isa, --fp16.
+    #[command(flatten)]
+    pub kernels: super::kernels::KernelArgs,
 }
 
 /// Uniform values in [-1, 1) from a seeded xorshift generator.
@@ -92,7 +86,7 @@ fn ms(d: Duration) -> f64 {
 
 /// Run `shiftnn bench`.
 pub fn main(a: Args) -> Result<()> {
-    super::kernels::force(a.kernel.as_deref(), a.isa.as_deref())?;
+    a.kernels.apply()?;
     let m = common::open_model(&a.model)?;
     let g = m.graph();
     if g.inputs.len() != 1 {

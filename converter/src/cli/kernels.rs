@@ -1,7 +1,8 @@
 //! Which kernel runs a layer, as reported by `inspect` and `bench`: the
 //! kernels crate's dispatcher decides (CPU features detected once, the
-//! `SHIFTNN_ISA` / `SHIFTNN_KERNEL` overrides or `--isa` / `--kernel`), so
-//! the report names exactly what `Session::run` executes.
+//! `SHIFTNN_ISA` / `SHIFTNN_KERNEL` / `SHIFTNN_FP16` overrides or `--isa` /
+//! `--kernel` / `--fp16`), so the report names exactly what `Session::run`
+//! executes.
 
 use anyhow::{anyhow, Result};
 use shiftnn_kernels::dispatch::{self, Family, Isa};
@@ -59,17 +60,42 @@ pub fn kernel_name(model: &Model, i: usize) -> String {
     }
 }
 
-/// Apply `--kernel FAMILY` and `--isa LEVEL` for this process (they
-/// override the environment variables).
-pub fn force(kernel: Option<&str>, isa: Option<&str>) -> Result<()> {
-    if let Some(k) = kernel {
-        let f = Family::parse(k)
-            .ok_or_else(|| anyhow!("--kernel {k}: expected scalar, shift, dot, lut or fexp"))?;
-        dispatch::set_family(Some(f));
+/// The kernel-choice flags `run`, `eval`, `bench` and `inspect` share;
+/// each overrides its environment variable for this process.
+#[derive(clap::Args, Debug)]
+pub struct KernelArgs {
+    /// Force a kernel family for conv and linear layers: scalar, shift,
+    /// dot, lut or fexp (default: the fastest this CPU has). Same as the
+    /// SHIFTNN_KERNEL environment variable.
+    #[arg(long, value_name = "FAMILY")]
+    pub kernel: Option<String>,
+    /// Cap the instruction-set level: scalar, avx2, avxvnni, avx512, neon
+    /// or neondot (to test a lower path). Same as SHIFTNN_ISA.
+    #[arg(long, value_name = "LEVEL")]
+    pub isa: Option<String>,
+    /// Float-mode models: allow f16 arithmetic in conv and linear layers
+    /// where the CPU has it (aarch64 FEAT_FP16: `neonfp16/fexp`; no effect
+    /// elsewhere). Faster, less exact (activations and pairs of terms
+    /// rounded to f16). Same as SHIFTNN_FP16=1.
+    #[arg(long)]
+    pub fp16: bool,
+}
+
+impl KernelArgs {
+    /// Apply the flags given (the environment decides the others).
+    pub fn apply(&self) -> Result<()> {
+        if let Some(k) = &self.kernel {
+            let f = Family::parse(k)
+                .ok_or_else(|| anyhow!("--kernel {k}: expected scalar, shift, dot, lut or fexp"))?;
+            dispatch::set_family(Some(f));
+        }
+        if let Some(l) = &self.isa {
+            let i = Isa::parse(l).ok_or_else(|| anyhow!("--isa {l}: unknown ISA level"))?;
+            dispatch::set_isa_cap(Some(i));
+        }
+        if self.fp16 {
+            dispatch::set_fp16(true);
+        }
+        Ok(())
     }
-    if let Some(l) = isa {
-        let i = Isa::parse(l).ok_or_else(|| anyhow!("--isa {l}: unknown ISA level"))?;
-        dispatch::set_isa_cap(Some(i));
-    }
-    Ok(())
 }

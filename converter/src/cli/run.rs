@@ -21,20 +21,14 @@ pub struct Args {
     /// inside its layers). Default: all cores.
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Force a kernel family for conv and linear layers: scalar, shift,
-    /// dot, lut or fexp (default: the fastest this CPU has). Same as the
-    /// SHIFTNN_KERNEL environment variable.
-    #[arg(long, value_name = "FAMILY")]
-    pub kernel: Option<String>,
-    /// Cap the instruction-set level: scalar, avx2, avxvnni, avx512, neon
-    /// or neondot (to test a lower path). Same as SHIFTNN_ISA.
-    #[arg(long, value_name = "LEVEL")]
-    pub isa: Option<String>,
+    /// Kernel choice: --kernel, --isa, --fp16.
+    #[command(flatten)]
+    pub kernels: super::kernels::KernelArgs,
 }
 
 /// Run `shiftnn run`.
 pub fn main(a: Args) -> Result<()> {
-    super::kernels::force(a.kernel.as_deref(), a.isa.as_deref())?;
+    a.kernels.apply()?;
     let m = common::open_model(&a.model)?;
     let g = m.graph();
     let x = npy::read_f32(&a.input)?;
