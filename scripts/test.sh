@@ -52,11 +52,18 @@ fi
 echo "x86 levels tested: $levels"
 cargo test --workspace
 
-step "aarch64 kernels under qemu-user (cortex-a72: NEON; max: dotprod)"
+step "aarch64 kernels under qemu-user (cortex-a72: NEON; max: dotprod, FEAT_FP16)"
 ./scripts/test-aarch64.sh
 
 step "no multiply instruction in the shift, lut and fexp kernels (x86-64, aarch64)"
 ./scripts/check-no-mul.sh
+
+step "kernels crate docs, x86-64 and aarch64 (broken links are errors)"
+# Each architecture compiles only its own kernel modules, so a doc link to
+# the other's items breaks on one side only.
+RUSTDOCFLAGS="-D warnings" cargo doc -q -p shiftnn-kernels --no-deps --document-private-items
+RUSTDOCFLAGS="-D warnings" cargo doc -q -p shiftnn-kernels --no-deps --document-private-items \
+  --target aarch64-unknown-linux-gnu
 
 step "firmware: Cortex-M under qemu-system-arm, C API on x86-64 and aarch64"
 ./scripts/test-firmware.sh

@@ -771,7 +771,7 @@ pub fn forced_family() -> Option<Family> {
 ///
 /// Float layers (`Op::ShiftF32`) that fit the pixel-lane GEMM
 /// ([`crate::gemm::applies`]) take `avx512/gemm-fexp`
-/// ([`crate::x86_64::gemm_fexp`]): pixels in the lanes, an f32 panel per
+/// (`crate::x86_64::gemm_fexp`): pixels in the lanes, an f32 panel per
 /// block of 64 pixels, codes decoded in place to exponent constants, one
 /// `vpaddd` and one masked `vaddps` per 16 MACs. Its unregistered FMA
 /// baseline `avx512/gemm-fma-baseline` is the same kernel with
@@ -817,7 +817,7 @@ pub fn forced_family() -> Option<Family> {
 /// (200 M against avx2/fexp's 97 M MACs/s). `lut` never won on AVX2 (one
 /// `vpshufb` gives 16 MACs against 32 for `vpmaddubsw`, and the code
 /// transpose is paid per pixel tile), so it runs only when forced. At the
-/// AVX-512 level `avx512/lut` ([`crate::x86_64::lut`]: signed tables,
+/// AVX-512 level `avx512/lut` (`crate::x86_64::lut`: signed tables,
 /// one `vpermi2w` per 32 MACs) beats `avx2/lut` and, narrowly,
 /// `avx512/shift`, but not `dot`, so it too runs only when forced. Same
 /// bench, `-- '/(avx512/lut|avx2/lut|avx512/shift)/'`, b = 4, Zen4, both
@@ -985,7 +985,7 @@ pub fn conv_lists_i8(
 
 /// A batched linear kernel on decoded rows: `(x, m, rows, rq, out)` with
 /// `x` of `m` rows of `k` and `out` of `m` rows of `rows.rows()`
-/// ([`crate::x86_64::gemm::linear_gemm_i8`]).
+/// (`crate::x86_64::gemm::linear_gemm_i8`).
 pub type LinFn = fn(&[i8], usize, &DecodedRows, &[Requant], &mut [i8]);
 
 /// Batches below this many rows stay row by row on the codes: with the
@@ -1036,7 +1036,7 @@ const fn linear_fits(m: usize, k: usize, n: usize, max_k: usize) -> bool {
 
 /// A batched linear kernel on exponent lists: `(x, m, lists, rq, out)`
 /// with `x` of `m` rows of `k` and `out` of `m` rows of `lists.rows()`
-/// ([`crate::x86_64::gemm_shift::linear_gemm_shift_i8`]).
+/// (`crate::x86_64::gemm_shift::linear_gemm_shift_i8`).
 pub type ListLinFn = fn(&[i8], usize, &ExpLists, &[Requant], &mut [i8]);
 
 /// The multiplication-free pixel-lane GEMM for an int8 linear layer of
@@ -1062,7 +1062,7 @@ pub fn lists_linear(m: usize, k: usize, n: usize) -> Option<(&'static str, ListL
 
 /// A batched float linear kernel on the packed codes: `(x, m, w, ep, out)`
 /// with `x` of `m` rows of `k` and `out` of `m` rows of `w.rows()`
-/// ([`crate::x86_64::gemm_fexp::linear_gemm_fexp_f32`]).
+/// (`crate::x86_64::gemm_fexp::linear_gemm_fexp_f32`).
 pub type F32LinFn = fn(&[f32], usize, &PackedRows, &[Affine], &mut [f32]);
 
 /// The float pixel-lane GEMM for a float-mode linear layer of `m` rows,

@@ -1,5 +1,5 @@
 //! Shift codes decoded once, at load, to int8 rows for the pixel-lane VNNI
-//! GEMM (`avx512/gemm-dot`, [`crate::x86_64::gemm`]), and the portable half of
+//! GEMM (`avx512/gemm-dot`, `crate::x86_64::gemm`), and the portable half of
 //! that kernel: the layout, its checks, the decoder and a reference.
 //!
 //! Why decode at all: `vpdpbusd` multiplies unsigned bytes by signed ones.

@@ -1,6 +1,6 @@
 //! Shift codes regrouped once, at load, by exponent and sign, for the
 //! multiplication-free pixel-lane GEMM (`avx512/gemm-shift`,
-//! [`crate::x86_64::gemm_shift::conv_gemm_shift_i8`]).
+//! `crate::x86_64::gemm_shift::conv_gemm_shift_i8`).
 //!
 //! A row's sum factors by exponent:
 //! `sum_k s_k x_k 2^(p_k) = sum_p 2^p (sum_{k in L(p,+)} x_k - sum_{k in L(p,-)} x_k)`.
